@@ -1,0 +1,30 @@
+# `make run`: set up .venv and start the app at http://127.0.0.1:7860
+# `make test`: set up .venv with the test tools and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench clean
+
+run: $(VENV)/.app-installed
+	$(PY) app.py
+
+test: $(VENV)/.test-installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(VENV)/.app-installed
+	HF_HUB_OFFLINE=1 $(PY) bench/data_bench.py
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.app-installed: requirements.txt | $(PY)
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.app-installed
+	$(PY) -m pip install -r requirements-test.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) tests/e2e/artifacts

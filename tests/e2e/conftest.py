@@ -1,0 +1,44 @@
+"""Browser tests: the real app in headless Debian chromium, driven by Playwright.
+
+They skip, saying why, where /usr/bin/chromium is absent (`.ci/run` installs it).
+Screenshots go to tests/e2e/artifacts/ (git-ignored).
+"""
+import os
+import shutil
+
+import pytest
+from helpers import ARTIFACTS
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from vit.ui import CSS, THEME, build_app
+    app = build_app()
+    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, theme=THEME, css=CSS)
+    yield url
+    app.close()

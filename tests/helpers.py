@@ -1,0 +1,49 @@
+"""Test helpers: generated images, zips and folders."""
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def image_bytes(colour=(200, 30, 30), size=(40, 30), fmt="PNG", mode="RGB", seed=None, **save) -> bytes:
+    """An encoded image; `seed` adds noise so that images differ (no accidental duplicates)."""
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        img = Image.fromarray(arr).convert(mode)
+    else:
+        img = Image.new("RGB", size, colour).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def write_zip(path: Path, members: dict) -> Path:
+    """members: name -> bytes."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def class_members(classes=("cat", "dog"), n=3, prefix="", fmt="PNG", seed0=0) -> dict:
+    ext = {"PNG": "png", "JPEG": "jpg"}[fmt]
+    out, seed = {}, seed0
+    for c in classes:
+        for i in range(n):
+            out[f"{prefix}{c}/{i:03d}.{ext}"] = image_bytes(fmt=fmt, seed=seed)
+            seed += 1
+    return out
+
+
+def write_tree(root: Path, members: dict) -> Path:
+    for name, data in members.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return root
+
+
+ARTIFACTS = Path(__file__).parent / "e2e" / "artifacts"

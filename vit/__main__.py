@@ -1,0 +1,3 @@
+from vit.cli import main
+
+raise SystemExit(main())
