@@ -1,14 +1,24 @@
-"""Command line: `python -m vit data check PATH [--json]` (more commands join as they are built).
+"""Command line.
 
-Exit codes: 0 success, 2 the input cannot be used (the message says why).
+    python -m vit data check PATH [--json]
+    python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
+                        [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--out RUN_DIR] [--resume]
+
+Several GPUs or machines: run the same command under torchrun, e.g.
+`torchrun --nproc_per_node 2 -m vit train --data D --out checkpoints/run1` (rank 0 writes the run).
+
+Exit codes: 0 success, 1 cancelled, 2 the input cannot be used or training failed (the message says why).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+from pathlib import Path
 
-from vit import data
+from vit import data, models, runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from vit.train import TrainError
     try:
         return args.func(args)
-    except data.DataError as e:
+    except (data.DataError, models.ModelError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -39,6 +50,111 @@ def data_check(args) -> int:
     return 0
 
 
+def train_command(args) -> int:
+    from vit.train import TrainConfig, TrainError, train
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.resume:
+        if not args.out:
+            raise TrainError("--resume needs --out RUN_DIR: the run to continue.")
+        run_dir = Path(args.out)
+        saved = runs.load_resume_state(run_dir)
+        if saved is None:
+            raise TrainError(f"{run_dir} has no saved state (last.pt) to resume from.")
+        data_path = args.data or saved["config"].get("data")
+        config = None
+        val_fraction, seed = saved["config"]["val_fraction"], saved["config"]["seed"]
+    else:
+        if not args.data:
+            raise TrainError("--data PATH is required (a .zip or folder of class folders).")
+        data_path = args.data
+        config = TrainConfig(
+            model=args.model, pretrained=not args.no_pretrained, weights=args.weights, img_size=args.img_size,
+            patch_size=args.patch_size, model_args=dict(_parse_model_arg(a) for a in args.model_arg),
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            layer_decay=args.layer_decay or None, warmup_epochs=args.warmup_epochs,
+            early_stopping=args.early_stopping or None, label_smoothing=args.label_smoothing,
+            randaugment=args.randaugment, mixup=args.mixup, cutmix=args.cutmix, ema_decay=args.ema,
+            grad_accum=args.grad_accum, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
+            val_fraction=args.val_fraction, device=args.device, threads=args.threads, workers=args.workers,
+            data=str(Path(data_path).resolve()))
+        val_fraction, seed = config.val_fraction, config.seed
+        if args.out:
+            run_dir = Path(args.out)
+            if (run_dir / runs.STATUS).exists() and not distributed:
+                raise TrainError(f"{run_dir} already holds a run. Use --resume to continue it, or another --out.")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        elif distributed:
+            raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
+        else:
+            run_dir = runs.create_run_dir(None, args.model)
+    if not data_path:
+        raise TrainError("--data PATH is required: the run does not record where its data came from.")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nCancelling after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    progress = _Progress() if main_process else None
+    with data.load_dataset(data_path, val_fraction=val_fraction, seed=seed) as ds:
+        if main_process:
+            print(f"run directory: {run_dir}")
+            print(f"data: {len(ds.items)} images, {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val")
+        result = train(ds, config, run_dir, on_event=progress, should_stop=lambda: stop["requested"],
+                       resume=args.resume)
+    if progress:
+        progress.close()
+    if result.get("cancelled"):
+        print(f"cancelled; run directory: {run_dir}", file=sys.stderr)
+        return 1
+    if main_process:
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+class _Progress:
+    """A tqdm bar per epoch and a line per finished epoch."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, e: dict) -> None:
+        from tqdm import tqdm
+        kind = e.get("type")
+        if kind == "status" and e.get("message"):
+            print(e["message"], file=sys.stderr)
+        elif kind == "step":
+            if self.bar is None:
+                self.bar = tqdm(total=e["steps"], desc=f"epoch {e['epoch'] + 1}", leave=False, file=sys.stderr)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{e['loss']:.3f}", lr=f"{e['lr']:.2e}")
+        elif kind == "epoch":
+            self.close()
+            print(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f} acc {e['train_acc']:.1%}  "
+                  f"val loss {e['val_loss']:.4f} acc {e['val_acc']:.1%}  lr {e['lr']:.2e}  "
+                  f"{e['images_per_s']:.0f} img/s  {e['epoch_time']:.1f}s  eta {e['eta_s']:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _parse_model_arg(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise models.ModelError(f"--model-arg takes KEY=VALUE (e.g. depth=4), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit", description="Fine-tune, explain and share timm ViTs.")
     sub = p.add_subparsers(title="commands")
@@ -55,4 +171,39 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--max-ratio", type=float, default=defaults.max_ratio, help="cap on compression ratio")
     check.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="cap on pixels in one image")
     check.set_defaults(func=data_check)
+
+    from vit.train import TrainConfig
+    t = TrainConfig()
+    tr = sub.add_parser("train", help="fine-tune (or train from scratch) a ViT into a run directory")
+    tr.add_argument("--data", help="a .zip or folder of class folders (default on --resume: the run's own)")
+    tr.add_argument("--model", default=models.DEFAULT_MODEL, help="a timm name, hf-hub:user/repo or local-dir:PATH")
+    tr.add_argument("--no-pretrained", action="store_true", help="random init: train from scratch")
+    tr.add_argument("--weights", help="weights to start from: a file, a timm-format folder or a run directory")
+    tr.add_argument("--img-size", type=int, help="input size (default: the model's, 224 for the catalog)")
+    tr.add_argument("--patch-size", type=int, help="patch size (e.g. 4 for 32x32 images from scratch)")
+    tr.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="more timm model arguments, e.g. depth=4 embed_dim=96 (repeatable)")
+    tr.add_argument("--epochs", type=int, default=t.epochs)
+    tr.add_argument("--batch-size", type=int, default=t.batch_size)
+    tr.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of the head")
+    tr.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    tr.add_argument("--layer-decay", type=float, default=t.layer_decay, help="0 turns it off")
+    tr.add_argument("--warmup-epochs", type=int, default=t.warmup_epochs)
+    tr.add_argument("--early-stopping", type=int, default=t.early_stopping,
+                    help="stop after this many epochs without a better val result (0: never)")
+    tr.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
+    tr.add_argument("--randaugment", action="store_true")
+    tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    tr.add_argument("--ema", type=float, default=None, metavar="DECAY", help="keep an EMA of the weights")
+    tr.add_argument("--grad-accum", type=int, default=1)
+    tr.add_argument("--grad-checkpointing", action="store_true")
+    tr.add_argument("--val-fraction", type=float, default=t.val_fraction)
+    tr.add_argument("--seed", type=int, default=t.seed)
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tr.add_argument("--threads", type=int, help="CPU threads for torch")
+    tr.add_argument("--workers", type=int, help="data loader workers (default 0 on CPU, 4 on GPU)")
+    tr.add_argument("--out", help="the run directory (default: a new one under checkpoints/)")
+    tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    tr.set_defaults(func=train_command)
     return p

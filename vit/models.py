@@ -1,0 +1,172 @@
+"""The catalog of timm Vision Transformers and one way to create any of them.
+
+    model = create_model(ModelSpec("vit_tiny_patch16_224.augreg_in21k_ft_in1k"), num_classes=3)
+
+Weights come from timm's pretrained weights on the Hugging Face Hub, a local
+weights file, a timm-format folder (config.json + model.safetensors, which is
+what a run directory is), an `hf-hub:` id, or random init when asked for
+("from scratch"). A failed download is a `ModelError` that says how to supply
+weights; random init is never a silent fallback. Image and patch size can
+differ from the pretrained ones: timm resamples position and patch embeddings.
+Models are created with fused attention for speed; `set_fused_attention(model,
+False)` exposes attention maps for explanations.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A model cannot be created; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str           # timm name with pretrained tag
+    title: str
+    params_m: float     # millions of parameters (backbone + 1000-class head)
+    img_size: int       # image size we train at by default
+    device: str         # "CPU" (trains on a laptop) or "GPU" (wants one)
+    note: str
+
+
+CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry("vit_tiny_patch16_224.augreg_in21k_ft_in1k", "ViT-Tiny/16 (AugReg)", 5.7, 224, "CPU",
+                 "Default. Small and quick; fine-tunes on a laptop CPU in minutes."),
+    CatalogEntry("deit_tiny_distilled_patch16_224.fb_in1k", "DeiT-Tiny/16 distilled", 5.9, 224, "CPU",
+                 "Tiny ViT trained with a distillation token; CPU-friendly."),
+    CatalogEntry("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16 (AugReg)", 22.1, 224, "CPU",
+                 "More accurate than Tiny; trains on CPU, faster on a GPU."),
+    CatalogEntry("deit_small_patch16_224.fb_in1k", "DeiT-Small/16", 22.1, 224, "CPU",
+                 "ImageNet-1k only pretraining (DeiT recipe); CPU is slow but workable."),
+    CatalogEntry("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14", 22.1, 224, "GPU",
+                 "Self-supervised DINOv2 features, strong on unusual domains; no CLS head pretrained."),
+    CatalogEntry("vit_small_patch14_reg4_dinov2.lvd142m", "DINOv2 ViT-S/14 + 4 registers", 22.1, 224, "GPU",
+                 "DINOv2 with register tokens: cleaner attention maps."),
+    CatalogEntry("vit_base_patch16_224.augreg2_in21k_ft_in1k", "ViT-Base/16 (AugReg2)", 86.6, 224, "GPU",
+                 "Best accuracy here; wants a GPU."),
+)
+DEFAULT_MODEL = CATALOG[0].name
+
+
+@dataclass
+class ModelSpec:
+    """What to build. `name` is a timm name, `hf-hub:user/repo` or `local-dir:/path`."""
+
+    name: str = DEFAULT_MODEL
+    pretrained: bool = True
+    weights: str | None = None          # a weights file, a timm-format folder or a run directory
+    img_size: int | None = None         # None: the catalog's (or the model's) default
+    patch_size: int | None = None       # None: the model's own
+    model_args: dict = field(default_factory=dict)  # more timm kwargs, e.g. depth=4 for a small model
+
+
+def create_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    """Create the model `spec` describes with a fresh `num_classes` head (kept if it already fits)."""
+    name, kwargs = _resolve(spec)
+    kwargs["num_classes"] = num_classes
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ModelError(unknown_model_message(name)) from None
+        if kwargs.get("pretrained"):
+            raise ModelError(_weights_message(spec, e)) from None
+        raise ModelError(f"Cannot create {name}: {e}") from None
+    except (OSError, ValueError, KeyError) as e:
+        if kwargs.get("pretrained"):
+            raise ModelError(_weights_message(spec, e)) from None
+        raise ModelError(f"Cannot create {name}: {e}") from None
+
+
+def check_model_name(name: str) -> str:
+    """Return `name` if timm knows it (tag allowed), else raise ModelError with suggestions."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name
+    arch = name.split(".")[0]
+    if arch not in timm.list_models():
+        raise ModelError(unknown_model_message(name))
+    return name
+
+
+def unknown_model_message(name: str) -> str:
+    arch = name.split(".")[0]
+    close = difflib.get_close_matches(arch, timm.list_models("*vit*") + timm.list_models("deit*"), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"timm does not know the model '{name}'.{hint} Pick one from the catalog, or any name from "
+            "timm.list_models('vit*').")
+
+
+def catalog_entry(name: str) -> CatalogEntry | None:
+    return next((e for e in CATALOG if e.name == name), None)
+
+
+def data_config(model: nn.Module) -> dict:
+    """timm's preprocessing for this model as built (its actual input size): input_size, mean, std,
+    interpolation, crop_pct."""
+    from timm.data.model_config import resolve_input_data_config
+    return resolve_input_data_config(model)
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch every attention block between fused SDPA (fast) and explicit softmax (attention readable).
+
+    Returns how many attention modules were switched.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = enabled
+            n += 1
+    return n
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _resolve(spec: ModelSpec) -> tuple[str, dict]:
+    """timm.create_model's name and kwargs for a spec."""
+    kwargs: dict = dict(spec.model_args)
+    name = spec.name
+    if spec.weights:
+        weights = Path(spec.weights)
+        if weights.is_dir():
+            if not (weights / "config.json").is_file():
+                raise ModelError(f"{weights} has no config.json: it is not a timm-format model folder or a run "
+                                 "directory. Give the folder that holds config.json and model.safetensors.")
+            name, pretrained = f"local-dir:{weights}", True
+        elif weights.is_file():
+            check_model_name(name)
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+            pretrained = True
+        else:
+            raise ModelError(f"Weights file {weights} does not exist.")
+    else:
+        if not name.startswith(("hf-hub:", "local-dir:")):
+            check_model_name(name)
+        pretrained = spec.pretrained
+    kwargs["pretrained"] = pretrained
+    entry = catalog_entry(name)
+    img_size = spec.img_size or (entry.img_size if entry else None)
+    if img_size:
+        kwargs["img_size"] = img_size
+    if spec.patch_size:
+        kwargs["patch_size"] = spec.patch_size
+    return name, kwargs
+
+
+def _weights_message(spec: ModelSpec, error: Exception) -> str:
+    where = spec.weights or spec.name
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    reason = "the Hugging Face Hub is switched off (HF_HUB_OFFLINE=1)" if offline else f"{type(error).__name__}: {error}"
+    return (f"Could not load pretrained weights for {where}: {reason}. To supply them: (1) give a local weights "
+            "file or timm-format folder (--weights PATH; a .safetensors from the model's Hub page), (2) download the "
+            "model once on a machine with internet into the Hugging Face cache (HF_HOME) and copy the cache here, "
+            "or (3) train from scratch instead (--no-pretrained; needs more data and epochs).")

@@ -1,0 +1,210 @@
+"""The run directory: the one record of a training run, shared by the UI, the CLI and the Hub code.
+
+checkpoints/<run-id>/
+    config.json        timm Hub format (architecture, num_classes, label_names, pretrained_cfg,
+                       model_args) plus our training config under "vit_studio"
+    model.safetensors  best weights: timm.create_model("local-dir:<run-dir>", pretrained=True) loads them
+    last.pt            state for resuming (weights, optimizer, scheduler, epoch, RNG, history);
+                       tensors and plain data only, read with torch.load(weights_only=True)
+    status.json        state, epoch, step, message, timestamps
+    metrics.jsonl      one line per epoch
+    metrics.json       final metrics of the best model
+    CANCEL             present when a cancel was requested
+
+Every write goes to a temporary file that is renamed into place, so a reader
+never sees half a file and a crash never corrupts what was there before.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
+    "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
+CONFIG_KEY = "vit_studio"
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    status: dict
+    config: dict
+
+    @property
+    def id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+
+def create_run_dir(root: str | os.PathLike | None = None, model_name: str = "model") -> Path:
+    """A new, empty run directory named <date>-<time>-<model>-<random>."""
+    root = Path(root) if root else DEFAULT_ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    short = re.sub(r"[^A-Za-z0-9_]+", "-", model_name.split("/")[-1].split(".")[0])[:40].strip("-") or "model"
+    run_dir = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{short}-{secrets.token_hex(2)}"
+    run_dir.mkdir()
+    return run_dir
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    return read_json(Path(run_dir) / STATUS, {})
+
+
+def update_status(run_dir: str | os.PathLike, state: str | None = None, **fields) -> dict:
+    """Merge `fields` (and a new state) into status.json; stamps updated_at, started_at, finished_at."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    now = time.time()
+    if state is not None:
+        if state not in STATES:
+            raise ValueError(f"unknown run state {state!r}")
+        if state == "running" and status.get("state") != "running":
+            status.setdefault("started_at", now)
+        if state not in ACTIVE_STATES:
+            status["finished_at"] = now
+        status["state"] = state
+    status.setdefault("created_at", now)
+    status.update(fields)
+    status["updated_at"] = now
+    write_json(run_dir / STATUS, status)
+    return status
+
+
+def write_metrics_log(run_dir: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl with `rows` (atomically)."""
+    path = Path(run_dir) / METRICS_LOG
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def read_metrics_log(run_dir: str | os.PathLike) -> list[dict]:
+    rows = []
+    try:
+        for line in (Path(run_dir) / METRICS_LOG).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a torn last line from a crash
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    return read_json(Path(run_dir) / CONFIG, {})
+
+
+def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_config: dict,
+               data_config: dict | None = None) -> None:
+    """Write config.json and model.safetensors in timm's Hub format, each atomically."""
+    from timm.models import save_for_hf
+
+    run_dir = Path(run_dir)
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".save-") as tmp:
+        save_for_hf(model, tmp, model_config={"label_names": list(label_names)}, safe_serialization=True,
+                    data_config=data_config)
+        config = json.loads(Path(tmp, CONFIG).read_text())
+        config[CONFIG_KEY] = train_config
+        write_json(Path(tmp, CONFIG), config)
+        os.replace(Path(tmp, WEIGHTS), run_dir / WEIGHTS)
+        os.replace(Path(tmp, CONFIG), run_dir / CONFIG)
+
+
+def save_resume_state(run_dir: str | os.PathLike, state: dict) -> None:
+    path = Path(run_dir) / RESUME
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_resume_state(run_dir: str | os.PathLike) -> dict | None:
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def request_cancel(run_dir: str | os.PathLike) -> None:
+    (Path(run_dir) / CANCEL).touch()
+
+
+def cancel_requested(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / CANCEL).exists()
+
+
+def clear_cancel(run_dir: str | os.PathLike) -> None:
+    (Path(run_dir) / CANCEL).unlink(missing_ok=True)
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
+    """Every run directory under root, newest first."""
+    root = Path(root) if root else DEFAULT_ROOT
+    runs = []
+    for d in root.iterdir() if root.is_dir() else []:
+        if d.is_dir() and not d.name.startswith(".") and ((d / STATUS).exists() or (d / CONFIG).exists()):
+            runs.append(RunInfo(d, read_status(d), read_config(d)))
+    runs.sort(key=lambda r: (r.status.get("created_at", 0), r.id), reverse=True)
+    return runs
+
+
+def delete_run(run_dir: str | os.PathLike) -> None:
+    """Remove a run directory; refuses a run that is queued or running."""
+    run_dir = Path(run_dir)
+    state = read_status(run_dir).get("state")
+    if state in ACTIVE_STATES:
+        raise ValueError(f"Run {run_dir.name} is {state}; cancel it before deleting it.")
+    shutil.rmtree(run_dir)
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
