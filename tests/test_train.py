@@ -1,6 +1,7 @@
 """The training engine, the model factory and the run directory."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -325,9 +326,17 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
            "--img-size", "32", "--patch-size", "8", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
            "--model-arg", "num_heads=2", "--epochs", "2", "--batch-size", "4", "--threads", "1", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("run directory:") == 2, "only rank 0 prints (start and end)"
+    # its own session, so that on a timeout torchrun's worker processes are killed with it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 180 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count("run directory:") == 2, "only rank 0 prints (start and end)"
     assert runs.read_status(out)["state"] == "completed"
     log = runs.read_metrics_log(out)
     assert [r["epoch"] for r in log] == [1, 2]

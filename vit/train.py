@@ -265,7 +265,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
             loss_sum += loss.item() * n
             correct += (logits.argmax(1) == y).sum().item()
             seen += n
-            emit.step(epoch=epoch, step=step + 1, steps=len(loader), loss=loss.item(), lr=_lr(optimizer))
+            emit.step(epoch=epoch, step=step + 1, steps=len(loader), images=n, loss=loss.item(), lr=_lr(optimizer))
         train_time = time.perf_counter() - t_epoch
 
         eval_model = ema.module if ema is not None else model
