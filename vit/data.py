@@ -444,7 +444,7 @@ def _member_name(info: zipfile.ZipInfo) -> str:
 def _unsafe_member(info: zipfile.ZipInfo, name: str, limits: Limits) -> str | None:
     if (info.external_attr >> 16) and stat.S_ISLNK(info.external_attr >> 16):
         return "symbolic link inside the archive (ignored for safety)"
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
+    if _escapes(name):
         return "unsafe path that points outside the dataset (ignored for safety)"
     if "\x00" in name or any(ord(c) < 32 for c in name):
         return "file name with control characters (ignored for safety)"
@@ -569,7 +569,7 @@ def _manifest_labels(manifest: _Entry, entries: list[_Entry], skipped: list[Skip
             continue
         rel, label = row[ip].strip().replace("\\", "/"), row[il].strip()
         name = str(base / rel) if str(base) != "." else rel
-        if rel.startswith("/") or ".." in PurePosixPath(rel).parts or re.match(r"^[A-Za-z]:", rel):
+        if _escapes(rel):
             skipped.append(Skipped(f"{MANIFEST_NAME}:{lineno}", f"path {rel!r} points outside the dataset (ignored)"))
             continue
         entry = by_name.get(PurePosixPath(name).as_posix())
@@ -831,6 +831,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _escapes(name: str) -> bool:
+    """True for a relative path that leaves its folder: absolute, a drive letter, or a '..' part."""
+    return name.startswith("/") or bool(re.match(r"^[A-Za-z]:", name)) or ".." in PurePosixPath(name).parts
 
 
 def _safe_suffix(name: str) -> str:

@@ -16,6 +16,7 @@ never sees half a file and a crash never corrupts what was there before.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -62,18 +63,9 @@ def create_run_dir(root: str | os.PathLike | None = None, model_name: str = "mod
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically."""
+    with _atomic(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
 
 
 def read_json(path: str | os.PathLike, default=None):
@@ -109,11 +101,8 @@ def update_status(run_dir: str | os.PathLike, state: str | None = None, **fields
 
 def write_metrics_log(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite metrics.jsonl with `rows` (atomically)."""
-    path = Path(run_dir) / METRICS_LOG
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with _atomic(Path(run_dir) / METRICS_LOG) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r, default=_json_default) + "\n" for r in rows)
-    os.replace(tmp, path)
 
 
 def read_metrics_log(run_dir: str | os.PathLike) -> list[dict]:
@@ -150,15 +139,8 @@ def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_
 
 
 def save_resume_state(run_dir: str | os.PathLike, state: dict) -> None:
-    path = Path(run_dir) / RESUME
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with _atomic(Path(run_dir) / RESUME) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_resume_state(run_dir: str | os.PathLike) -> dict | None:
@@ -198,6 +180,22 @@ def delete_run(run_dir: str | os.PathLike) -> None:
     if state in ACTIVE_STATES:
         raise ValueError(f"Run {run_dir.name} is {state}; cancel it before deleting it.")
     shutil.rmtree(run_dir)
+
+
+@contextlib.contextmanager
+def _atomic(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _json_default(o):
