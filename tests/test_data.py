@@ -223,6 +223,25 @@ def test_same_image_in_two_classes_is_a_label_conflict(tmp_path):
     members["dog/same.png"] = members["cat/000.png"]
     ds = load_dataset(write_tree(tmp_path / "d", members))
     assert any("labelled 'cat', 'dog'" in w for w in ds.report.warnings)
+    r = reasons(ds)
+    assert "also labelled 'dog'" in r["cat/000.png"] and "also labelled 'cat'" in r["dog/same.png"]
+    assert ds.report.counts == {"cat": 2, "dog": 3}, "an image of ambiguous label trains neither class"
+
+
+def test_class_whose_images_are_all_skipped_is_named_not_dropped(tmp_path):
+    members = class_members(("beach",), n=6)
+    members.update({f"mountain/{i}.jpg": members[f"beach/{i:03d}.png"] for i in range(3)})
+    ds = load_dataset(write_tree(tmp_path / "d", members))
+    assert ds.classes == ["beach", "mountain"]
+    assert ds.report.errors == ["Class 'mountain' has no usable images (3 of its files were skipped; the report lists why); "
+                                "each class needs at least 2 (one to train on, one to validate)."]
+
+
+def test_of_two_copies_the_original_name_is_kept(tmp_path):
+    members = class_members(n=3)
+    members["cat/000 copy.png"] = members["cat/000.png"]
+    ds = load_dataset(write_tree(tmp_path / "d", members))
+    assert reasons(ds)["cat/000 copy.png"] == "exact duplicate of cat/000.png"
 
 
 # ---------------------------------------------------------------- hostile input

@@ -311,6 +311,10 @@ def test_cli_train_and_resume(shapes, tmp_path, capsys):
     assert cli.main(["train", "--out", str(out), "--resume"]) == 0, "a finished run resumes to the same end"
     assert cli.main(["train", "--data", str(tmp_path / "nope"), "--no-pretrained"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(shapes / "circle"), "--no-pretrained", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot be trained on" in err and "data check" in err
+    assert not (tmp_path / "x").exists(), "no run directory for data that cannot train"
 
 
 def test_cli_train_pretrained_offline_exits_2_with_the_fix(shapes, tmp_path, capsys):

@@ -79,17 +79,21 @@ def train_command(args) -> int:
             val_fraction=args.val_fraction, device=args.device, threads=args.threads, workers=args.workers,
             data=str(Path(data_path).resolve()))
         val_fraction, seed = config.val_fraction, config.seed
-        if args.out:
-            run_dir = Path(args.out)
-            if (run_dir / runs.STATUS).exists() and not distributed:
-                raise TrainError(f"{run_dir} already holds a run. Use --resume to continue it, or another --out.")
-            run_dir.mkdir(parents=True, exist_ok=True)
-        elif distributed:
-            raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
-        else:
-            run_dir = runs.create_run_dir(None, args.model)
     if not data_path:
         raise TrainError("--data PATH is required: the run does not record where its data came from.")
+    if not args.resume:
+        if args.out and (Path(args.out) / runs.STATUS).exists() and not distributed:
+            raise TrainError(f"{args.out} already holds a run. Use --resume to continue it, or another --out.")
+        if distributed and not args.out:
+            raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
+    ds = data.load_dataset(data_path, val_fraction=val_fraction, seed=seed)
+    if not ds.report.ok:
+        ds.close()
+        raise data.DataError("The dataset cannot be trained on: " + " ".join(ds.report.errors)
+                             + f" (python -m vit data check {data_path} shows the full report)")
+    if not args.resume:
+        run_dir = Path(args.out) if args.out else runs.create_run_dir(None, args.model)
+        run_dir.mkdir(parents=True, exist_ok=True)
     main_process = int(os.environ.get("RANK", "0")) == 0
     stop = {"requested": False}
 
@@ -101,7 +105,7 @@ def train_command(args) -> int:
 
     signal.signal(signal.SIGINT, on_sigint)
     progress = _Progress() if main_process else None
-    with data.load_dataset(data_path, val_fraction=val_fraction, seed=seed) as ds:
+    with ds:
         if main_process:
             print(f"run directory: {run_dir}")
             print(f"data: {len(ds.items)} images, {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val")
@@ -126,7 +130,7 @@ class _Progress:
     def __call__(self, e: dict) -> None:
         from tqdm import tqdm
         kind = e.get("type")
-        if kind == "status" and e.get("message"):
+        if kind == "status" and e.get("message") and e.get("state") != "failed":  # main() prints the error
             print(e["message"], file=sys.stderr)
         elif kind == "step":
             if self.bar is None:

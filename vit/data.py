@@ -615,9 +615,13 @@ def _build(entries: list[_Entry], skipped: list[Skipped], layout: str, source: s
     items.sort(key=lambda it: (_natural_key(it.label), it.split or "", _natural_key(it.name)))
     items, dup_skipped, duplicates, leakage, conflicts = _deduplicate(items)
     skipped.extend(dup_skipped)
-    classes = sorted({it.label for it in items} | set(declared), key=_natural_key)
+    # Every class the user made counts, even one whose every file was skipped: the report must name it.
+    classes = sorted({e.label for e in entries} | set(declared), key=_natural_key)
     train, val, test = _split(items, classes, val_fraction, seed)
-    report = _report(source, layout, classes, items, train, val, test, skipped, duplicates, leakage, conflicts)
+    label_of = {e.name: e.label for e in entries}
+    skipped_per_class = Counter(label_of.get(s.name) for s in skipped)
+    report = _report(source, layout, classes, items, train, val, test, skipped, duplicates, leakage, conflicts,
+                     skipped_per_class)
     dataset = Dataset(classes, items, train, val, test, report, workspace)
     if workspace is not None:
         dataset._finalizer = weakref.finalize(dataset, shutil.rmtree, workspace, True)
@@ -659,6 +663,15 @@ def _deduplicate(items: list[Item]):
         labels = sorted({it.label for it in same}, key=_natural_key)
         if len(labels) > 1:
             conflicts.append((same[0].name, labels))
+        if len(labels) > 1:  # which label is right cannot be known: leave every copy out
+            for it in same:
+                others = [lb for lb in labels if lb != it.label]
+                skipped.append(Skipped(it.name, f"the same image is also labelled {_quote_list(others)} "
+                                                f"(e.g. {next(o.name for o in same if o.label != it.label)}); "
+                                                "left out because its label is ambiguous"))
+                drop.add(id(it))
+            continue
+        same = sorted(same, key=lambda it: (len(it.name), _natural_key(it.name)))  # the original, not "copy"
         first_in_split: dict[str | None, Item] = {}
         for it in same:
             if it.split in first_in_split:
@@ -695,7 +708,8 @@ def _split(items: list[Item], classes: list[str], val_fraction: float, seed: int
     return sorted(train), sorted(val), test
 
 
-def _report(source, layout, classes, items, train, val, test, skipped, duplicates, leakage, conflicts) -> HealthReport:
+def _report(source, layout, classes, items, train, val, test, skipped, duplicates, leakage, conflicts,
+            skipped_per_class) -> HealthReport:
     counts = {c: 0 for c in classes}
     for it in items:
         counts[it.label] += 1
@@ -724,14 +738,18 @@ def _report(source, layout, classes, items, train, val, test, skipped, duplicate
     for cls in classes:
         if counts[cls] < 2:
             has = "no images" if counts[cls] == 0 else "only 1 image"
+            if skipped_per_class.get(cls):
+                has = f"{'no usable images' if counts[cls] == 0 else 'only 1 usable image'} " \
+                      f"({skipped_per_class[cls]} of its files were skipped; the report lists why)"
             errors.append(f"Class '{cls}' has {has}; each class needs at least 2 (one to train on, one to validate).")
-    if "val" in split_counts and len(classes) > 1:
-        missing = [c for c in classes if split_counts["val"][c] == 0]
+    given_split = any(it.split for it in items)
+    if given_split and "val" in split_counts and len(classes) > 1:
+        missing = [c for c in classes if split_counts["val"][c] == 0 and counts[c] >= 2]
         if missing:
             warnings.append(f"No validation images for {_quote_list(missing)}: their accuracy cannot be measured. "
                             "Add some to val/.")
-    if "train" in split_counts:
-        missing = [c for c in classes if split_counts["train"][c] == 0]
+    if given_split and "train" in split_counts:
+        missing = [c for c in classes if split_counts["train"][c] == 0 and counts[c] >= 2]
         if missing:
             errors.append(f"No training images for {_quote_list(missing)}. Add some to train/.")
     if imbalance and imbalance >= IMBALANCE_WARN_RATIO:
@@ -752,8 +770,10 @@ def _report(source, layout, classes, items, train, val, test, skipped, duplicate
     if leakage:
         warnings.append(f"{len(leakage)} image(s) appear in both train and val/test (e.g. {leakage[0][0]} = "
                         f"{leakage[0][1]}). Validation accuracy will be too optimistic; remove the copies from val/test.")
-    for name, labels in conflicts:
-        warnings.append(f"The same image is labelled {_quote_list(labels)} (e.g. {name}). Keep it in one class only.")
+    if conflicts:
+        name, labels = conflicts[0]
+        warnings.append(f"{len(conflicts)} image(s) appear under more than one class (e.g. {name} is labelled "
+                        f"{_quote_list(labels)}); they were left out. Keep each image in one class only.")
     if val and len(val) < 10:
         warnings.append(f"The validation set has only {len(val)} images, so validation accuracy moves in steps of "
                         f"{100 / len(val):.0f}%. Add more images for a reliable measure.")
