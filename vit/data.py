@@ -661,9 +661,8 @@ def _deduplicate(items: list[Item]):
             continue
         duplicates.append([it.name for it in same])
         labels = sorted({it.label for it in same}, key=_natural_key)
-        if len(labels) > 1:
-            conflicts.append((same[0].name, labels))
         if len(labels) > 1:  # which label is right cannot be known: leave every copy out
+            conflicts.append((same[0].name, labels))
             for it in same:
                 others = [lb for lb in labels if lb != it.label]
                 skipped.append(Skipped(it.name, f"the same image is also labelled {_quote_list(others)} "

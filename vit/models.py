@@ -73,13 +73,9 @@ def create_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     kwargs["num_classes"] = num_classes
     try:
         return timm.create_model(name, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        if isinstance(e, RuntimeError) and "Unknown model" in str(e):
             raise ModelError(unknown_model_message(name)) from None
-        if kwargs.get("pretrained"):
-            raise ModelError(_weights_message(spec, e)) from None
-        raise ModelError(f"Cannot create {name}: {e}") from None
-    except (OSError, ValueError, KeyError) as e:
         if kwargs.get("pretrained"):
             raise ModelError(_weights_message(spec, e)) from None
         raise ModelError(f"Cannot create {name}: {e}") from None
@@ -89,8 +85,7 @@ def check_model_name(name: str) -> str:
     """Return `name` if timm knows it (tag allowed), else raise ModelError with suggestions."""
     if name.startswith(("hf-hub:", "local-dir:")):
         return name
-    arch = name.split(".")[0]
-    if arch not in timm.list_models():
+    if not timm.is_model(name):
         raise ModelError(unknown_model_message(name))
     return name
 
@@ -149,8 +144,7 @@ def _resolve(spec: ModelSpec) -> tuple[str, dict]:
         else:
             raise ModelError(f"Weights file {weights} does not exist.")
     else:
-        if not name.startswith(("hf-hub:", "local-dir:")):
-            check_model_name(name)
+        check_model_name(name)
         pretrained = spec.pretrained
     kwargs["pretrained"] = pretrained
     entry = catalog_entry(name)

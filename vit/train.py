@@ -188,6 +188,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay else None
+    eval_model = ema.module if ema is not None else model  # what is validated and saved
     autocast, scaler = _amp(config, device)
     net = ddp.wrap(model)
 
@@ -268,7 +269,6 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
             emit.step(epoch=epoch, step=step + 1, steps=len(loader), images=n, loss=loss.item(), lr=_lr(optimizer))
         train_time = time.perf_counter() - t_epoch
 
-        eval_model = ema.module if ema is not None else model
         val_loss, val_acc, _ = _evaluate(eval_model, val_set, config, device, autocast)
         improved = val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["val_loss"])
         if improved:
@@ -300,7 +300,6 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     emit.status("running", message="Computing final metrics on the best model")
     from safetensors.torch import load_file
     ddp.barrier()  # rank 0 has written the best weights
-    eval_model = ema.module if ema is not None else model
     eval_model.load_state_dict(load_file(run_dir / runs.WEIGHTS))
     _, _, predictions = _evaluate(eval_model, val_set, config, device, autocast, keep=True)
     metrics = _final_metrics(predictions, dataset, classes, best, history, stopped_early)
