@@ -1,5 +1,25 @@
-"""Entry point: build the UI and serve it (locally at http://127.0.0.1:7860, or as a Space)."""
+"""Entry point: build the UI and serve it (locally at http://127.0.0.1:7860, or as a Space).
+
+Training runs in child processes managed by vit.jobs; stopping the app (Ctrl-C,
+SIGTERM) stops them cleanly and leaves their runs resumable.
+"""
+import os
+import signal
+
+from vit.jobs import JobManager
 from vit.ui import CSS, THEME, build_app
 
+
+def main() -> None:
+    manager = JobManager(os.environ.get("VIT_CHECKPOINTS") or None)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker/Spaces stop: the same path as Ctrl-C
+    try:
+        build_app(manager).launch(theme=THEME, css=CSS)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        manager.shutdown()
+
+
 if __name__ == "__main__":
-    build_app().launch(theme=THEME, css=CSS)
+    main()

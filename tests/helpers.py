@@ -1,4 +1,4 @@
-"""Test helpers: generated images, zips and folders."""
+"""Test helpers: generated images, zips and folders; a tiny training config."""
 import io
 import zipfile
 from pathlib import Path
@@ -44,6 +44,17 @@ def write_tree(root: Path, members: dict) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data.encode() if isinstance(data, str) else data)
     return root
+
+
+# A tiny ViT that runs in a second or two: 32x32 input, 4x4 patch grid, one block.
+TINY = dict(model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+            model_args={"depth": 1, "embed_dim": 32, "num_heads": 2}, batch_size=8, epochs=2, lr=1e-3,
+            early_stopping=None)
+
+
+def tiny(**over):
+    from vit.train import TrainConfig
+    return TrainConfig(**{**TINY, **over})
 
 
 ARTIFACTS = Path(__file__).parent / "e2e" / "artifacts"

@@ -1,14 +1,24 @@
 """The app's named API endpoints, called with gradio_client against the app launched in the test."""
+import time
+
 import pytest
 from gradio_client import Client, handle_file
 
 from helpers import class_members, image_bytes, write_zip
 from vit import ui
+from vit.jobs import JobManager
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    app = ui.build_app()
+def manager(tmp_path_factory):
+    m = JobManager(tmp_path_factory.mktemp("app") / "checkpoints", gpus=0)
+    yield m
+    m.shutdown(grace_s=2)
+
+
+@pytest.fixture(scope="module")
+def app_url(manager):
+    app = ui.build_app(manager)
     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     yield url
     app.close()
@@ -16,7 +26,7 @@ def app_url():
 
 def test_check_dataset_endpoint_reports_a_zip(app_url, tmp_path):
     z = write_zip(tmp_path / "pets.zip", class_members(n=6))
-    report, counts, grid = Client(app_url, verbose=False).predict(handle_file(str(z)), api_name="/check_dataset")
+    report, counts, grid, _ = Client(app_url, verbose=False).predict(handle_file(str(z)), api_name="/check_dataset")
     assert report.startswith("### Ready to train: 12 images in 2 classes")
     assert "| cat | 6 |" in report
     assert len(grid) == 8  # 4 thumbnails per class
@@ -24,7 +34,7 @@ def test_check_dataset_endpoint_reports_a_zip(app_url, tmp_path):
 
 def test_check_dataset_endpoint_explains_a_bad_zip(app_url, tmp_path):
     z = write_zip(tmp_path / "one.zip", {"only/1.png": image_bytes(seed=1), "only/2.png": image_bytes(seed=2)})
-    report, _, _ = Client(app_url, verbose=False).predict(handle_file(str(z)), api_name="/check_dataset")
+    report, _, _, _ = Client(app_url, verbose=False).predict(handle_file(str(z)), api_name="/check_dataset")
     assert "Cannot train yet" in report and "Only one class found ('only')" in report
 
 
@@ -36,5 +46,32 @@ def test_check_dataset_endpoint_refuses_a_hostile_zip_and_keeps_serving(app_url,
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="zip bomb"):
         client.predict(handle_file(str(z)), api_name="/check_dataset")
-    report, _, _ = client.predict(30, api_name="/sample_dataset")
+    report, _, _, _ = client.predict(30, api_name="/sample_dataset")
     assert report.startswith("### Ready to train: 90 images in 3 classes")
+
+
+def test_train_from_the_sample_data_watch_progress_and_delete(app_url, manager):
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match="No dataset yet"):
+        client.predict(ui.DEFAULT_MODEL, True, 1, 16, 1e-3, "me", api_name="/start_training")
+    client.predict(10, api_name="/sample_dataset")  # the dataset is kept in this session's state
+    message, picker = client.predict(ui.DEFAULT_MODEL, True, 2, 16, 1e-3, "me", api_name="/start_training")
+    run_id = picker["value"]
+    assert f"Run **{run_id}** is" in message
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        table, _ = client.predict(run_id, "me", api_name="/list_runs")
+        row = next(r for r in table["data"] if r[0] == run_id)
+        if row[1] not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert row[1] == "completed" and row[3] == "2/2" and row[4].endswith("%"), row
+    summary, losses, accs = client.predict(run_id, "me", api_name="/show_run")
+    assert summary.startswith(f"**{run_id}**: completed. Finished: best validation accuracy")
+    assert len(losses["data"]) == 4 and {r[2] for r in accs["data"]} == {"train", "validation"}
+    config = manager.progress(run_id)
+    assert config["model"] == ui.DEFAULT_MODEL
+    with pytest.raises(Exception, match="only a queued or running run can be cancelled"):
+        client.predict(run_id, "me", api_name="/cancel_run")
+    assert client.predict(run_id, "me", api_name="/delete_run") == f"Deleted run {run_id}."
+    assert run_id not in [r["id"] for r in manager.list()]

@@ -18,20 +18,14 @@ from vit.models import CATALOG, ModelError, ModelSpec, create_model
 from vit.samples import make_shapes_dataset
 from vit.train import TrainConfig, TrainError, train
 
+from helpers import TINY, tiny
+
 ROOT = Path(__file__).resolve().parents[1]
-# A tiny ViT that runs in a second or two: 32x32 input, 4x4 patch grid, one block.
-TINY = dict(model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-            model_args={"depth": 1, "embed_dim": 32, "num_heads": 2}, batch_size=8, epochs=2, lr=1e-3,
-            early_stopping=None)
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", per_class=12, size=32)
-
-
-def tiny(**over) -> TrainConfig:
-    return TrainConfig(**{**TINY, **over})
 
 
 # ---------------------------------------------------------------- the engine learns

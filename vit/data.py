@@ -258,6 +258,39 @@ def thumbnails(dataset: Dataset, per_class: int = 4, size: int = 128) -> list[tu
     return out
 
 
+def export_dataset(dataset: Dataset, dest: str | os.PathLike) -> Path:
+    """Copy the usable images of `dataset` into the folder `dest` with a labels.csv manifest.
+
+    The manifest records every image's label and split, so `load_dataset(dest)`
+    gives back the same images, names, classes and split, whatever the
+    original came as (a temporary zip workspace, uploads). Skipped files stay out.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=False)
+    split_of = {i: s for s, idx in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
+                for i in idx}
+    rows, used = [], set()
+    for i, item in enumerate(dataset.items):
+        name = item.name
+        if _escapes(name) or name.lower() == MANIFEST_NAME or name.lower() in used:
+            name = f"{item.label}/{i:06d}{_safe_suffix(item.name)}"  # a clash of uploaded names
+        used.add(name.lower())
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a file of our own temporary workspace can be linked; a user's own file is copied
+            if dataset.workspace is None or not Path(item.path).is_relative_to(dataset.workspace):
+                raise OSError
+            os.link(item.path, target)
+        except OSError:
+            shutil.copyfile(item.path, target)
+        rows.append((name, item.label, split_of[i]))
+    with open(dest / MANIFEST_NAME, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(("path", "label", "split"))
+        writer.writerows(rows)
+    return dest
+
+
 class DecodeCache:
     """Decoded training images kept in memory as uint8 CHW tensors.
 

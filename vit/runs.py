@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
@@ -173,6 +175,56 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     return runs
 
 
+def run_path(root: str | os.PathLike | None, run_id: str) -> Path:
+    """The directory of run `run_id` under root; ValueError for a name that is not one of its runs."""
+    root = Path(root) if root else DEFAULT_ROOT
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"{str(run_id)[:80]!r} is not a run id (like 20260101-120000-vit_tiny-ab12).")
+    run_dir = root / run_id
+    if not ((run_dir / STATUS).is_file() or (run_dir / CONFIG).is_file()):
+        raise ValueError(f"There is no run {run_id} in {root}. It may have been deleted; refresh the list.")
+    return run_dir
+
+
+def process_identity() -> dict:
+    """Who is writing this run: enough for another process to tell later whether it still runs."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _process_start(os.getpid())}
+
+
+def writer_alive(status: dict, stale_after_s: float = 900.0) -> bool:
+    """Whether the process that marked a run `running` is still there.
+
+    On this machine: its pid exists, is not a zombie and started when it said
+    it did (pids are reused). A run written from another machine (a shared
+    folder) counts as alive while it keeps writing.
+    """
+    age = time.time() - status.get("updated_at", 0)
+    if status.get("host") not in (None, socket.gethostname()):
+        return age < stale_after_s
+    pid = status.get("pid")
+    if not pid:
+        return age < 60  # a process that is starting and has not written its pid yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    start = _process_start(pid)
+    if start == "zombie":
+        return False
+    return status.get("pid_start") is None or start is None or start == status["pid_start"]
+
+
+def remove_partial_files(run_dir: str | os.PathLike) -> None:
+    """Remove the temporary files a killed writer can leave behind (never a finished file)."""
+    for p in Path(run_dir).glob(".*"):
+        if p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+        elif p.name.startswith(".save-") and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def delete_run(run_dir: str | os.PathLike) -> None:
     """Remove a run directory; refuses a run that is queued or running."""
     run_dir = Path(run_dir)
@@ -196,6 +248,17 @@ def _atomic(path: str | os.PathLike):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _process_start(pid: int):
+    """The start time of a process in clock ticks since boot ("zombie" for one that has exited), where
+    /proc tells; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may contain spaces
+    return "zombie" if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _json_default(o):

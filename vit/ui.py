@@ -2,23 +2,36 @@
 handler calls into the vit package and turns its errors into clear toasts."""
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import tempfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from vit import data, samples
+from vit import data, jobs, samples
+from vit.models import CATALOG, DEFAULT_MODEL
+from vit.train import TrainConfig, from_scratch
 
 TITLE = "ViT Studio"
 INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
          "Start with your data: a .zip with one folder per class (cat/001.jpg, dog/001.jpg, ...).")
 THEME = gr.themes.Soft()
 CSS = ""
+MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
+RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
+NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
 
 
-def build_app() -> gr.Blocks:
+def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
+    """The app. Without a manager it makes one for VIT_CHECKPOINTS (default checkpoints/) on first use."""
+    get_manager = _manager_getter(manager)
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
+        dataset = gr.State(None)                 # {"path", "name", "summary"} of the checked dataset
+        owner = gr.BrowserState("", storage_key="vit-studio-owner")  # survives closing the tab
         with gr.Tab("Data"):
             with gr.Row():
                 upload = gr.File(label="Dataset (.zip of class folders)", file_types=[".zip"], type="filepath")
@@ -28,10 +41,69 @@ def build_app() -> gr.Blocks:
             report = gr.Markdown("Upload a dataset or use the sample data to see its health report.")
             counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
             grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
-        outputs = [report, counts, grid]
-        upload.upload(check_dataset, upload, outputs, api_name="check_dataset")
-        sample_btn.click(sample_dataset, sample_count, outputs, api_name="sample_dataset")
+        with gr.Tab("Train"):
+            data_line = gr.Markdown(NO_DATA)
+            with gr.Row():
+                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model")
+                scratch = gr.Checkbox(False, label="From scratch (no download; small 64-pixel inputs)",
+                                      info="Pretrained weights come from the Hugging Face Hub. Offline, train "
+                                           "from scratch: good enough for simple images, far weaker otherwise.")
+            with gr.Row():
+                epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs")
+                batch_size = gr.Slider(4, 128, value=32, step=4, label="Batch size")
+                lr = gr.Number(1e-4, label="Learning rate (head)", minimum=1e-7, maximum=1.0)
+            start_btn = gr.Button("Start training", variant="primary")
+            start_msg = gr.Markdown()
+            runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
+                                      wrap=True)
+            with gr.Row():
+                selected = gr.Dropdown([], label="Run", allow_custom_value=False, scale=3)
+                cancel_btn = gr.Button("Cancel", scale=1)
+                resume_btn = gr.Button("Resume", scale=1)
+                delete_btn = gr.Button("Delete", variant="stop", scale=1)
+            run_msg = gr.Markdown()
+            progress = gr.Markdown()
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss")
+                acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1])
+            timer = gr.Timer(2.0)
+
+        shown = [report, counts, grid, dataset, data_line]
+        upload.upload(check_dataset, upload, shown, api_name="check_dataset")
+        sample_btn.click(sample_dataset, sample_count, shown, api_name="sample_dataset")
+
+        app.load(_ensure_owner, owner, owner, api_visibility="private")
+        listing = [runs_table, selected]
+        view = [progress, loss_plot, acc_plot]
+
+        def start(ds, model_name, from_zero, n_epochs, batch, rate, who):
+            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who)
+
+        def refresh(choice, who):
+            return list_runs(get_manager(), choice, who)
+
+        def show(run_id, who):
+            return show_run(get_manager(), run_id, who)
+
+        def act(action):
+            def handler(run_id, who):
+                return run_action(get_manager(), action, run_id, who)
+            return handler
+
+        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner], [start_msg, selected],
+                        api_name="start_training").then(refresh, [selected, owner], listing, api_visibility="private")
+        timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
+        timer.tick(show, [selected, owner], view, api_visibility="private", show_progress="hidden")
+        selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
+        for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
+            btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
+                refresh, [selected, owner], listing, api_visibility="private")
+        app.load(refresh, [selected, owner], listing, api_visibility="private")
     return app
+
+
+# ---------------------------------------------------------------------------
+# handlers: plain functions, reachable without a browser
 
 
 def check_dataset(path: str | None):
@@ -40,22 +112,138 @@ def check_dataset(path: str | None):
         raise gr.Error("No file received. Upload a .zip with one folder per class.")
     try:
         with data.load_dataset(path) as ds:
-            return _show(ds)
+            return _show(ds, path, Path(path).name)
     except data.DataError as e:
         raise gr.Error(str(e), duration=None)
 
 
 def sample_dataset(per_class: float = 40):
-    """Generate the built-in shapes dataset and show its report."""
-    with tempfile.TemporaryDirectory(prefix="vit-sample-") as tmp:
-        folder = samples.make_shapes_dataset(tmp, int(per_class), fmt="jpg")
-        with data.load_dataset(folder) as ds:
-            return _show(ds)
+    """Generate the built-in shapes dataset (kept for training) and show its report."""
+    n = int(per_class)
+    root = Path(tempfile.gettempdir()) / "vit-studio-samples"
+    folder = root / f"shapes-{n}"
+    if not (folder / "circle").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+        samples.make_shapes_dataset(tmp / "d", n, fmt="jpg")
+        try:
+            os.replace(tmp / "d", folder)  # atomic: a concurrent request sees all of it or none
+        except OSError:
+            pass  # another request made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    with data.load_dataset(folder) as ds:
+        return _show(ds, str(folder), f"sample shapes ({n} per class)")
 
 
-def _show(ds: data.Dataset):
+def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
+                   epochs: float, batch_size: float, lr: float, owner: str | None):
+    """Queue a run on the checked dataset; returns a message and the new run's id (to select it)."""
+    if not dataset:
+        raise gr.Error(NO_DATA)
+    config = TrainConfig(model=model_name or DEFAULT_MODEL, epochs=int(epochs), batch_size=int(batch_size),
+                         lr=float(lr or 1e-4))
+    if scratch:
+        config = from_scratch(config)
+    try:
+        run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"])
+    except (jobs.JobError, data.DataError) as e:
+        raise gr.Error(str(e), duration=None)
+    state = manager.progress(run_id, owner)
+    return f"Run **{run_id}** is {state['state']}: {state['message']}", gr.Dropdown(
+        choices=_run_ids(manager), value=run_id)
+
+
+def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
+    """The runs table and the run picker (keeping the current choice)."""
+    rows = manager.list(owner or None)
+    table = pd.DataFrame([[r["id"], r["state"], (r["model"] or "").split(".")[0], _epoch_text(r),
+                           "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"]]
+                          for r in rows], columns=RUN_COLUMNS)
+    ids = [r["id"] for r in rows]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    return table, gr.Dropdown(choices=ids, value=value)
+
+
+def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """Progress of one run: a summary line and its loss and accuracy curves."""
+    empty = pd.DataFrame(columns=["epoch", "value", "curve"])
+    if not run_id:
+        return "Start a run or pick one to see its progress.", empty, empty
+    try:
+        p = manager.progress(run_id, owner or None)
+    except jobs.JobError as e:
+        return str(e), empty, empty
+    lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
+    if p["state"] == "running" and p["steps_per_epoch"]:
+        lines.append(f"Epoch {min((p['epoch'] or 0) + 1, p['epochs'] or 1)}/{p['epochs']}, "
+                     f"step {p['step'] or 0}/{p['steps_per_epoch']}"
+                     + (f", about {_duration(p['eta_s'])} left" if p.get("eta_s") else ""))
+    if p["cancel_requested"] and p["state"] == "running":
+        lines.append("Cancel requested: it stops after the current step.")
+    if p["state"] in ("failed", "interrupted") and not p["message"]:
+        lines.append(f"```\n{manager.log_tail(run_id)}\n```")
+    losses, accs = [], []
+    for row in p["history"]:
+        losses += [(row["epoch"], row["train_loss"], "train"), (row["epoch"], row["val_loss"], "validation")]
+        accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
+    return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
+            pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+
+
+def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
+    """Cancel, resume or delete the selected run; the message says what happened."""
+    if not run_id:
+        raise gr.Error("Pick a run first.")
+    try:
+        return getattr(manager, action)(run_id, owner=owner or None)
+    except jobs.JobError as e:
+        raise gr.Error(str(e))
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _show(ds: data.Dataset, path: str, name: str):
     r = ds.report
     rows = [{"class": c, "split": split, "images": n}
             for split, per in r.split_counts.items() for c, n in per.items()]
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
-    return r.to_markdown(), df, data.thumbnails(ds)
+    if r.ok:
+        state = {"path": path, "name": name}
+        line = f"Dataset: **{name}**: {r.total} images in {len(ds.classes)} classes ({', '.join(ds.classes)})."
+    else:
+        state, line = None, f"The dataset **{name}** cannot be trained on yet; see the Data tab."
+    return r.to_markdown(), df, data.thumbnails(ds), state, line
+
+
+def _manager_getter(manager: jobs.JobManager | None):
+    made: list[jobs.JobManager] = [manager] if manager else []
+
+    def get() -> jobs.JobManager:
+        if not made:
+            made.append(jobs.JobManager(os.environ.get("VIT_CHECKPOINTS") or None))
+        return made[0]
+
+    return get
+
+
+def _ensure_owner(owner: str | None) -> str:
+    return owner or secrets.token_urlsafe(16)
+
+
+def _run_ids(manager: jobs.JobManager) -> list[str]:
+    return [r["id"] for r in manager.list()]
+
+
+def _epoch_text(r: dict) -> str:
+    if r["epochs"] is None:
+        return ""
+    done = r["epoch"] or 0
+    return f"{done}/{r['epochs']}" if r["state"] != "queued" else f"0/{r['epochs']}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+

@@ -36,9 +36,17 @@ def page(browser):
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def manager(tmp_path_factory):
+    from vit.jobs import JobManager
+    m = JobManager(tmp_path_factory.mktemp("e2e") / "checkpoints", gpus=0)
+    yield m
+    m.shutdown(grace_s=2)
+
+
+@pytest.fixture(scope="module")
+def app_url(manager):
     from vit.ui import CSS, THEME, build_app
-    app = build_app()
+    app = build_app(manager)
     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, theme=THEME, css=CSS)
     yield url
     app.close()

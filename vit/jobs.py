@@ -1,0 +1,653 @@
+"""Background training: a queue of runs, each trained in its own child process.
+
+    manager = JobManager()                       # finds and reconciles the runs under checkpoints/
+    run_id = manager.submit(dataset, TrainConfig(epochs=5), owner=session_id)
+    manager.progress(run_id)                     # status.json + metrics.jsonl: cheap to poll
+    manager.cancel(run_id, owner=session_id)
+    manager.shutdown()
+
+The web server never trains. `submit` copies the dataset into the run
+directory (so the run survives the upload's temporary files and can be
+resumed), marks the run `queued` and returns its id at once. A scheduler
+thread starts queued runs first come first served, one at a time per device,
+as `python -m vit.jobs RUN_DIR` in a new process group; the child writes its
+progress into the run directory, which is all any reader needs, so a run
+started from the CLI shows up too.
+
+A child that dies (killed, crashed, out of memory) leaves its run
+`interrupted` with the reason and its checkpoints intact; `resume` continues
+from the last finished epoch. A new manager (an app restart) marks runs whose
+process is gone `interrupted` and restarts the queue. `shutdown` stops the
+children (cooperatively, then by force) and reaps their whole process group,
+and a child whose app disappears without a shutdown stops by itself: no
+orphans. On a CPU-only machine children run with fewer threads than cores and
+a lower priority, so the web server stays responsive.
+
+In multi-user mode (a public Space) a session may cancel, delete and resume
+only the runs it submitted; single-user mode (the local default) has no owners.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vit import runs
+from vit.data import Dataset, DataError, export_dataset, load_dataset
+from vit.train import TrainConfig
+
+JOB = "job.json"        # what to train: the config, the owner, where the data is
+LOG = "train.log"       # the child's output
+DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class JobError(ValueError):
+    """A request the job manager refuses; the message says why and what to do."""
+
+
+def default_single_user() -> bool:
+    """Single-user unless VIT_SINGLE_USER says otherwise or the app runs as a Hugging Face Space."""
+    value = os.environ.get("VIT_SINGLE_USER")
+    if value is not None:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get("SYSTEM") != "spaces"
+
+
+def default_cpu_threads() -> int:
+    """Training threads on a CPU-only machine: every core but one, which is left to the web server."""
+    value = os.environ.get("VIT_TRAIN_THREADS")
+    if value:
+        return max(1, int(value))
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class JobManager:
+    """Queue, start, watch, cancel, resume and delete training runs under `root`."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, single_user: bool | None = None,
+                 cpu_threads: int | None = None, niceness: int = 10, cancel_grace_s: float = 30.0,
+                 shutdown_grace_s: float = 10.0, max_active_per_owner: int = 2, gpus: int | None = None,
+                 poll_s: float = 0.25):
+        self.root = Path(root) if root else runs.DEFAULT_ROOT
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.single_user = default_single_user() if single_user is None else single_user
+        self.cpu_threads = cpu_threads or default_cpu_threads()
+        self.niceness = niceness
+        self.cancel_grace_s = cancel_grace_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.max_active_per_owner = max_active_per_owner
+        self.poll_s = poll_s
+        if gpus is None:
+            import torch
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        self.slots = [f"cuda:{i}" for i in range(gpus)] + ["cpu"]
+        self._lock_file = _lock_root(self.root)
+        self._cv = threading.Condition()
+        self._queue: list[str] = []                 # run ids, first come first served
+        self._children: dict[str, _Child] = {}      # slot -> the child training on it
+        self._closing = False
+        self._last_sweep = 0.0
+        self._reconcile()
+        self._thread = threading.Thread(target=self._schedule_forever, name="vit-jobs", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, *, owner: str | None = None,
+               source_name: str | None = None) -> str:
+        """Queue a training run on `source` (a loaded Dataset or a path); return its run id at once."""
+        self._check_open()
+        if not isinstance(config, TrainConfig):
+            raise JobError("config must be a TrainConfig")
+        self._check_quota(owner)
+        dataset = source if isinstance(source, Dataset) else load_dataset(
+            source, val_fraction=config.val_fraction, seed=config.seed)
+        try:
+            if not dataset.report.ok:
+                raise JobError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+            run_dir = runs.create_run_dir(self.root, config.model)
+            try:
+                data_dir = export_dataset(dataset, run_dir / DATA_DIR)
+                config = TrainConfig.from_dict({**asdict(config), "data": str(data_dir)})
+                device = self._device_kind(config.device)
+                runs.write_json(run_dir / JOB, {
+                    "config": asdict(config), "owner": owner, "device": device,
+                    "source": source_name or dataset.report.source, "classes": dataset.classes,
+                    "images": len(dataset.items)})
+                with self._cv:
+                    runs.update_status(run_dir, "queued", message="Queued", model=config.model,
+                                       epochs=config.epochs, device=device)
+                    self._queue.append(run_dir.name)
+                    self._update_positions()
+                    self._cv.notify_all()
+            except BaseException:
+                import shutil
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+        finally:
+            if dataset is not source:
+                dataset.close()
+        return run_dir.name
+
+    def cancel(self, run_id: str, *, owner: str | None = None, grace_s: float | None = None) -> str:
+        """Stop a run: a queued one at once; a running one at its next step, or by force after the grace
+        period (the status says which). Its best checkpoint stays. Returns a message for the user."""
+        run_dir = self._own_run(run_id, owner, "cancel")
+        grace = self.cancel_grace_s if grace_s is None else grace_s
+        with self._cv:
+            state = runs.read_status(run_dir).get("state")
+            if run_id in self._queue:
+                self._queue.remove(run_id)
+                runs.update_status(run_dir, "cancelled", message="Cancelled before it started.", cancel="queued")
+                self._update_positions()
+                return f"Run {run_id} was cancelled before it started."
+            child = self._child_of(run_id)
+            if child is not None and state in runs.ACTIVE_STATES:  # (a finished child may still be exiting)
+                runs.request_cancel(run_dir)
+                child.cancel_deadline = time.monotonic() + grace
+                self._cv.notify_all()
+                return (f"Cancelling run {run_id}: it stops after the current step"
+                        + (f", or is stopped by force in {grace:.0f} s." if grace > 0 else "."))
+            if state == "running":  # trained by another process (the CLI, another app): ask it
+                runs.request_cancel(run_dir)
+                return f"Asked run {run_id} to stop; the process training it stops after its current step."
+            raise JobError(f"Run {run_id} is {state}; only a queued or running run can be cancelled.")
+
+    def resume(self, run_id: str, *, owner: str | None = None) -> str:
+        """Queue an interrupted, cancelled or failed run again; it continues from its last finished epoch."""
+        self._check_open()
+        run_dir = self._own_run(run_id, owner, "resume")
+        with self._cv:
+            if runs.read_status(run_dir).get("state") not in runs.ACTIVE_STATES and not self._settle(run_id):
+                raise JobError(f"Run {run_id} is still stopping; try again in a moment.")
+            state = runs.read_status(run_dir).get("state")  # what the stopped child left
+            if state not in ("interrupted", "cancelled", "failed"):
+                raise JobError(f"Run {run_id} is {state}; only an interrupted, cancelled or failed run can be "
+                               "resumed.")
+            if not (run_dir / JOB).is_file() or not (run_dir / DATA_DIR).is_dir():
+                raise JobError(f"Run {run_id} was not started from this app (it has no copy of its data); resume "
+                               f"it with: python -m vit train --resume --out {run_dir} --data DATA")
+            self._check_quota(owner)
+            runs.clear_cancel(run_dir)
+            last = runs.load_resume_state(run_dir)
+            where = f"from epoch {last['epoch'] + 2}" if last else "from the start (no epoch had finished)"
+            runs.update_status(run_dir, "queued", message=f"Queued to resume {where}", resumed_from=state,
+                               cancel=None)
+            self._queue.append(run_id)
+            self._update_positions()
+            self._cv.notify_all()
+        return f"Run {run_id} is queued to resume {where}."
+
+    def delete(self, run_id: str, *, owner: str | None = None) -> str:
+        """Remove a run and its files; never a queued or running one."""
+        run_dir = self._own_run(run_id, owner, "delete")
+        with self._cv:
+            if run_id in self._queue or not self._settle(run_id):
+                raise JobError(f"Run {run_id} is queued or running; cancel it before deleting it.")
+            try:
+                runs.delete_run(run_dir)
+            except ValueError as e:
+                raise JobError(str(e)) from None
+        return f"Deleted run {run_id}."
+
+    # ------------------------------------------------------------------ reading
+
+    def list(self, owner: str | None = None) -> list[dict]:
+        """Every run, newest first, with its state, best metric and what `owner` may do with it."""
+        with self._cv:
+            queue = list(self._queue)
+        out = []
+        for info in runs.list_runs(self.root):
+            out.append(self._summary(info.run_dir, info.status, info.config, owner, queue))
+        return out
+
+    def progress(self, run_id: str, owner: str | None = None) -> dict:
+        """The run's summary plus its per-epoch history: what a progress view polls."""
+        run_dir = self._run_dir(run_id)
+        with self._cv:
+            queue = list(self._queue)
+        summary = self._summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner, queue)
+        summary["history"] = runs.read_metrics_log(run_dir)
+        summary["cancel_requested"] = runs.cancel_requested(run_dir)
+        return summary
+
+    def log_tail(self, run_id: str, lines: int = 20) -> str:
+        return _tail(self._run_dir(run_id) / LOG, lines)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> str:
+        """Block until the run leaves queued/running (or the timeout passes); return its state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        run_dir = self._run_dir(run_id)
+        while True:
+            state = runs.read_status(run_dir).get("state")
+            with self._cv:
+                active = run_id in self._queue or self._child_of(run_id) is not None
+            if not active and state not in runs.ACTIVE_STATES:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                return state
+            time.sleep(0.1)
+
+    def web_threads(self) -> int:
+        """Threads a computation of the web process (a classification) should use now: the cores a CPU run
+        leaves free. torch's thread count is per thread, so the handler sets it before computing."""
+        cores = os.cpu_count() or 1
+        with self._cv:
+            training = self.cpu_threads if "cpu" in self._children else 0
+        return max(1, cores - training)
+
+    def child_pid(self, run_id: str) -> int | None:
+        """The pid of the process training `run_id` for this manager, if any."""
+        with self._cv:
+            child = self._child_of(run_id)
+            return child.proc.pid if child else None
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop every child (cooperatively, then by force) and leave their runs `interrupted`, resumable.
+        Queued runs stay queued for the next start. Safe to call twice."""
+        grace = self.shutdown_grace_s if grace_s is None else grace_s
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            children = list(self._children.values())
+            self._cv.notify_all()
+        self._thread.join()
+        for child in children:
+            child.shutting_down = True
+            _signal(child.proc.pid, signal.SIGTERM)  # the child stops at its next step
+        deadline = time.monotonic() + grace
+        for child in children:
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self._reap(child, forced=child.proc.poll() is None)
+        self._children.clear()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "JobManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ the scheduler
+
+    def _schedule_forever(self) -> None:
+        while True:
+            with self._cv:
+                if self._closing:
+                    return
+                try:
+                    self._tick()
+                except Exception as e:  # the scheduler must outlive any one bad run directory
+                    print(f"vit.jobs: scheduler error: {type(e).__name__}: {e}", file=sys.stderr)
+                self._cv.wait(self.poll_s)
+
+    def _tick(self) -> None:
+        for slot, child in list(self._children.items()):
+            if child.proc.poll() is not None:
+                self._reap(child)
+                del self._children[slot]
+            elif child.cancel_deadline is not None and time.monotonic() > child.cancel_deadline:
+                child.forced = True
+                _kill_group(child.proc.pid)
+        started = False
+        for run_id in list(self._queue):
+            run_dir = self.root / run_id
+            if not (run_dir / JOB).is_file():  # deleted behind our back
+                self._queue.remove(run_id)
+                continue
+            device = runs.read_json(run_dir / JOB, {}).get("device", "cpu")
+            slot = next((s for s in self.slots if s.split(":")[0] == device and s not in self._children), None)
+            if slot is not None:
+                self._queue.remove(run_id)
+                started = True
+                try:
+                    self._start(run_id, slot)
+                except OSError as e:
+                    runs.update_status(run_dir, "failed", message=f"The training process could not start: {e}")
+        if started:
+            self._update_positions()
+        if time.monotonic() - self._last_sweep > 5.0:
+            self._last_sweep = time.monotonic()
+            self._mark_dead_runs()
+
+    def _start(self, run_id: str, slot: str) -> None:
+        run_dir = self.root / run_id
+        env = dict(os.environ, PYTHONUNBUFFERED="1", VIT_PARENT_PID=str(os.getpid()), VIT_NICE=str(self.niceness))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        if slot == "cpu":
+            threads = str(self.cpu_threads)
+            env.update(VIT_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                       CUDA_VISIBLE_DEVICES="")
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = slot.split(":")[1]
+        runs.remove_partial_files(run_dir)
+        runs.update_status(run_dir, "running", message="Starting the training process", slot=slot, pid=None,
+                           host=None, position=None)
+        with open(run_dir / LOG, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting on {slot}\n".encode())
+            log.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "vit.jobs", str(run_dir)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PACKAGE_ROOT,
+                                    start_new_session=True)  # its own process group: killed as a whole
+        self._children[slot] = _Child(run_id, run_dir, proc)
+
+    def _reap(self, child: "_Child", forced: bool = False) -> None:
+        """Record how a child ended when it could not say so itself, and kill what it left behind."""
+        forced = forced or child.forced
+        if forced:
+            _kill_group(child.proc.pid)
+        rc = child.proc.wait()
+        _kill_group(child.proc.pid)  # data loader workers of a child that died
+        runs.remove_partial_files(child.run_dir)
+        if not child.run_dir.is_dir():
+            return
+        status = runs.read_status(child.run_dir)
+        state, epoch = status.get("state"), status.get("epoch") or 0
+        kept = _kept_note(child.run_dir)
+        if child.cancel_deadline is not None:  # a cancel was asked for
+            if forced:
+                runs.update_status(child.run_dir, "cancelled", cancel="forced", pid=None,
+                                   message=f"Stopped by force: the run did not stop by itself within the grace "
+                                           f"period after the cancel. {kept}")
+            elif state in runs.ACTIVE_STATES:
+                runs.update_status(child.run_dir, "cancelled", cancel="cooperative", pid=None,
+                                   message=f"Cancelled. {kept}")
+            else:
+                runs.update_status(child.run_dir, cancel="cooperative", pid=None)
+            runs.clear_cancel(child.run_dir)
+        elif child.shutting_down:
+            if state in runs.ACTIVE_STATES or state == "cancelled":
+                runs.update_status(child.run_dir, "interrupted", pid=None,
+                                   message=f"The app shut down during epoch {epoch + 1}. {kept} Resume to continue.")
+        elif state in runs.ACTIVE_STATES:  # died without a word: killed, crashed, out of memory
+            if rc < 0:
+                name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+                why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
+                       "SIGSEGV": " (a crash in native code)"}.get(name, "")
+                runs.update_status(child.run_dir, "interrupted", pid=None, exit_code=rc,
+                                   message=f"The training process was killed by {name}{why} during epoch "
+                                           f"{epoch + 1}. {kept} Resume to continue.")
+            else:
+                last = _tail(child.run_dir / LOG, 1).strip() or "no output"
+                runs.update_status(child.run_dir, "failed", pid=None, exit_code=rc,
+                                   message=f"The training process exited with code {rc}: {last[-300:]}")
+
+    def _reconcile(self) -> None:
+        """At start-up: runs whose process is gone become interrupted; queued runs queue again."""
+        queued = []
+        for info in runs.list_runs(self.root):
+            if info.state == "queued" and (info.run_dir / JOB).is_file():
+                queued.append(info)
+            elif info.state == "queued":
+                runs.update_status(info.run_dir, "failed", message="Queued without a job description; start it "
+                                                                   "again from the app.")
+        self._mark_dead_runs()
+        for info in sorted(queued, key=lambda r: (r.status.get("updated_at", 0), r.id)):
+            self._queue.append(info.id)
+        self._update_positions()
+
+    def _mark_dead_runs(self) -> None:
+        ours = {c.run_id for c in self._children.values()}
+        for info in runs.list_runs(self.root):
+            if info.state == "running" and info.id not in ours and not runs.writer_alive(info.status):
+                runs.remove_partial_files(info.run_dir)
+                epoch = info.status.get("epoch") or 0
+                runs.update_status(info.run_dir, "interrupted", pid=None,
+                                   message=f"The process training this run stopped during epoch {epoch + 1} "
+                                           f"(the app restarted or the process died). {_kept_note(info.run_dir)} "
+                                           "Resume to continue.")
+
+    def _update_positions(self) -> None:
+        """Tell each queued run where it stands: 1 is next for its device."""
+        ahead: dict[str, int] = {}
+        for run_id in self._queue:
+            run_dir = self.root / run_id
+            device = runs.read_json(run_dir / JOB, {}).get("device", "cpu")
+            position = ahead[device] = ahead.get(device, 0) + 1
+            status = runs.read_status(run_dir)
+            message = ("Queued: next in line" if position == 1 else
+                       f"Queued: {position - 1} run{'s' if position > 2 else ''} ahead") + (
+                " (to resume)" if status.get("resumed_from") else "")
+            if status.get("position") != position or status.get("message") != message:
+                runs.update_status(run_dir, position=position, message=message)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _summary(self, run_dir: Path, status: dict, config: dict, owner: str | None, queue: list[str]) -> dict:
+        job = runs.read_json(run_dir / JOB, {})
+        metrics = runs.read_json(run_dir / runs.METRICS, {})
+        state = status.get("state", "unknown")
+        mine = self.single_user or (owner is not None and job.get("owner") == owner)
+        best = metrics.get("val_acc", status.get("best_val_acc"))
+        return {
+            "id": run_dir.name, "state": state, "message": status.get("message", ""),
+            "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
+            "source": job.get("source"), "created_at": status.get("created_at"),
+            "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
+            "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
+            "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
+            "eta_s": status.get("eta_s") if state == "running" else None,
+            "best_val_acc": best if best is None or best >= 0 else None, "best_epoch": status.get("best_epoch"),
+            "position": status.get("position") if run_dir.name in queue else None,
+            "device": status.get("device") or job.get("device"), "has_model": (run_dir / runs.WEIGHTS).is_file(),
+            "mine": mine, "can_cancel": mine and state in runs.ACTIVE_STATES,
+            "can_delete": mine and state not in runs.ACTIVE_STATES,
+            "can_resume": mine and state in ("interrupted", "cancelled", "failed") and (run_dir / JOB).is_file(),
+        }
+
+    def _run_dir(self, run_id: str) -> Path:
+        try:
+            return runs.run_path(self.root, run_id)
+        except ValueError as e:
+            raise JobError(str(e)) from None
+
+    def _own_run(self, run_id: str, owner: str | None, action: str) -> Path:
+        run_dir = self._run_dir(run_id)
+        if not self.single_user:
+            started_by = runs.read_json(run_dir / JOB, {}).get("owner")
+            if owner is None or started_by != owner:
+                raise JobError(f"Run {run_id} was started in another session; only that session can {action} it.")
+        return run_dir
+
+    def _check_quota(self, owner: str | None) -> None:
+        if self.single_user:
+            return
+        if owner is None:
+            raise JobError("Sign in or reload the page: a run needs a session to belong to.")
+        mine = [r for r in self.list(owner) if r["mine"] and r["state"] in runs.ACTIVE_STATES]
+        if len(mine) >= self.max_active_per_owner:
+            raise JobError(f"You already have {len(mine)} runs queued or running (the limit on this shared app is "
+                           f"{self.max_active_per_owner}); wait for one to finish or cancel one.")
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise JobError("The app is shutting down; try again when it is back.")
+
+    def _settle(self, run_id: str, timeout: float = 30.0) -> bool:
+        """True when no process of ours trains `run_id`. A child that has written its final state but is
+        still exiting is waited for and reaped now, so that what it leaves cannot overwrite a new request."""
+        for slot, child in list(self._children.items()):
+            if child.run_id != run_id:
+                continue
+            if runs.read_status(child.run_dir).get("state") in runs.ACTIVE_STATES:
+                return False
+            try:
+                child.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            self._reap(child)
+            del self._children[slot]
+        return True
+
+    def _child_of(self, run_id: str) -> "_Child | None":
+        return next((c for c in self._children.values() if c.run_id == run_id), None)
+
+    def _device_kind(self, wanted: str) -> str:
+        if wanted == "cpu" or not any(s.startswith("cuda") for s in self.slots):
+            if wanted == "cuda":
+                raise JobError("This machine has no GPU; choose device 'auto' or 'cpu'.")
+            return "cpu"
+        return "cuda"
+
+
+@dataclass
+class _Child:
+    run_id: str
+    run_dir: Path
+    proc: subprocess.Popen
+    cancel_deadline: float | None = None
+    forced: bool = False
+    shutting_down: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def _kept_note(run_dir: Path) -> str:
+    state = runs.load_resume_state(run_dir) if (run_dir / runs.RESUME).is_file() else None
+    if state is None:
+        return "No epoch had finished, so there is no checkpoint yet."
+    best = state.get("best", {}).get("epoch")
+    return (f"Epochs 1-{state['epoch'] + 1} are saved" + (f"; the best model (epoch {best}) is kept." if best else "."))
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _lock_root(root: Path):
+    """One manager per checkpoints folder: two would start the same queued run twice."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; run one app per folder
+        return None
+    f = open(root / ".jobs.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise JobError(f"Another ViT Studio app ({holder}) is already running the training queue of {root}. "
+                       "Stop it first, or give this one another checkpoints folder (VIT_CHECKPOINTS).") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+# ---------------------------------------------------------------------------
+# the child process: python -m vit.jobs RUN_DIR
+
+
+def _child_main(run_dir: Path) -> int:
+    """Train the run in `run_dir` (resuming when it has a saved epoch) and exit with 0 completed,
+    1 cancelled, 2 failed, 3 stopped because the app went away."""
+    if int(os.environ.get("VIT_NICE", "0")) > 0:
+        os.nice(int(os.environ["VIT_NICE"]))
+    stop = _StopRequests(run_dir, int(os.environ.get("VIT_PARENT_PID", "0")) or None)
+    job = runs.read_json(run_dir / JOB)
+    if not job:
+        runs.update_status(run_dir, "failed", message=f"{run_dir / JOB} is missing or unreadable.")
+        return 2
+    config = TrainConfig.from_dict(job["config"])
+    if os.environ.get("VIT_THREADS"):
+        import torch
+        torch.set_num_threads(int(os.environ["VIT_THREADS"]))
+        config.threads = int(os.environ["VIT_THREADS"])
+    from vit.train import TrainError, train
+    try:
+        dataset = load_dataset(run_dir / DATA_DIR, val_fraction=config.val_fraction, seed=config.seed)
+    except DataError as e:
+        runs.update_status(run_dir, "failed", message=f"The run's copy of its data cannot be read: {e}")
+        return 2
+    resume = (run_dir / runs.RESUME).is_file()
+    with dataset:
+        try:
+            result = train(dataset, None if resume else config, run_dir, on_event=_log_event,
+                           should_stop=stop, resume=resume)
+        except TrainError as e:
+            print(f"failed: {e}", flush=True)
+            return 2
+    if result.get("cancelled") and stop.reason:
+        runs.update_status(run_dir, "interrupted", message=f"Stopped during epoch {result['epoch']}: {stop.reason}. "
+                                                           f"{_kept_note(run_dir)} Resume to continue.")
+        return 3
+    return 1 if result.get("cancelled") else 0
+
+
+class _StopRequests:
+    """should_stop for a child: SIGTERM (the app shutting down) or the app process disappearing.
+    A cancel from the user arrives as the run's CANCEL file, which train() checks itself."""
+
+    def __init__(self, run_dir: Path, parent_pid: int | None):
+        self.run_dir, self.reason = run_dir, None
+        signal.signal(signal.SIGTERM, lambda *_: self._set("the app shut down"))
+        if parent_pid:
+            threading.Thread(target=self._watch_parent, args=(parent_pid,), daemon=True).start()
+
+    def __call__(self) -> bool:
+        return self.reason is not None
+
+    def _set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        self._set("the app that started it exited")
+        time.sleep(60.0)  # a step that never ends: do not outlive the app by more than this
+        runs.update_status(self.run_dir, "interrupted", pid=None,
+                           message=f"Stopped: the app that started it exited. {_kept_note(self.run_dir)} "
+                                   "Resume to continue.")
+        os._exit(3)
+
+
+def _log_event(e: dict) -> None:
+    kind = e.get("type")
+    if kind == "status" and e.get("message"):
+        print(f"[{time.strftime('%H:%M:%S')}] {e.get('state') or ''} {e['message']}".replace("  ", " "), flush=True)
+    elif kind == "epoch":
+        print(f"[{time.strftime('%H:%M:%S')}] epoch {e['epoch']}/{e['epochs']} train loss {e['train_loss']:.4f} "
+              f"acc {e['train_acc']:.1%} val loss {e['val_loss']:.4f} acc {e['val_acc']:.1%} "
+              f"{e['images_per_s']:.0f} img/s", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m vit.jobs RUN_DIR  (started by the app's job manager)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_child_main(Path(sys.argv[1])))
