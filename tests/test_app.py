@@ -6,22 +6,6 @@ from gradio_client import Client, handle_file
 
 from helpers import class_members, image_bytes, write_zip
 from vit import ui
-from vit.jobs import JobManager
-
-
-@pytest.fixture(scope="module")
-def manager(tmp_path_factory):
-    m = JobManager(tmp_path_factory.mktemp("app") / "checkpoints", gpus=0)
-    yield m
-    m.shutdown(grace_s=2)
-
-
-@pytest.fixture(scope="module")
-def app_url(manager):
-    app = ui.build_app(manager)
-    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url
-    app.close()
 
 
 def test_check_dataset_endpoint_reports_a_zip(app_url, tmp_path):
@@ -50,7 +34,8 @@ def test_check_dataset_endpoint_refuses_a_hostile_zip_and_keeps_serving(app_url,
     assert report.startswith("### Ready to train: 90 images in 3 classes")
 
 
-def test_train_from_the_sample_data_watch_progress_and_delete(app_url, manager):
+def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manager):
+    manager = app_manager
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="No dataset yet"):
         client.predict(ui.DEFAULT_MODEL, True, 1, 16, 1e-3, "me", api_name="/start_training")

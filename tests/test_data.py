@@ -545,3 +545,30 @@ def test_cli_caps_are_configurable(tmp_path, capsys):
     z = write_zip(tmp_path / "d.zip", class_members(n=3))
     assert cli.main(["data", "check", str(z), "--max-files", "2"]) == 2
     assert "(max_files)" in capsys.readouterr().err
+
+
+def test_export_keeps_names_labels_and_split_and_leaves_skipped_files_out(tmp_path):
+    members = class_members(("cat", "dog"), n=6)
+    members["cat/broken.jpg"] = b"not an image"
+    z = write_zip(tmp_path / "pets.zip", members)
+    with load_dataset(z, val_fraction=0.34, seed=3) as ds:
+        data.export_dataset(ds, tmp_path / "copy")
+        split = {ds.items[i].name: s for s, idx in (("train", ds.train), ("val", ds.val)) for i in idx}
+    assert not ds.workspace.exists()  # the copy outlives the upload's temporary files
+    with load_dataset(tmp_path / "copy", val_fraction=0.9, seed=99) as copy:  # the recorded split wins
+        assert copy.report.ok and copy.report.layout == "labels.csv manifest" and not copy.report.skipped
+        assert {copy.items[i].name: s for s, idx in (("train", copy.train), ("val", copy.val))
+                for i in idx} == split
+        assert "cat/broken.jpg" not in {it.name for it in copy.items}
+
+
+def test_export_renames_uploads_that_share_a_file_name(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, seed in ((a, 1), (b, 2)):
+        d.mkdir()
+        (d / "photo.png").write_bytes(image_bytes(seed=seed))
+    others = [write_tree(tmp_path / f"o{i}", {"x.png": image_bytes(seed=10 + i)}) / "x.png" for i in range(3)]
+    with load_dataset({"cat": [a / "photo.png", b / "photo.png"], "dog": others}) as ds:
+        data.export_dataset(ds, tmp_path / "copy")
+    with load_dataset(tmp_path / "copy") as copy:
+        assert len(copy.items) == 5 and copy.labels(range(5)).count(0) == 2

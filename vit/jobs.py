@@ -366,7 +366,7 @@ class JobManager:
             elif state in runs.ACTIVE_STATES:
                 runs.update_status(child.run_dir, "cancelled", cancel="cooperative", pid=None,
                                    message=f"Cancelled. {kept}")
-            else:
+            elif state == "cancelled":  # (a run that finished before it saw the cancel stays as it ended)
                 runs.update_status(child.run_dir, cancel="cooperative", pid=None)
             runs.clear_cancel(child.run_dir)
         elif child.shutting_down:

@@ -33,20 +33,3 @@ def page(browser):
     pg.set_default_timeout(30_000)
     yield pg
     context.close()
-
-
-@pytest.fixture(scope="module")
-def manager(tmp_path_factory):
-    from vit.jobs import JobManager
-    m = JobManager(tmp_path_factory.mktemp("e2e") / "checkpoints", gpus=0)
-    yield m
-    m.shutdown(grace_s=2)
-
-
-@pytest.fixture(scope="module")
-def app_url(manager):
-    from vit.ui import CSS, THEME, build_app
-    app = build_app(manager)
-    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, theme=THEME, css=CSS)
-    yield url
-    app.close()

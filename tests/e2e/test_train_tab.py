@@ -2,7 +2,8 @@
 from helpers import ARTIFACTS
 
 
-def test_train_on_sample_data_and_watch_it_complete(page, app_url, manager):
+def test_train_on_sample_data_and_watch_it_complete(page, app_url, app_manager):
+    manager = app_manager
     page.goto(app_url)
     page.get_by_role("slider", name="Images per class (sample data)").fill("20")
     page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
