@@ -16,6 +16,7 @@ bench: $(VENV)/.app-installed
 	HF_HUB_OFFLINE=1 $(PY) bench/data_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/train_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/jobs_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/explain_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -60,3 +60,29 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
         client.predict(run_id, "me", api_name="/cancel_run")
     assert client.predict(run_id, "me", api_name="/delete_run") == f"Deleted run {run_id}."
     assert run_id not in [r["id"] for r in manager.list()]
+
+
+def test_classify_endpoint_gives_probabilities_a_heatmap_and_clear_errors(app_url, app_manager, tmp_path):
+    from vit.samples import make_shapes_dataset
+    from helpers import tiny
+    run_id = app_manager.submit(make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32), tiny())
+    assert app_manager.wait(run_id, 120) == "completed"
+    img = tmp_path / "photo.png"
+    img.write_bytes(image_bytes(seed=3, size=(64, 48)))
+    client = Client(app_url, verbose=False)
+    for method in ("chefer", "attention"):
+        label, overlay, notes, heads, target = client.predict(run_id, handle_file(str(img)), method, 0.5, None,
+                                                              api_name="/classify")
+        assert {c["label"] for c in label["confidences"]} == {"circle", "square", "triangle"}
+        from PIL import Image
+        assert Image.open(overlay).size == (64, 48)
+        assert f"for class **{label['label']}**" in notes
+        assert len(heads) == (2 if method == "attention" else 0)  # TINY has 2 heads
+    with pytest.raises(Exception, match="There is no run"):
+        client.predict("20200101-000000-gone-0000", handle_file(str(img)), "chefer", 0.5, None, api_name="/classify")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(Exception):
+        client.predict(run_id, handle_file(str(broken)), "chefer", 0.5, None, api_name="/classify")
+    label, *_ = client.predict(run_id, handle_file(str(img)), "rollout", 0.3, None, api_name="/classify")
+    assert label["label"] in ("circle", "square", "triangle")  # the app kept serving

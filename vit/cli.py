@@ -3,6 +3,8 @@
     python -m vit data check PATH [--json]
     python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
                         [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--out RUN_DIR] [--resume]
+    python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
+                          [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
 
 Several GPUs or machines: run the same command under torchrun, e.g.
 `torchrun --nproc_per_node 2 -m vit train --data D --out checkpoints/run1` (rank 0 writes the run).
@@ -27,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from vit.explain import ExplainError
+    from vit.predict import PredictError
     from vit.train import TrainError
     try:
         return args.func(args)
-    except (data.DataError, models.ModelError, TrainError) as e:
+    except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -119,6 +123,53 @@ def train_command(args) -> int:
     if main_process:
         print(f"run directory: {run_dir}")
     return 0
+
+
+def predict_command(args) -> int:
+    from vit import explain, predict
+
+    loaded = predict.load_model(args.model)
+    results = []
+    explaining = args.explain is not None
+    if explaining and len(args.image) > 1 and args.out and not args.out.endswith("/"):
+        raise predict.PredictError("--out names one file; with several images give a folder ending in '/'.")
+    for path in args.image:
+        image = predict.read_image(path)
+        top = loaded.classify(image, topk=args.topk)[0]
+        result = {"image": str(path), "top": [{"label": lb, "probability": round(p, 6)} for lb, p in top]}
+        if explaining:
+            target = None
+            if args.target is not None:
+                if args.target not in loaded.labels:
+                    raise predict.PredictError(f"--target {args.target!r} is not a class of this model "
+                                               f"({', '.join(loaded.labels)}).")
+                target = loaded.labels.index(args.target)
+            e = explain.explain(loaded.model, loaded.preprocess(image), args.explain, target,
+                                head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
+            out = _overlay_path(args.out, path, args.explain, len(args.image))
+            explain.overlay(image, e.heatmap, box=loaded.input_box(image.size), opacity=args.opacity,
+                            colormap=args.colormap).save(out)
+            result["explanation"] = {"method": e.method, "target": loaded.labels[e.target], "overlay": str(out),
+                                     "grid": list(e.heatmap.shape), "notes": e.notes}
+        results.append(result)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "labels": loaded.labels, "results": results}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top"]))
+            if "explanation" in r:
+                x = r["explanation"]
+                print(f"  {x['method']} map for '{x['target']}' -> {x['overlay']}"
+                      + "".join(f"\n  note: {n}" for n in x["notes"]))
+    return 0
+
+
+def _overlay_path(out: str | None, image: str, method: str, count: int) -> Path:
+    stem = Path(image).stem
+    if out and (out.endswith("/") or Path(out).is_dir()):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return Path(out) / f"{stem}.{method}.png"
+    return Path(out) if out else Path(f"{stem}.{method}.png")
 
 
 class _Progress:
@@ -210,4 +261,19 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="the run directory (default: a new one under checkpoints/)")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tr.set_defaults(func=train_command)
+
+    from vit.explain import COLORMAPS, HEAD_FUSIONS, METHODS
+    pr = sub.add_parser("predict", help="classify images with a trained model, optionally with a heatmap")
+    pr.add_argument("--model", required=True, help="a run directory, a timm-format folder or hf-hub:user/repo")
+    pr.add_argument("--image", required=True, nargs="+", help="one or more image files")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--explain", choices=list(METHODS), help="draw a heatmap overlay with this method")
+    pr.add_argument("--target", help="the class to explain (default: the predicted one)")
+    pr.add_argument("--out", help="overlay file (default: <image>.<method>.png here), or a folder ending in /")
+    pr.add_argument("--opacity", type=float, default=0.5)
+    pr.add_argument("--colormap", choices=COLORMAPS, default="turbo")
+    pr.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="rollout: how heads are fused")
+    pr.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: weakest attention links dropped")
+    pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.set_defaults(func=predict_command)
     return p

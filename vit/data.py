@@ -231,9 +231,9 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
         if min(w, h) < limits.min_side:
             raise DataError(f"too small ({w}x{h}; each side must be at least {limits.min_side} px)")
         mode = img.mode
-        orientation = img.getexif().get(0x0112, 1)
-        size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         try:
+            orientation = img.getexif().get(0x0112, 1)  # (a PNG is read to its end for this)
+            size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
             if draft_side and img.format == "JPEG":
                 scale = min(w, h) / draft_side
                 if scale >= 2:

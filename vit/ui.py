@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from vit import data, jobs, samples
+from vit import data, explain, jobs, predict, runs, samples
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.train import TrainConfig, from_scratch
 
@@ -22,6 +22,8 @@ THEME = gr.themes.Soft()
 CSS = ""
 MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
 RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
+_METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
+                  "attention": "Raw attention (last layer)", "gradcam": "Grad-CAM"}
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
 
 
@@ -67,6 +69,25 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss")
                 acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1])
             timer = gr.Timer(2.0)
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    model_source = gr.Dropdown([], label="Model: a finished run, or type hf-hub:user/repo",
+                                               allow_custom_value=True)
+                    image = gr.Image(type="pil", label="Image", image_mode=None, sources=["upload", "clipboard"])
+                    method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
+                                      value=explain.DEFAULT_METHOD, label="Heatmap")
+                    with gr.Row():
+                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity")
+                        target = gr.Dropdown([], label="Explain class (default: the predicted one)",
+                                             allow_custom_value=False)
+                    classify_btn = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    labels_out = gr.Label(label="Prediction", num_top_classes=5)
+                    overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
+                    explain_notes = gr.Markdown()
+                    heads_out = gr.Gallery(label="Attention per head (last layer)", columns=6, height="auto",
+                                           visible=True)
 
         shown = [report, counts, grid, dataset, data_line]
         upload.upload(check_dataset, upload, shown, api_name="check_dataset")
@@ -99,6 +120,17 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
                 refresh, [selected, owner], listing, api_visibility="private")
         app.load(refresh, [selected, owner], listing, api_visibility="private")
+
+        def classify(source, img, how, alpha, cls):
+            return classify_image(get_manager(), source, img, how, alpha, cls)
+
+        def models(current):
+            return model_choices(get_manager(), current)
+
+        classify_btn.click(classify, [model_source, image, method, opacity, target],
+                           [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
+        app.load(models, model_source, model_source, api_visibility="private")
+        timer.tick(models, model_source, model_source, api_visibility="private", show_progress="hidden")
     return app
 
 
@@ -198,6 +230,38 @@ def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner:
         return getattr(manager, action)(run_id, owner=owner or None)
     except jobs.JobError as e:
         raise gr.Error(str(e))
+
+
+def model_choices(manager: jobs.JobManager, current: str | None):
+    """Runs with a saved model, newest first, for the Classify tab (keeping a typed hf-hub id)."""
+    ids = [r["id"] for r in manager.list() if r["has_model"]]
+    value = current if current and (current in ids or current.startswith("hf-hub:")) else (ids[0] if ids else None)
+    return gr.Dropdown(choices=ids, value=value)
+
+
+def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
+                   target: str | None):
+    """Top classes, the heatmap overlay, its notes and per-head maps for one image."""
+    if not source:
+        raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
+    if image is None:
+        raise gr.Error("Upload an image to classify.")
+    predict.set_threads(manager.web_threads())  # leave a CPU training run its cores
+    try:
+        loaded = predict.load_model(source if source.startswith("hf-hub:") else runs.run_path(manager.root, source))
+        rgb = predict.read_image(image)
+        t = loaded.labels.index(target) if target in loaded.labels else None
+        e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t)
+    except (predict.PredictError, explain.ExplainError, ValueError) as err:
+        raise gr.Error(str(err), duration=None)
+    probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
+    picture = explain.overlay(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
+    notes = [f"**{_METHOD_TITLES[method]}** for class **{loaded.labels[e.target]}**. {explain.METHODS[method]}"]
+    notes += e.notes
+    heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
+                                         f"head {i + 1}") for i, h in enumerate(e.heads)]
+    chosen = loaded.labels[e.target] if t is not None else None
+    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=loaded.labels, value=chosen)
 
 
 # ---------------------------------------------------------------------------

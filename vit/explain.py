@@ -1,0 +1,323 @@
+"""What a ViT looked at: attention maps, rollout, gradient-weighted attention, Grad-CAM, overlays,
+and the perturbation test that measures how faithful a map is.
+
+    e = explain(model, x)                      # x: one preprocessed image, [1, 3, H, W]
+    e.heatmap                                  # [grid_h, grid_w] in [0, 1], one value per patch
+    overlay(image, e.heatmap, box=box)         # the map over the original image
+
+Methods (METHODS lists them with a one-line description):
+  chefer     gradient-weighted attention relevance for a class (Chefer et al. 2021, "Generic
+             Attention-model Explainability"): the class-specific default
+  rollout    attention rollout (Abnar & Zuidema 2020), head fusion mean/max/min, discard ratio
+  attention  raw attention of the last layer from the classifier token, per head and averaged:
+             attention, not an explanation
+  gradcam    Grad-CAM on the tokens entering the last block, prefix tokens dropped
+
+Every timm VisionTransformer layout works: a class token, a distillation token (read with the
+class token, as DeiT's two heads are averaged), register tokens (dropped), no class token
+(global average pooling: the readers are the patch tokens themselves), any image and patch size
+and non-square grids (from the patch embedding, never sqrt(N)). Nothing here knows about runs
+or the UI: a model and a tensor in, maps out.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+METHODS = {
+    "chefer": "Gradient-weighted attention (Chefer et al. 2021): which patches made the model choose this class.",
+    "rollout": "Attention rollout (Abnar & Zuidema 2020): attention followed through every layer; not class-specific.",
+    "attention": "Raw attention of the last layer from the classifier token. Attention, not an explanation.",
+    "gradcam": "Grad-CAM on the tokens entering the last block: class-specific, coarse.",
+}
+DEFAULT_METHOD = "chefer"
+HEAD_FUSIONS = ("mean", "max", "min")
+COLORMAPS = ("turbo", "inferno", "gray")
+
+
+class ExplainError(ValueError):
+    """A map cannot be made for this model or input; the message says why."""
+
+
+@dataclass
+class Layout:
+    """Where the patch tokens are in a ViT's sequence and which tokens the head reads."""
+
+    prefix: int                  # tokens before the patches: class, distillation, registers
+    readers: list[int] | None    # token rows the classifier reads; None: every patch (average pooling)
+    grid: tuple[int, int]        # patch grid (rows, columns)
+    note: str = ""
+
+
+@dataclass
+class Explanation:
+    method: str
+    target: int
+    heatmap: np.ndarray                      # [grid_h, grid_w], float32 in [0, 1]
+    probs: np.ndarray                        # class probabilities of the same forward pass
+    heads: np.ndarray | None = None          # [heads, grid_h, grid_w] for "attention"
+    notes: list[str] = field(default_factory=list)
+
+
+def token_layout(model: torch.nn.Module, input_hw: tuple[int, int]) -> Layout:
+    """The token layout of a timm VisionTransformer for an input of size input_hw."""
+    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
+        raise ExplainError(f"{type(model).__name__} is not a ViT with attention blocks; heatmaps need one.")
+    pe = model.patch_embed
+    grid = tuple(pe.dynamic_feat_size(tuple(input_hw))) if hasattr(pe, "dynamic_feat_size") else tuple(pe.grid_size)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    has_cls = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
+    distilled = getattr(model, "dist_token", None) is not None
+    registers = prefix - int(has_cls) - int(distilled)
+    pool = getattr(model, "global_pool", "token")
+    if has_cls and pool == "token":
+        readers, note = [0, 1] if distilled else [0], ("class and distillation tokens" if distilled else
+                                                       "class token")
+    else:
+        readers, note = None, ("no class token read by the head (global average pooling): maps show what "
+                               "the patch tokens, averaged, drew on")
+    if registers:
+        note += f"; {registers} register tokens left out"
+    return Layout(prefix, readers, grid, note)
+
+
+def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None, *,
+            head_fusion: str = "mean", discard_ratio: float = 0.0) -> Explanation:
+    """A heatmap for one preprocessed image x [1, 3, H, W]; target defaults to the predicted class."""
+    if method not in METHODS:
+        raise ExplainError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if head_fusion not in HEAD_FUSIONS:
+        raise ExplainError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}.")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ExplainError("discard_ratio must be in [0, 1).")
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ExplainError("explain() takes one image: a tensor of shape [1, 3, H, W].")
+    layout = token_layout(model, tuple(x.shape[-2:]))
+    gradients = method in ("chefer", "gradcam")
+    was_training = model.training
+    model.eval()
+    try:
+        with _Recorder(model, attention=method != "gradcam", tokens=method == "gradcam") as rec, \
+                torch.enable_grad() if gradients else torch.no_grad():
+            x = x.detach().requires_grad_(gradients)
+            logits = model(x)
+            probs = logits.detach().float().softmax(-1)[0]
+            target = int(probs.argmax()) if target is None else int(target)
+            if not 0 <= target < probs.numel():
+                raise ExplainError(f"Class index {target} is out of range: the model has {probs.numel()} classes.")
+            heads = None
+            if method == "attention":
+                heatmap, heads = _last_attention(rec.attentions[-1][0], layout)
+            elif method == "rollout":
+                heatmap = _rollout([a[0] for a in rec.attentions], layout, head_fusion, discard_ratio)
+            elif method == "chefer":
+                grads = torch.autograd.grad(logits[0, target], rec.attentions)
+                heatmap = _chefer([a[0].detach() for a in rec.attentions], [g[0] for g in grads], layout)
+            else:
+                (grad,) = torch.autograd.grad(logits[0, target], [rec.tokens])
+                heatmap = _gradcam(rec.tokens[0].detach(), grad[0], layout)
+    finally:
+        model.train(was_training)
+    notes = [layout.note] if layout.readers is None or "register" in layout.note else []
+    if method == "attention":
+        notes.append("Attention shows where the classifier token looked, not why the model chose a class.")
+    if method == "rollout":
+        notes.append("Rollout is the same for every class.")
+    grid = layout.grid
+    return Explanation(method, target, _normalise(heatmap.reshape(grid)), probs.cpu().numpy(),
+                       None if heads is None else np.stack([_normalise(h.reshape(grid)) for h in heads]), notes)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, *, box: tuple[float, float, float, float] | None = None,
+            opacity: float = 0.5, colormap: str = "turbo") -> Image.Image:
+    """The heatmap in colour over the image, at the image's own size.
+
+    `box` is the region of the image the model saw (left, top, right, bottom), e.g. the centre crop
+    of timm's eval transform; outside it the image is dimmed, since the map says nothing there.
+    """
+    if colormap not in COLORMAPS:
+        raise ExplainError(f"colormap must be one of {', '.join(COLORMAPS)}.")
+    opacity = float(np.clip(opacity, 0.0, 1.0))
+    image = image.convert("RGB")
+    w, h = image.size
+    left, top, right, bottom = box or (0, 0, w, h)
+    bw, bh = max(1, round(right - left)), max(1, round(bottom - top))
+    heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    heat = F.interpolate(heat, size=(bh, bw), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    coloured = (_colour(heat, colormap) * 255).astype(np.float32)
+    base = np.asarray(image, dtype=np.float32)
+    out = base * (0.45 if box else 1.0)  # outside the box: dimmed
+    x0, y0 = round(left), round(top)
+    xs, ys = slice(max(0, x0), min(w, x0 + bw)), slice(max(0, y0), min(h, y0 + bh))
+    inner = coloured[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    out[ys, xs] = base[ys, xs] * (1 - opacity) + inner * opacity
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def colour_heatmap(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "turbo") -> Image.Image:
+    """The heatmap alone, in colour, resized to size (w, h): for per-head galleries."""
+    heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    heat = F.interpolate(heat, size=(size[1], size[0]), mode="nearest")[0, 0].numpy()
+    return Image.fromarray((_colour(heat, colormap) * 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------
+# faithfulness: the perturbation test of Chefer et al.
+
+FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))  # 0.0 ... 0.9 of the pixels removed
+
+
+@torch.no_grad()
+def perturbation_curve(model: torch.nn.Module, x: torch.Tensor, heatmap: np.ndarray, target: int, *,
+                       most_relevant_first: bool = True, fractions: tuple[float, ...] = FRACTIONS) -> np.ndarray:
+    """Probability of `target` as growing fractions of the pixels are removed (set to the dataset mean,
+    0 after normalisation) in the order the heatmap ranks them.
+
+    most_relevant_first=True is the positive perturbation ("deletion"): a faithful map makes the
+    probability fall fast, so a lower area is better. False removes the least relevant pixels first
+    (negative perturbation): a faithful map keeps the probability up, so a higher area is better.
+    """
+    h, w = x.shape[-2:]
+    heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    heat = F.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False).flatten()
+    heat = heat + torch.rand(heat.shape, generator=torch.Generator().manual_seed(0)) * 1e-6  # break ties
+    order = heat.argsort(descending=most_relevant_first)
+    batch = x.detach().repeat(len(fractions), 1, 1, 1)
+    for i, f in enumerate(fractions):
+        removed = order[:int(round(f * h * w))]
+        flat = batch[i].view(batch.shape[1], -1)
+        flat[:, removed] = 0.0
+    was_training = model.training
+    model.eval()
+    probs = model(batch).float().softmax(-1)[:, target]
+    model.train(was_training)
+    return probs.cpu().numpy()
+
+
+def area(curve: np.ndarray, fractions: tuple[float, ...] = FRACTIONS) -> float:
+    """Area under a perturbation curve over the fractions removed."""
+    return float(np.trapezoid(curve, fractions))
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+class _Recorder:
+    """Record the attention probabilities of every block (fused attention off meanwhile) and/or the
+    tokens entering the last block's attention (for Grad-CAM)."""
+
+    def __init__(self, model: torch.nn.Module, attention: bool, tokens: bool):
+        self.model, self.want_attention, self.want_tokens = model, attention, tokens
+        self.attentions: list[torch.Tensor] = []
+        self.tokens: torch.Tensor | None = None
+        self._handles, self._fused = [], []
+
+    def __enter__(self) -> "_Recorder":
+        blocks = list(self.model.blocks)
+        for blk in blocks:
+            attn = getattr(blk, "attn", None)
+            if attn is None or not hasattr(attn, "attn_drop"):
+                self.__exit__()
+                raise ExplainError(f"Block type {type(blk).__name__} exposes no attention probabilities; "
+                                   "heatmaps support timm VisionTransformer-style blocks.")
+            if self.want_attention:
+                self._fused.append((attn, getattr(attn, "fused_attn", False)))
+                attn.fused_attn = False
+                self._handles.append(attn.attn_drop.register_forward_hook(
+                    lambda _m, _i, out: self.attentions.append(out)))
+        if self.want_tokens:
+            self._handles.append(blocks[-1].norm1.register_forward_hook(lambda _m, _i, out: setattr(
+                self, "tokens", out)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        for attn, fused in self._fused:
+            attn.fused_attn = fused
+        self._handles, self._fused = [], []
+
+
+def _reader_rows(matrix: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Rows of a [..., T, T] matrix read by the head, averaged, over the patch columns: [..., N]."""
+    patches = matrix[..., layout.prefix:]
+    if layout.readers is None:
+        return patches[..., layout.prefix:, :].mean(-2)
+    return patches[..., layout.readers, :].mean(-2)
+
+
+def _last_attention(attn: torch.Tensor, layout: Layout):
+    heads = _reader_rows(attn.detach().float(), layout)  # [heads, N]
+    return heads.mean(0), heads
+
+
+def _rollout(attentions: list[torch.Tensor], layout: Layout, fusion: str, discard_ratio: float) -> torch.Tensor:
+    a = torch.stack([t.detach() for t in attentions]).float()        # [layers, heads, T, T]
+    fused = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[fusion]
+    layers, tokens = fused.shape[0], fused.shape[-1]
+    if discard_ratio > 0:  # per layer, drop the weakest links, never a token's link to the readers
+        flat = fused.reshape(layers, -1).clone()
+        lowest = flat.topk(int(flat.shape[1] * discard_ratio), dim=1, largest=False).indices
+        drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
+        if layout.readers is not None:
+            drop.view(layers, tokens, tokens)[:, :, layout.readers] = False
+        fused = flat.masked_fill(drop, 0).view(layers, tokens, tokens)
+    eye = torch.eye(tokens)
+    mixed = 0.5 * fused + 0.5 * eye
+    mixed = mixed / mixed.sum(-1, keepdim=True)
+    if layout.readers is None:  # every patch reads: the whole product, less each patch's path to itself
+        result = eye
+        for m in mixed:
+            result = m @ result
+        return _reader_rows(result * (1 - eye), layout)
+    # only the readers' rows of A_L ... A_1 are needed: carry them from the last layer down (T^2 per layer)
+    rows = eye[layout.readers]
+    for m in mixed.flip(0):
+        rows = rows @ m
+    return rows[:, layout.prefix:].mean(0)
+
+
+def _chefer(attentions: list[torch.Tensor], grads: list[torch.Tensor], layout: Layout) -> torch.Tensor:
+    tokens = attentions[0].shape[-1]
+    relevance = torch.eye(tokens)
+    for attn, grad in zip(attentions, grads):
+        cam = (grad.float() * attn.float()).clamp(min=0).mean(0)
+        relevance = relevance + cam @ relevance
+    return _reader_rows(relevance - torch.eye(tokens), layout)
+
+
+def _gradcam(tokens: torch.Tensor, grad: torch.Tensor, layout: Layout) -> torch.Tensor:
+    acts, grads = tokens[layout.prefix:].float(), grad[layout.prefix:].float()  # every prefix token dropped
+    weights = grads.mean(0)
+    return (acts * weights).sum(-1).clamp(min=0)
+
+
+def _normalise(m: torch.Tensor | np.ndarray) -> np.ndarray:
+    m = torch.as_tensor(m).float()
+    m = torch.nan_to_num(m, nan=0.0)
+    m = m - m.min()
+    top = m.max()
+    return (m / top if top > 0 else torch.zeros_like(m)).numpy().astype(np.float32)
+
+
+def _colour(x: np.ndarray, name: str) -> np.ndarray:
+    """[H, W] in [0, 1] -> [H, W, 3] in [0, 1]."""
+    x = np.clip(x, 0.0, 1.0)[..., None]
+    if name == "gray":
+        return np.repeat(x, 3, axis=-1)
+    if name == "turbo":  # Google's polynomial fit of the Turbo colormap
+        r = 0.13572138 + x * (4.61539260 + x * (-42.66032258 + x * (132.13108234 + x * (-152.94239396 + x * 59.28637943))))
+        g = 0.09140261 + x * (2.19418839 + x * (4.84296658 + x * (-14.18503333 + x * (4.27729857 + x * 2.82956604))))
+        b = 0.10667330 + x * (12.64194608 + x * (-60.58204836 + x * (110.36276771 + x * (-89.90310912 + x * 27.34824973))))
+        return np.clip(np.concatenate([r, g, b], axis=-1), 0, 1)
+    stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]]) / 255.0  # inferno
+    pos = x[..., 0] * (len(stops) - 1)
+    i = np.clip(pos.astype(int), 0, len(stops) - 2)
+    t = (pos - i)[..., None]
+    return stops[i] * (1 - t) + stops[i + 1] * t

@@ -1,0 +1,228 @@
+"""Load a trained model and classify images.
+
+    loaded = load_model("checkpoints/<run-id>")       # or a timm-format folder, or "hf-hub:user/repo"
+    loaded.classify(["cat.jpg"], topk=3)             # [[("cat", 0.93), ("dog", 0.05), ("fox", 0.02)]]
+
+A model is a timm-format folder: config.json (architecture, label_names,
+pretrained_cfg) and model.safetensors. Only safetensors weights are read: a
+pickle file (.bin, .pt, .pth) could run code, so it is refused with a message.
+Loaded models are kept in a small cache, keyed by folder and weights
+timestamp, so repeated requests do not reload and a retrained run is reloaded.
+Images are read as data.py reads them (EXIF orientation, palette, alpha,
+16-bit, CMYK, HEIC; a pixel cap against decompression bombs).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vit import runs
+from vit.data import DataError, Limits, read_rgb
+from vit.models import ModelError, data_config
+
+CACHE_SIZE = 4
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class PredictError(ValueError):
+    """A model or an image cannot be used; the message says why and what to do."""
+
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    labels: list[str]
+    data_config: dict
+    folder: Path
+    source: str
+
+    def __post_init__(self):
+        from timm.data import create_transform
+        self.transform = create_transform(**self.data_config, is_training=False)
+
+    @property
+    def name(self) -> str:
+        return self.model.pretrained_cfg.get("architecture") or type(self.model).__name__
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image -> [1, 3, H, W] as the model was validated on (timm's eval transform)."""
+        return self.transform(image).unsqueeze(0)
+
+    def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The region (left, top, right, bottom) of an image of `size` (w, h) that preprocess keeps."""
+        return input_box(size, self.data_config)
+
+    @torch.inference_mode()
+    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+        x = torch.cat([self.preprocess(im) for im in images])
+        return self.model(x).float().softmax(-1)
+
+    def classify(self, images: ImageInput | list[ImageInput], topk: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) for each image, most likely first."""
+        batch = images if isinstance(images, list) else [images]
+        if not batch:
+            return []
+        probs = self.probabilities([read_image(im) for im in batch])
+        k = max(1, min(int(topk), len(self.labels)))
+        top = probs.topk(k, dim=-1)
+        return [[(self.labels[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
+                for ps, idx in zip(top.values, top.indices)]
+
+
+def load_model(source: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """A model from a run directory, a timm-format folder, `local-dir:PATH` or `hf-hub:user/repo` (cached)."""
+    folder = _resolve(str(source))
+    weights = folder / runs.WEIGHTS
+    key = (str(folder.resolve()), weights.stat().st_mtime_ns, device)
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    loaded = _load_folder(folder, str(source), device)
+    with _lock:
+        _cache[key] = loaded
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return loaded
+
+
+def set_threads(n: int) -> None:
+    """CPU threads for the calling thread's inference. torch keeps this per thread, so a web handler
+    calls it itself (with JobManager.web_threads() while a run trains on the CPU)."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(max(1, int(n)))
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
+    """Any supported image input -> 8-bit RGB, or a PredictError saying what is wrong."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, (bytes, bytearray)):
+        if not image:
+            raise PredictError("The image is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
+        source = io.BytesIO(image)
+        name = "the image"
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise PredictError(f"{path} does not exist or is not a file.")
+        if path.stat().st_size == 0:
+            raise PredictError(f"{path.name} is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
+        source, name = path, path.name
+    try:
+        rgb, _, _ = read_rgb(source, limits=limits)
+    except DataError as e:
+        raise PredictError(f"{name}: {e}") from None
+    return rgb
+
+
+def input_box(size: tuple[int, int], dcfg: dict) -> tuple[float, float, float, float]:
+    """The part of an image of size (w, h) that timm's eval transform for `dcfg` keeps, in its pixels."""
+    w, h = size
+    th, tw = dcfg["input_size"][-2:]
+    crop_pct = dcfg.get("crop_pct") or 0.875
+    mode = dcfg.get("crop_mode") or "center"
+    sh, sw = math.floor(th / crop_pct), math.floor(tw / crop_pct)
+    if mode == "squash":
+        sx, sy = sw / w, sh / h
+    elif mode == "center":
+        sx = sy = max(sh / h, sw / w) if sh != sw else sh / min(w, h)
+    else:  # "border": the whole image, padded
+        return (0.0, 0.0, float(w), float(h))
+    cw, ch = min(tw / sx, w), min(th / sy, h)
+    left, top = (w - cw) / 2, (h - ch) / 2
+    return (left, top, left + cw, top + ch)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+_cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_lock = threading.Lock()
+
+
+def _resolve(source: str) -> Path:
+    """The local timm-format folder for a source, downloading config and safetensors for hf-hub ids."""
+    if source.startswith("hf-hub:"):
+        return _download(source[len("hf-hub:"):])
+    if source.startswith("local-dir:"):
+        source = source[len("local-dir:"):]
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise PredictError(f"{path.name} is a pickle file, which can run code when loaded; only safetensors "
+                               "weights are read. Convert it (safetensors.torch.save_file) or use a run directory.")
+        raise PredictError(f"{path} is a file; give the folder that holds config.json and model.safetensors "
+                           "(a run directory under checkpoints/, or a model downloaded from the Hub).")
+    if not path.is_dir():
+        raise PredictError(f"No model at {source}: give a run directory, a folder with config.json and "
+                           "model.safetensors, or hf-hub:user/repo.")
+    if not (path / runs.CONFIG).is_file():
+        raise PredictError(f"{path} has no config.json, so the architecture and labels are unknown. Give a run "
+                           "directory or a timm-format model folder.")
+    if not (path / runs.WEIGHTS).is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles:
+            raise PredictError(f"{path} holds {', '.join(pickles)} but no model.safetensors. Pickle weights can run "
+                               "code when loaded and are refused; save the weights as safetensors.")
+        state = runs.read_status(path).get("state")
+        hint = (" The run has not finished an epoch yet." if state in runs.ACTIVE_STATES else
+                f" The run is {state} and saved no model." if state else "")
+        raise PredictError(f"{path} has no model.safetensors.{hint}")
+    return path
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS]))
+    except LocalEntryNotFoundError:
+        raise PredictError(f"hf-hub:{repo_id} is not in the local cache and the Hub cannot be reached (offline). "
+                           "Download it where there is a connection (huggingface-cli download "
+                           f"{repo_id}) and copy the cache (HF_HOME), or give a local folder.") from None
+    except RepositoryNotFoundError:
+        raise PredictError(f"There is no model hf-hub:{repo_id} (or it is private: log in with a token).") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise PredictError(f"Could not download hf-hub:{repo_id}: {e}") from None
+    if not (folder / runs.WEIGHTS).is_file():
+        raise PredictError(f"hf-hub:{repo_id} has no model.safetensors; pickle weights are refused.")
+    return folder
+
+
+def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
+    import timm
+    try:
+        config = json.loads((folder / runs.CONFIG).read_text())
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except json.JSONDecodeError as e:
+        raise PredictError(f"{folder / runs.CONFIG} is not valid JSON ({e}).") from None
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        raise PredictError(f"The model in {folder} cannot be built: {type(e).__name__}: {e}") from None
+    n = model.num_classes
+    labels = list(config.get("label_names") or model.pretrained_cfg.get("label_names") or [])
+    if len(labels) != n:
+        labels = [f"class {i}" for i in range(n)]
+    model.eval().to(device)
+    try:
+        dcfg = data_config(model)
+    except ModelError as e:
+        raise PredictError(str(e)) from None
+    return LoadedModel(model, labels, dcfg, folder, source)
