@@ -168,6 +168,12 @@ def test_bad_images_get_a_clear_message(run_dir, data, message):
         predict.load_model(run_dir).classify(data)
 
 
+def test_a_16_bit_picture_handed_over_by_the_ui_is_scaled_not_clipped():
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    rgb = predict.read_image(Image.fromarray(arr))  # uint16 -> mode I;16
+    assert rgb.mode == "RGB" and 100 < np.asarray(rgb).mean() < 160  # a ramp, not a white square
+
+
 def test_a_decompression_bomb_is_refused(tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (9000, 8000)).save(bomb)  # a small file of 72 million pixels

@@ -144,8 +144,9 @@ def predict_command(args) -> int:
                     raise predict.PredictError(f"--target {args.target!r} is not a class of this model "
                                                f"({', '.join(loaded.labels)}).")
                 target = loaded.labels.index(args.target)
-            e = explain.explain(loaded.model, loaded.preprocess(image), args.explain, target,
-                                head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
+            with loaded.lock:
+                e = explain.explain(loaded.model, loaded.preprocess(image), args.explain, target,
+                                    head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
             out = _overlay_path(args.out, path, args.explain, len(args.image))
             explain.overlay(image, e.heatmap, box=loaded.input_box(image.size), opacity=args.opacity,
                             colormap=args.colormap).save(out)

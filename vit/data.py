@@ -239,12 +239,33 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
                 if scale >= 2:
                     img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = to_rgb(ImageOps.exif_transpose(img))
         except Image.DecompressionBombError:
             raise DataError(f"image has too many pixels (cap max_pixels={limits.max_pixels:,})")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise DataError(f"corrupt or truncated image ({e})")
     return rgb, mode, size
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        elif arr.max() > 255:
+            arr = arr / 257.0  # 16-bit range to 8-bit
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def thumbnails(dataset: Dataset, per_class: int = 4, size: int = 128) -> list[tuple[Image.Image, str]]:
@@ -862,27 +883,6 @@ def _render_report(r: HealthReport, markdown: bool) -> str:
         if len(r.skipped) > 200:
             lines.append(f"- ... and {len(r.skipped) - 200} more")
     return "\n".join(lines)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        elif arr.max() > 255:
-            arr = arr / 257.0  # 16-bit range to 8-bit
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def _escapes(name: str) -> bool:

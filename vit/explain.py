@@ -32,7 +32,8 @@ from PIL import Image
 METHODS = {
     "chefer": "Gradient-weighted attention (Chefer et al. 2021): which patches made the model choose this class.",
     "rollout": "Attention rollout (Abnar & Zuidema 2020): attention followed through every layer; not class-specific.",
-    "attention": "Raw attention of the last layer from the classifier token. Attention, not an explanation.",
+    "attention": "Raw attention of the last layer from the classifier token. Attention, not an explanation: by the "
+                 "last layer every token carries information from the whole image, so it often points at background.",
     "gradcam": "Grad-CAM on the tokens entering the last block: class-specific, coarse.",
 }
 DEFAULT_METHOD = "chefer"
@@ -124,8 +125,6 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
     finally:
         model.train(was_training)
     notes = [layout.note] if layout.readers is None or "register" in layout.note else []
-    if method == "attention":
-        notes.append("Attention shows where the classifier token looked, not why the model chose a class.")
     if method == "rollout":
         notes.append("Rollout is the same for every class.")
     grid = layout.grid

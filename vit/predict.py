@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from vit import runs
-from vit.data import DataError, Limits, read_rgb
+from vit.data import DataError, Limits, read_rgb, to_rgb
 from vit.models import ModelError, data_config
 
 CACHE_SIZE = 4
@@ -51,6 +51,9 @@ class LoadedModel:
     def __post_init__(self):
         from timm.data import create_transform
         self.transform = create_transform(**self.data_config, is_training=False)
+        # One forward at a time per model: explain() hooks the model while it runs, and a cached model
+        # is shared by every request. Hold it around explain(); probabilities() takes it itself.
+        self.lock = threading.RLock()
 
     @property
     def name(self) -> str:
@@ -67,7 +70,8 @@ class LoadedModel:
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         x = torch.cat([self.preprocess(im) for im in images])
-        return self.model(x).float().softmax(-1)
+        with self.lock:
+            return self.model(x).float().softmax(-1)
 
     def classify(self, images: ImageInput | list[ImageInput], topk: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image, most likely first."""
@@ -113,7 +117,10 @@ def clear_cache() -> None:
 def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
     """Any supported image input -> 8-bit RGB, or a PredictError saying what is wrong."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        w, h = image.size
+        if w * h > limits.max_pixels:
+            raise PredictError(f"The image has too many pixels ({w}x{h}; cap {limits.max_pixels:,}).")
+        return to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise PredictError("The image is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
@@ -155,6 +162,7 @@ def input_box(size: tuple[int, int], dcfg: dict) -> tuple[float, float, float, f
 # helpers
 
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_hub_folders: dict[str, Path] = {}
 _lock = threading.Lock()
 
 
@@ -190,6 +198,9 @@ def _resolve(source: str) -> Path:
 
 
 def _download(repo_id: str) -> Path:
+    """config.json and model.safetensors of a Hub repo, fetched once per process."""
+    if repo_id in _hub_folders and (_hub_folders[repo_id] / runs.WEIGHTS).is_file():
+        return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
     try:
@@ -204,6 +215,7 @@ def _download(repo_id: str) -> Path:
         raise PredictError(f"Could not download hf-hub:{repo_id}: {e}") from None
     if not (folder / runs.WEIGHTS).is_file():
         raise PredictError(f"hf-hub:{repo_id} has no model.safetensors; pickle weights are refused.")
+    _hub_folders[repo_id] = folder
     return folder
 
 

@@ -251,7 +251,8 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         loaded = predict.load_model(source if source.startswith("hf-hub:") else runs.run_path(manager.root, source))
         rgb = predict.read_image(image)
         t = loaded.labels.index(target) if target in loaded.labels else None
-        e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t)
+        with loaded.lock:
+            e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise gr.Error(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
