@@ -3,7 +3,6 @@
 Training runs in child processes managed by vit.jobs; stopping the app (Ctrl-C,
 SIGTERM) stops them cleanly and leaves their runs resumable.
 """
-import os
 import signal
 
 from vit.jobs import JobManager
@@ -11,7 +10,7 @@ from vit.ui import CSS, THEME, build_app
 
 
 def main() -> None:
-    manager = JobManager(os.environ.get("VIT_CHECKPOINTS") or None)
+    manager = JobManager()  # runs under VIT_CHECKPOINTS, a Space's /data, or checkpoints/
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker/Spaces stop: the same path as Ctrl-C
     try:
         build_app(manager).launch(theme=THEME, css=CSS)

@@ -49,7 +49,8 @@ def test_run_directory_contents_and_stock_timm_loading(shapes, tmp_path):
         metrics = train(ds, tiny(), run, on_event=events.append)
         val_names = {ds.items[i].name for i in ds.val}
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json"])
+        ["config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json",
+         "data_report.json"])
     config = json.loads((run / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert config["num_classes"] == 3 and config["label_names"] == ["circle", "square", "triangle"]

@@ -5,6 +5,8 @@
                         [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--out RUN_DIR] [--resume]
     python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
                           [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
+    python -m vit push --run RUN_DIR --repo user/name [--private]     (token from HF_TOKEN)
+    python -m vit export --run RUN_DIR --format onnx [--out model.onnx]
 
 Several GPUs or machines: run the same command under torchrun, e.g.
 `torchrun --nproc_per_node 2 -m vit train --data D --out checkpoints/run1` (rank 0 writes the run).
@@ -30,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from vit.explain import ExplainError
+    from vit.hub import HubError
     from vit.predict import PredictError
     from vit.train import TrainError
     try:
         return args.func(args)
-    except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError) as e:
+    except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError, HubError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -165,6 +168,33 @@ def predict_command(args) -> int:
     return 0
 
 
+def push_command(args) -> int:
+    from vit import hub
+    token = os.environ.get("HF_TOKEN") or _saved_token()
+    url = hub.push_run(args.run, args.repo, token, private=args.private, include_resume=args.include_resume)
+    print(f"pushed {Path(args.run).name} to {url}")
+    return 0
+
+
+def export_command(args) -> int:
+    from vit import hub
+    path, diff = hub.export_onnx(args.run, args.out)
+    print(f"wrote {path} (dynamic batch); largest logit difference from PyTorch: {diff:.2e}")
+    if diff > 1e-3:
+        print("warning: the ONNX model differs from PyTorch by more than 1e-3", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _saved_token() -> str | None:
+    """The token of `hf auth login`, if any (read, never written)."""
+    try:
+        from huggingface_hub import get_token
+        return get_token()
+    except Exception:
+        return None
+
+
 def _overlay_path(out: str | None, image: str, method: str, count: int) -> Path:
     stem = Path(image).stem
     if out and (out.endswith("/") or Path(out).is_dir()):
@@ -277,4 +307,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: weakest attention links dropped")
     pr.add_argument("--json", action="store_true", help="print the results as JSON")
     pr.set_defaults(func=predict_command)
+
+    pu = sub.add_parser("push", help="push a run to the Hugging Face Hub (token from HF_TOKEN or hf auth login)")
+    pu.add_argument("--run", required=True, help="the run directory")
+    pu.add_argument("--repo", required=True, help="user/name (or just name: under the token's user)")
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--include-resume", action="store_true", help="also upload last.pt (the resume state)")
+    pu.set_defaults(func=push_command)
+
+    ex = sub.add_parser("export", help="export a run's model (ONNX, dynamic batch, checked against PyTorch)")
+    ex.add_argument("--run", required=True, help="the run directory")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
+    ex.set_defaults(func=export_command)
     return p

@@ -74,7 +74,7 @@ class JobManager:
                  cpu_threads: int | None = None, niceness: int = 10, cancel_grace_s: float = 30.0,
                  shutdown_grace_s: float = 10.0, max_active_per_owner: int = 2, gpus: int | None = None,
                  poll_s: float = 0.25):
-        self.root = Path(root) if root else runs.DEFAULT_ROOT
+        self.root = Path(root) if root else runs.default_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self.single_user = default_single_user() if single_user is None else single_user
         self.cpu_threads = cpu_threads or default_cpu_threads()
@@ -138,7 +138,7 @@ class JobManager:
     def cancel(self, run_id: str, *, owner: str | None = None, grace_s: float | None = None) -> str:
         """Stop a run: a queued one at once; a running one at its next step, or by force after the grace
         period (the status says which). Its best checkpoint stays. Returns a message for the user."""
-        run_dir = self._own_run(run_id, owner, "cancel")
+        run_dir = self.own_run(run_id, owner, "cancel")
         grace = self.cancel_grace_s if grace_s is None else grace_s
         with self._cv:
             state = runs.read_status(run_dir).get("state")
@@ -162,7 +162,7 @@ class JobManager:
     def resume(self, run_id: str, *, owner: str | None = None) -> str:
         """Queue an interrupted, cancelled or failed run again; it continues from its last finished epoch."""
         self._check_open()
-        run_dir = self._own_run(run_id, owner, "resume")
+        run_dir = self.own_run(run_id, owner, "resume")
         with self._cv:
             if runs.read_status(run_dir).get("state") not in runs.ACTIVE_STATES and not self._settle(run_id):
                 raise JobError(f"Run {run_id} is still stopping; try again in a moment.")
@@ -186,7 +186,7 @@ class JobManager:
 
     def delete(self, run_id: str, *, owner: str | None = None) -> str:
         """Remove a run and its files; never a queued or running one."""
-        run_dir = self._own_run(run_id, owner, "delete")
+        run_dir = self.own_run(run_id, owner, "delete")
         with self._cv:
             if run_id in self._queue or not self._settle(run_id):
                 raise JobError(f"Run {run_id} is queued or running; cancel it before deleting it.")
@@ -455,7 +455,8 @@ class JobManager:
         except ValueError as e:
             raise JobError(str(e)) from None
 
-    def _own_run(self, run_id: str, owner: str | None, action: str) -> Path:
+    def own_run(self, run_id: str, owner: str | None, action: str) -> Path:
+        """The directory of a run that `owner` may act on (any run in single-user mode), else JobError."""
         run_dir = self._run_dir(run_id)
         if not self.single_user:
             started_by = runs.read_json(run_dir / JOB, {}).get("owner")

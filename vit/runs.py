@@ -9,6 +9,7 @@ checkpoints/<run-id>/
     status.json        state, epoch, step, message, timestamps
     metrics.jsonl      one line per epoch
     metrics.json       final metrics of the best model
+    data_report.json   the dataset's health report at the start of training (for the model card)
     CANCEL             present when a cancel was requested
 
 Every write goes to a temporary file that is renamed into place, so a reader
@@ -35,8 +36,31 @@ STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted"
 ACTIVE_STATES = ("queued", "running")
 CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
     "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
+DATA_REPORT = "data_report.json"
 CONFIG_KEY = "vit_studio"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+SPACES_PERSISTENT = Path("/data")  # where a Hugging Face Space mounts persistent storage
+
+
+def default_root(persistent: Path = SPACES_PERSISTENT) -> Path:
+    """Where runs live: VIT_CHECKPOINTS if set; on a Space, its persistent storage when mounted;
+    else checkpoints/ beside the code."""
+    if os.environ.get("VIT_CHECKPOINTS"):
+        return Path(os.environ["VIT_CHECKPOINTS"])
+    if os.environ.get("SYSTEM") == "spaces" and persistent.is_dir() and os.access(persistent, os.W_OK):
+        return persistent / "checkpoints"
+    return DEFAULT_ROOT
+
+
+def storage_note(persistent: Path = SPACES_PERSISTENT) -> str:
+    """A warning to show when runs will not survive a restart (a Space without persistent storage)."""
+    if (os.environ.get("SYSTEM") == "spaces" and not os.environ.get("VIT_CHECKPOINTS")
+            and default_root(persistent) == DEFAULT_ROOT):
+        return ("This Space has no persistent storage: trained runs are lost when it restarts or goes to sleep. "
+                "Push the models you want to keep to the Hub, or enable persistent storage in the Space settings.")
+    return ""
 
 
 @dataclass

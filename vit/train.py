@@ -147,6 +147,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     classes = dataset.classes
     if not dataset.report.ok:
         raise TrainError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+    if ddp.is_main and not resume:
+        runs.write_json(run_dir / runs.DATA_REPORT, dataset.report.to_dict())
 
     # model (a resumed run is rebuilt from its own config.json: no download, same architecture)
     if resume:

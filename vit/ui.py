@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from vit import data, explain, jobs, predict, runs, samples
+from vit import data, explain, hub, jobs, predict, runs, samples
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.train import TrainConfig, from_scratch
 
@@ -44,6 +44,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
             grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
         with gr.Tab("Train"):
+            if runs.storage_note():
+                gr.Markdown(f"**Note:** {runs.storage_note()}")
             data_line = gr.Markdown(NO_DATA)
             with gr.Row():
                 model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model")
@@ -59,7 +61,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
                                       wrap=True)
             with gr.Row():
-                selected = gr.Dropdown([], label="Run", allow_custom_value=False, scale=3)
+                selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
                 cancel_btn = gr.Button("Cancel", scale=1)
                 resume_btn = gr.Button("Resume", scale=1)
                 delete_btn = gr.Button("Delete", variant="stop", scale=1)
@@ -88,6 +90,25 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     explain_notes = gr.Markdown()
                     heads_out = gr.Gallery(label="Attention per head (last layer)", columns=6, height="auto",
                                            visible=True)
+
+        with gr.Tab("Share"):
+            gr.Markdown("Push a finished run to the Hugging Face Hub as a timm model with a model card, or "
+                        "download it as ONNX.")
+            with gr.Row():
+                share_run = gr.Dropdown([], label="Run", allow_custom_value=True)
+                repo_name = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
+                private = gr.Checkbox(False, label="Private")
+            if os.environ.get("SYSTEM") == "spaces":
+                gr.LoginButton("Sign in with Hugging Face to push")
+            token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
+                               type="password", placeholder="hf_...")
+            with gr.Row():
+                preview_btn = gr.Button("Preview model card")
+                push_btn = gr.Button("Push to the Hub", variant="primary")
+                export_btn = gr.Button("Export ONNX")
+            share_msg = gr.Markdown()
+            onnx_file = gr.File(label="ONNX model", visible=True)
+            card_view = gr.Markdown()
 
         shown = [report, counts, grid, dataset, data_line]
         upload.upload(check_dataset, upload, shown, api_name="check_dataset")
@@ -127,6 +148,20 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def models(current):
             return model_choices(get_manager(), current)
 
+        def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
+            return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
+
+        def preview(run_id, repo):
+            return preview_card(get_manager(), run_id, repo)
+
+        def export(run_id, who):
+            return export_run(get_manager(), run_id, who)
+
+        push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
+        preview_btn.click(preview, [share_run, repo_name], card_view, api_name="preview_card")
+        export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
+        app.load(models, share_run, share_run, api_visibility="private")
+        timer.tick(models, share_run, share_run, api_visibility="private", show_progress="hidden")
         classify_btn.click(classify, [model_source, image, method, opacity, target],
                            [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
         app.load(models, model_source, model_source, api_visibility="private")
@@ -265,6 +300,47 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=loaded.labels, value=chosen)
 
 
+def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private: bool, typed_token: str | None,
+                oauth_token, owner: str | None) -> str:
+    """Push a run; the token typed in, else the signed-in user's (on a Space). Neither is kept."""
+    if not run_id:
+        raise gr.Error("Pick a finished run to push.")
+    if not (repo or "").strip():
+        raise gr.Error("Give the repo a name, e.g. your-name/pets-vit.")
+    token = (typed_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "push")
+        url = hub.push_run(run_dir, repo, token, private=bool(private))
+    except (jobs.JobError, hub.HubError) as e:
+        raise gr.Error(str(e), duration=None)
+    repo_id = url.rstrip("/").split("/", 3)[-1] if "/" in url else repo
+    return (f"Pushed **{run_id}** to [{url}]({url}). Anyone can load it with "
+            f"`timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)`.")
+
+
+def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None) -> str:
+    """The model card a push would write (its text; the pictures go with the push)."""
+    if not run_id:
+        raise gr.Error("Pick a finished run.")
+    try:
+        card = hub.model_card(runs.run_path(manager.root, run_id), (repo or "").strip() or f"your-name/{run_id}")
+    except ValueError as e:
+        raise gr.Error(str(e))
+    return card.text
+
+
+def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """model.onnx of a run (dynamic batch), checked against PyTorch."""
+    if not run_id:
+        raise gr.Error("Pick a finished run.")
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "export")
+        path, diff = hub.export_onnx(run_dir, Path(tempfile.mkdtemp(prefix="vit-onnx-")) / f"{run_id}.onnx")
+    except (jobs.JobError, hub.HubError) as e:
+        raise gr.Error(str(e), duration=None)
+    return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
+
+
 # ---------------------------------------------------------------------------
 # helpers
 
@@ -287,7 +363,7 @@ def _manager_getter(manager: jobs.JobManager | None):
 
     def get() -> jobs.JobManager:
         if not made:
-            made.append(jobs.JobManager(os.environ.get("VIT_CHECKPOINTS") or None))
+            made.append(jobs.JobManager())
         return made[0]
 
     return get

@@ -1,0 +1,210 @@
+"""A local stand-in for the Hugging Face Hub: the endpoints huggingface_hub calls to push a model and to
+download it again, kept in memory. Point HF_ENDPOINT at `FakeHub().url` (in a fresh process: the client
+reads it at import).
+
+Tokens: "hf_write_<user>" may write to <user>/..., "hf_read_<user>" may only read; anything else is 401.
+Files are always committed inline ("regular" upload mode), so no LFS or Xet storage is needed.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+
+class FakeHub:
+    def __init__(self):
+        self.repos: dict[str, dict] = {}        # repo_id -> {"private", "files": {path: bytes}, "commits": [sha]}
+        self.requests: list[str] = []           # "METHOD path" of every request, for assertions
+        self.auth_headers: list[str] = []       # every Authorization header seen
+        self.validated: list[dict] = []         # model card metadata that passed /api/validate-yaml
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                hub._handle(self, "GET")
+
+            def do_HEAD(self):
+                hub._handle(self, "HEAD")
+
+            def do_POST(self):
+                hub._handle(self, "POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ------------------------------------------------------------------ routing
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        path = h.path.split("?")[0]
+        self.requests.append(f"{method} {path}")
+        if h.headers.get("Authorization"):
+            self.auth_headers.append(h.headers["Authorization"])
+        body = b""
+        if method == "POST":
+            body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+            if h.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+        user, role = self._user(h)
+        try:
+            if path == "/api/whoami-v2":
+                if user is None:
+                    return self._json(h, 401, {"error": "Invalid credentials in Authorization header"})
+                return self._json(h, 200, {"type": "user", "name": user, "orgs": [],
+                                           "auth": {"type": "access_token", "accessToken": {"role": role}}})
+            if path == "/api/validate-yaml" and method == "POST":
+                return self._validate_yaml(h, json.loads(body)["content"])
+            if path == "/api/repos/create" and method == "POST":
+                return self._create(h, json.loads(body), user, role)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
+            if m and method == "POST":
+                repo_id, action = m.group(1), m.group(2)
+                if (error := self._may_write(repo_id, user, role)) is not None:
+                    return self._json(h, *error)
+                if action == "preupload":
+                    files = json.loads(body)["files"]
+                    return self._json(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                          "shouldIgnore": False, "oid": None} for f in files]})
+                return self._commit(h, repo_id, body)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+            if m and method == "GET":
+                repo = self._readable(m.group(1), user)
+                if repo is None:
+                    return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
+                return self._json(h, 200, {"id": m.group(1), "sha": repo["commits"][-1], "private": repo["private"],
+                                           "siblings": [{"rfilename": p} for p in sorted(repo["files"])]})
+            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m and method in ("GET", "HEAD"):
+                return self._file(h, method, m.group(1), m.group(3), user)
+            return self._json(h, 404, {"error": f"not implemented by the fake hub: {method} {path}"})
+        except Exception as e:  # a bug in the fake must show in the test, not hang it
+            return self._json(h, 500, {"error": f"fake hub error: {type(e).__name__}: {e}"})
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _create(self, h, payload: dict, user: str | None, role: str | None):
+        if user is None:
+            return self._json(h, 401, {"error": "Invalid credentials"})
+        owner = payload.get("organization") or user
+        repo_id = f"{owner}/{payload['name']}"
+        if owner != user or role != "write":
+            return self._json(h, 403, {"error": "You don't have the rights to create a model under this namespace"})
+        if repo_id in self.repos:
+            return self._json(h, 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"})
+        self.repos[repo_id] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
+                               "files": {}, "commits": [hashlib.sha1(repo_id.encode()).hexdigest()]}
+        return self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id})
+
+    def _validate_yaml(self, h, content: str):
+        """The checks the Hub makes of a model card's metadata that a card of ours could fail."""
+        errors = []
+        m = re.match(r"---\n(.*?)\n---\n", content, re.S)
+        try:
+            meta = yaml.safe_load(m.group(1)) if m else {}
+        except yaml.YAMLError as e:
+            return self._json(h, 400, {"errors": [{"message": f"YAML: {e}"}]})
+        if not isinstance(meta, dict):
+            errors.append("metadata must be a mapping")
+        else:
+            for key in ("library_name", "pipeline_tag", "base_model", "license"):
+                if key in meta and not isinstance(meta[key], (str, list)):
+                    errors.append(f"{key} must be a string")
+            if "tags" in meta and not (isinstance(meta["tags"], list) and all(isinstance(t, str) for t in meta["tags"])):
+                errors.append("tags must be a list of strings")
+            for entry in meta.get("model-index", []) or []:
+                for result in entry.get("results", []):
+                    if not {"task", "dataset", "metrics"} <= set(result):
+                        errors.append("model-index results need task, dataset and metrics")
+                    for metric in result.get("metrics", []):
+                        if not {"type", "value"} <= set(metric):
+                            errors.append("model-index metrics need type and value")
+        if errors:
+            return self._json(h, 400, {"errors": [{"message": e} for e in errors]})
+        self.validated.append(meta)
+        return self._json(h, 200, {"warnings": []})
+
+    def _commit(self, h, repo_id: str, body: bytes):
+        repo = self.repos[repo_id]
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item["key"] == "file":
+                repo["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] in ("deletedFile",):
+                repo["files"].pop(item["value"]["path"], None)
+            elif item["key"] not in ("header",):
+                return self._json(h, 400, {"error": f"fake hub cannot store {item['key']}"})
+        sha = hashlib.sha1(b"".join(sorted(repo["files"].values())) + repo["commits"][-1].encode()).hexdigest()
+        repo["commits"].append(sha)
+        return self._json(h, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha,
+                                   "pullRequestUrl": None})
+
+    def _file(self, h, method: str, repo_id: str, filename: str, user: str | None):
+        repo = self._readable(repo_id, user)
+        if repo is None:
+            return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
+        if filename not in repo["files"]:
+            return self._json(h, 404, {"error": "Entry not found"}, code="EntryNotFound",
+                              extra={"X-Repo-Commit": repo["commits"][-1]})
+        data = repo["files"][filename]
+        etag = hashlib.sha256(data).hexdigest()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("ETag", f'"{etag}"')
+        h.send_header("X-Repo-Commit", repo["commits"][-1])
+        h.end_headers()
+        if method == "GET":
+            h.wfile.write(data)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _user(self, h) -> tuple[str | None, str | None]:
+        m = re.fullmatch(r"Bearer hf_(write|read)_(\w+)", h.headers.get("Authorization", ""))
+        return (m.group(2), m.group(1)) if m else (None, None)
+
+    def _may_write(self, repo_id: str, user, role):
+        if user is None:
+            return 401, {"error": "Invalid credentials"}
+        if repo_id not in self.repos:
+            return 404, {"error": "Repository not found"}
+        if repo_id.split("/")[0] != user or role != "write":
+            return 403, {"error": "You don't have the rights to write to this repo"}
+        return None
+
+    def _readable(self, repo_id: str, user):
+        repo = self.repos.get(repo_id)
+        if repo is None or (repo["private"] and repo_id.split("/")[0] != user):
+            return None
+        return repo
+
+    def _json(self, h, status: int, obj: dict, code: str | None = None, extra: dict | None = None):
+        data = json.dumps(obj).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        if code:
+            h.send_header("X-Error-Code", code)
+        for k, v in (extra or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)

@@ -1,0 +1,240 @@
+"""Sharing: model card, push to a local fake of the Hub and load back with stock timm, ONNX, Spaces."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fake_hub import FakeHub
+from helpers import image_bytes, tiny
+from vit import hub, predict, runs
+from vit.data import load_dataset
+from vit.samples import make_shapes_dataset
+from vit.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_write_alice"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hub")
+    with load_dataset(make_shapes_dataset(tmp / "shapes", per_class=12, size=32)) as ds:
+        train(ds, tiny(), tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture
+def fake_hub():
+    h = FakeHub()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE at import; in-process calls to the fake need it off."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def _env(fake: FakeHub, tmp_path: Path, token: str = "") -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return dict(env, HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=token,
+                PYTHONPATH=str(ROOT))
+
+
+STOCK_TIMM = """
+import json, sys, timm, torch
+from PIL import Image
+model = timm.create_model("hf-hub:alice/shapes-vit", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+with torch.no_grad():
+    logits = [model(transform(Image.open(p).convert("RGB")).unsqueeze(0))[0].tolist() for p in sys.argv[1:]]
+print(json.dumps({"labels": model.pretrained_cfg["label_names"], "logits": logits}))
+"""
+
+
+def test_push_then_stock_timm_loads_it_and_predicts_exactly_as_the_app(run_dir, fake_hub, tmp_path):
+    env = _env(fake_hub, tmp_path, TOKEN)
+    pushed = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(run_dir), "--repo", "alice/shapes-vit"],
+                            env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"{fake_hub.url}/alice/shapes-vit" in pushed.stdout
+    assert TOKEN not in pushed.stdout + pushed.stderr
+    files = fake_hub.repos["alice/shapes-vit"]["files"]
+    assert {"config.json", "model.safetensors", "README.md", "confusion_matrix.png", "learning_curves.png"} <= set(files)
+    assert "last.pt" not in files and "status.json" not in files
+    assert fake_hub.validated and fake_hub.validated[-1]["library_name"] == "timm"  # the card's YAML passed
+
+    images = []
+    for i, size in enumerate([(32, 32), (64, 48), (40, 90)]):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(image_bytes(seed=20 + i, size=size))
+        images.append(str(p))
+    loaded = subprocess.run([sys.executable, "-c", STOCK_TIMM, *images], env=_env(fake_hub, tmp_path), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    theirs = json.loads(loaded.stdout.strip().splitlines()[-1])
+    ours = predict.load_model(run_dir)
+    with torch.inference_mode():
+        mine = [ours.model(ours.preprocess(predict.read_image(p)))[0].tolist() for p in images]
+    assert theirs["labels"] == ours.labels
+    assert np.abs(np.array(theirs["logits"]) - np.array(mine)).max() <= 1e-5
+
+    # ours loads it too (hf-hub: in predict), and a second push updates the same repo
+    ours_from_hub = subprocess.run(
+        [sys.executable, "-m", "vit", "predict", "--model", "hf-hub:alice/shapes-vit", "--image", images[0], "--json"],
+        env=_env(fake_hub, tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ours_from_hub.returncode == 0, ours_from_hub.stderr
+    top = json.loads(ours_from_hub.stdout)["results"][0]["top"]
+    assert top[0]["label"] == ours.classify(images[0])[0][0][0]
+    commits = len(fake_hub.repos["alice/shapes-vit"]["commits"])
+    again = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(run_dir), "--repo", "shapes-vit"],
+                           env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(fake_hub.repos["alice/shapes-vit"]["commits"]) == commits + 1
+
+
+@pytest.mark.parametrize("token, repo, message", [
+    (None, "alice/x", "No Hugging Face token"),
+    ("  ", "alice/x", "No Hugging Face token"),
+    ("hf_bogus_token_123", "alice/x", "rejected the token"),
+    ("hf_read_alice", "alice/x", "can only read"),
+    (TOKEN, "bob/x", "would belong to 'bob'"),
+    (TOKEN, "alice/bad name!", "not a valid repo name"),
+])
+def test_push_problems_get_clear_messages_without_the_token(run_dir, fake_hub, online, token, repo, message):
+    with pytest.raises(hub.HubError, match=message) as info:
+        hub.push_run(run_dir, repo, token, endpoint=fake_hub.url)
+    if token and token.strip():
+        assert token.strip() not in str(info.value)
+    assert not fake_hub.repos  # nothing was created
+
+
+def test_push_with_the_network_down_says_so(run_dir, online):
+    with pytest.raises(hub.HubError, match="Cannot reach the Hugging Face Hub") as info:
+        hub.push_run(run_dir, "alice/x", TOKEN, endpoint="http://127.0.0.1:9")
+    assert TOKEN not in str(info.value)
+
+
+def test_a_private_push_is_private_and_a_run_without_a_model_is_refused(run_dir, fake_hub, online, tmp_path):
+    url = hub.push_run(run_dir, "alice/secret", TOKEN, private=True, include_resume=True, endpoint=fake_hub.url)
+    assert url.endswith("/alice/secret") and fake_hub.repos["alice/secret"]["private"]
+    assert "last.pt" in fake_hub.repos["alice/secret"]["files"]  # asked for
+    assert all(h == f"Bearer {TOKEN}" for h in fake_hub.auth_headers)
+    empty = runs.create_run_dir(tmp_path, "x")
+    with pytest.raises(hub.HubError, match="no trained model"):
+        hub.push_run(empty, "alice/x", TOKEN, endpoint=fake_hub.url)
+
+
+def test_model_card_metadata_text_and_pictures(run_dir, tmp_path):
+    from huggingface_hub import ModelCard
+    files = hub.write_card(run_dir, tmp_path / "card", "alice/shapes-vit")
+    assert sorted(f.name for f in files) == ["README.md", "confusion_matrix.png", "learning_curves.png"]
+    card = ModelCard.load(tmp_path / "card" / "README.md")
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert {"image-classification", "vision-transformer"} <= set(card.data.tags)
+    assert card.data.base_model is None  # trained from scratch
+    assert card.data.eval_results[0].metric_type == "accuracy"
+    text = card.text
+    assert 'timm.create_model("hf-hub:alice/shapes-vit", pretrained=True)' in text
+    assert "| circle |" in text and "95% interval" in text and "## Intended use and limitations" in text
+    assert "trained from scratch" in text and "`circle`, `square`, `triangle`" in text
+    for name in ("confusion_matrix.png", "learning_curves.png"):
+        assert Image.open(tmp_path / "card" / name).size[0] > 200
+    meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", (tmp_path / "card" / "README.md").read_text(), re.S).group(1))
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+
+
+def test_the_card_names_the_base_model_and_the_health_warnings(run_dir, tmp_path):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = runs.read_config(copy)
+    config["vit_studio"].update(model="vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True)
+    runs.write_json(copy / runs.CONFIG, config)
+    report = runs.read_json(copy / runs.DATA_REPORT)
+    report["leakage"] = [["circle/1.png", "circle/9.png"]]
+    runs.write_json(copy / runs.DATA_REPORT, report)
+    card = hub.model_card(copy, "alice/x")
+    assert card.data.base_model == "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    assert "validation accuracy may be optimistic" in card.text
+
+
+def test_onnx_export_matches_pytorch_for_any_batch(run_dir, tmp_path):
+    import onnxruntime as ort
+    path, diff = hub.export_onnx(run_dir, tmp_path / "m.onnx")
+    assert diff < 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    ours = predict.load_model(run_dir).model
+    with torch.inference_mode():
+        assert np.abs(session.run(None, {"pixel_values": x.numpy()})[0] - ours(x).numpy()).max() < 1e-4
+
+
+def test_cli_export(run_dir, tmp_path, capsys):
+    from vit import cli
+    assert cli.main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0
+    assert "largest logit difference" in capsys.readouterr().out and (tmp_path / "x.onnx").is_file()
+
+
+# ---------------------------------------------------------------- Spaces
+
+
+def test_readme_front_matter_makes_a_gradio_space():
+    import gradio
+    text = (ROOT / "README.md").read_text()
+    meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", text, re.S).group(1))
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert meta["sdk_version"] == gradio.__version__  # the version requirements.txt pins
+    assert meta["hf_oauth"] is True and "write-repos" in meta["hf_oauth_scopes"]
+    assert str(meta["python_version"]).startswith("3.") and meta["suggested_hardware"]
+    assert "ZeroGPU" in text and "Duplicate" in text
+
+
+def test_run_storage_on_a_space(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIT_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("SYSTEM", "spaces")
+    data = tmp_path / "data"
+    assert runs.default_root(persistent=data) == runs.DEFAULT_ROOT  # no persistent storage mounted
+    assert "lost" in runs.storage_note(persistent=data)
+    data.mkdir()
+    assert runs.default_root(persistent=data) == data / "checkpoints"
+    assert runs.storage_note(persistent=data) == ""
+    monkeypatch.setenv("VIT_CHECKPOINTS", str(tmp_path / "mine"))
+    assert runs.default_root(persistent=data) == tmp_path / "mine"
+    monkeypatch.delenv("SYSTEM")
+    monkeypatch.delenv("VIT_CHECKPOINTS")
+    assert runs.default_root(persistent=data) == runs.DEFAULT_ROOT and runs.storage_note(persistent=data) == ""
+
+
+# ---------------------------------------------------------------- the Share tab's endpoints
+
+
+def test_share_endpoints_preview_push_and_export(app_url, app_manager, fake_hub, online, monkeypatch, tmp_path):
+    from gradio_client import Client
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    run_id = app_manager.submit(make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32), tiny())
+    assert app_manager.wait(run_id, 120) == "completed"
+    client = Client(app_url, verbose=False)
+    card = client.predict(run_id, "alice/from-app", api_name="/preview_card")
+    assert 'timm.create_model("hf-hub:alice/from-app", pretrained=True)' in card
+    with pytest.raises(Exception, match="No Hugging Face token") as info:
+        client.predict(run_id, "alice/from-app", False, "", "me", api_name="/push")
+    with pytest.raises(Exception, match="rejected the token") as info:
+        client.predict(run_id, "alice/from-app", False, "hf_wrong_secret_42", "me", api_name="/push")
+    assert "hf_wrong_secret_42" not in str(info.value)
+    message = client.predict(run_id, "from-app", True, TOKEN, "me", api_name="/push")
+    assert "alice/from-app" in message and TOKEN not in message
+    assert fake_hub.repos["alice/from-app"]["private"] and "model.safetensors" in fake_hub.repos["alice/from-app"]["files"]
+    onnx, note = client.predict(run_id, "me", api_name="/export_onnx")
+    assert Path(onnx).stat().st_size > 1000 and "largest difference from PyTorch" in note
