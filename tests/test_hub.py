@@ -238,3 +238,21 @@ def test_share_endpoints_preview_push_and_export(app_url, app_manager, fake_hub,
     assert fake_hub.repos["alice/from-app"]["private"] and "model.safetensors" in fake_hub.repos["alice/from-app"]["files"]
     onnx, note = client.predict(run_id, "me", api_name="/export_onnx")
     assert Path(onnx).stat().st_size > 1000 and "largest difference from PyTorch" in note
+
+
+def test_on_a_space_the_app_is_multi_user_and_warns_when_runs_are_not_kept(tmp_path, monkeypatch):
+    from vit.jobs import JobManager
+    from vit.ui import build_app
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.delenv("VIT_SINGLE_USER", raising=False)
+    monkeypatch.delenv("VIT_CHECKPOINTS", raising=False)
+    monkeypatch.setattr(runs, "SPACES_PERSISTENT", tmp_path / "no-data")
+    monkeypatch.setattr(runs, "DEFAULT_ROOT", tmp_path / "checkpoints")
+    manager = JobManager(gpus=0)
+    try:
+        assert not manager.single_user and manager.root == tmp_path / "checkpoints"
+        app = build_app(manager)  # no OAuth variables here: no login button, and no crash
+        texts = [str(c.get("props", {}).get("value")) for c in app.config["components"]]
+        assert any("no persistent storage" in t for t in texts)
+    finally:
+        manager.shutdown()

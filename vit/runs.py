@@ -44,9 +44,10 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
 SPACES_PERSISTENT = Path("/data")  # where a Hugging Face Space mounts persistent storage
 
 
-def default_root(persistent: Path = SPACES_PERSISTENT) -> Path:
+def default_root(persistent: Path | None = None) -> Path:
     """Where runs live: VIT_CHECKPOINTS if set; on a Space, its persistent storage when mounted;
     else checkpoints/ beside the code."""
+    persistent = persistent or SPACES_PERSISTENT
     if os.environ.get("VIT_CHECKPOINTS"):
         return Path(os.environ["VIT_CHECKPOINTS"])
     if os.environ.get("SYSTEM") == "spaces" and persistent.is_dir() and os.access(persistent, os.W_OK):
@@ -54,7 +55,7 @@ def default_root(persistent: Path = SPACES_PERSISTENT) -> Path:
     return DEFAULT_ROOT
 
 
-def storage_note(persistent: Path = SPACES_PERSISTENT) -> str:
+def storage_note(persistent: Path | None = None) -> str:
     """A warning to show when runs will not survive a restart (a Space without persistent storage)."""
     if (os.environ.get("SYSTEM") == "spaces" and not os.environ.get("VIT_CHECKPOINTS")
             and default_root(persistent) == DEFAULT_ROOT):

@@ -98,7 +98,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 share_run = gr.Dropdown([], label="Run", allow_custom_value=True)
                 repo_name = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
                 private = gr.Checkbox(False, label="Private")
-            if os.environ.get("SYSTEM") == "spaces":
+            if os.environ.get("SYSTEM") == "spaces" and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
                 gr.LoginButton("Sign in with Hugging Face to push")
             token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
                                type="password", placeholder="hf_...")
