@@ -299,9 +299,10 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
     if split:
         lines += ["", "Images per split: " + ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) + "."]
     lines += ["", "## Intended use and limitations", "",
-              f"- Trained on {total or 'few'} images. A model trained on this little data knows only what those images "
-              "show: expect it to fail on other cameras, lighting, backgrounds or populations, and on classes it "
-              "was not trained on (it always answers with one of its classes).",
+              (f"- Trained on {total} images. A model trained on this little data" if total else
+               "- A model trained on little data") + " knows only what its images show: expect it to fail on other "
+              "cameras, lighting, backgrounds or populations, and on classes it was not trained on (it always "
+              "answers with one of its classes).",
               f"- The validation set has {n_val} images, so the accuracy above is a coarse estimate (see the "
               "interval). Test it on your own held-out data before relying on it.",
               "- Heatmaps show what the model used, not what is right: check them for shortcuts (backgrounds, "
