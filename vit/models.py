@@ -81,6 +81,22 @@ def create_model(spec: ModelSpec, num_classes: int) -> nn.Module:
         raise ModelError(f"Cannot create {name}: {e}") from None
 
 
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether pretrained weights can be downloaded: not in offline mode, and the Hub answers a TCP connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def check_model_name(name: str) -> str:
     """Return `name` if timm knows it (tag allowed), else raise ModelError with suggestions."""
     if name.startswith(("hf-hub:", "local-dir:")):

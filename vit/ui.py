@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from vit import data, explain, hub, jobs, predict, runs, samples
+from vit import models
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.train import TrainConfig, from_scratch
 
@@ -46,16 +47,39 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         with gr.Tab("Train"):
             if runs.storage_note():
                 gr.Markdown(f"**Note:** {runs.storage_note()}")
+            offline = not models.hub_reachable()
+            if offline:
+                gr.Markdown("**Offline:** pretrained weights cannot be downloaded from the Hugging Face Hub here, "
+                            "so *From scratch* is on. Fine for the sample shapes; for real photos, fine-tuning "
+                            "pretrained weights is far better (copy a Hugging Face cache here, or run online).")
             data_line = gr.Markdown(NO_DATA)
             with gr.Row():
-                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model")
-                scratch = gr.Checkbox(False, label="From scratch (no download; small 64-pixel inputs)",
+                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
+                                    allow_custom_value=True)
+                scratch = gr.Checkbox(offline, label="From scratch (no download; small 64-pixel inputs)",
                                       info="Pretrained weights come from the Hugging Face Hub. Offline, train "
                                            "from scratch: good enough for simple images, far weaker otherwise.")
             with gr.Row():
                 epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs")
                 batch_size = gr.Slider(4, 128, value=32, step=4, label="Batch size")
                 lr = gr.Number(1e-4, label="Learning rate (head)", minimum=1e-7, maximum=1.0)
+                img_size = gr.Number(0, label="Image size (0: the model's)", precision=0, minimum=0, maximum=1024)
+            with gr.Accordion("Advanced settings", open=False):
+                d = TrainConfig()
+                with gr.Row():
+                    weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
+                    label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
+                    warmup = gr.Number(d.warmup_epochs, label="Warm-up epochs", precision=0, minimum=0)
+                    patience = gr.Number(d.early_stopping, label="Early stopping patience (0: off)", precision=0,
+                                         minimum=0)
+                with gr.Row():
+                    randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
+                    mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
+                    cutmix = gr.Number(d.cutmix, label="CutMix alpha (0: off)", minimum=0)
+                    ema = gr.Number(0, label="EMA decay (0: off)", minimum=0, maximum=1)
+                with gr.Row():
+                    val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
+                    seed = gr.Number(d.seed, label="Seed", precision=0)
             start_btn = gr.Button("Start training", variant="primary")
             start_msg = gr.Markdown()
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
@@ -68,8 +92,15 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             run_msg = gr.Markdown()
             progress = gr.Markdown()
             with gr.Row():
-                loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss")
-                acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1])
+                loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss", min_width=280)
+                acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1],
+                                       min_width=280)
+            with gr.Accordion("Results of the selected run", open=True):
+                per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
+                with gr.Row():
+                    confusion = gr.Image(label="Confusion matrix", type="pil", min_width=280)
+                    mistakes = gr.Gallery(label="Misclassified validation images (true -> predicted)", columns=4,
+                                          height="auto", min_width=280)
             timer = gr.Timer(2.0)
         with gr.Tab("Classify"):
             with gr.Row():
@@ -117,9 +148,16 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         app.load(_ensure_owner, owner, owner, api_visibility="private")
         listing = [runs_table, selected]
         view = [progress, loss_plot, acc_plot]
+        results = [per_class, confusion, mistakes]
+        advanced = [img_size, weight_decay, label_smoothing, warmup, patience, randaugment, mixup, cutmix, ema,
+                    val_fraction, seed]
 
-        def start(ds, model_name, from_zero, n_epochs, batch, rate, who):
-            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who)
+        def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
+            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who,
+                                  **dict(zip(ADVANCED, more)))
+
+        def outcome(run_id, who):
+            return run_results(get_manager(), run_id, who)
 
         def refresh(choice, who):
             return list_runs(get_manager(), choice, who)
@@ -132,11 +170,13 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 return run_action(get_manager(), action, run_id, who)
             return handler
 
-        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner], [start_msg, selected],
+        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced], [start_msg, selected],
                         api_name="start_training").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show, [selected, owner], view, api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
+        selected.change(outcome, [selected, owner], results, api_name="run_results", show_progress="hidden")
+        timer.tick(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
         for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
             btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
                 refresh, [selected, owner], listing, api_visibility="private")
@@ -145,7 +185,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def classify(source, img, how, alpha, cls):
             return classify_image(get_manager(), source, img, how, alpha, cls)
 
-        def models(current):
+        def model_list(current):
             return model_choices(get_manager(), current)
 
         def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
@@ -160,12 +200,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
         preview_btn.click(preview, [share_run, repo_name], card_view, api_name="preview_card")
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
-        app.load(models, share_run, share_run, api_visibility="private")
-        timer.tick(models, share_run, share_run, api_visibility="private", show_progress="hidden")
+        app.load(model_list, share_run, share_run, api_visibility="private")
+        timer.tick(model_list, share_run, share_run, api_visibility="private", show_progress="hidden")
         classify_btn.click(classify, [model_source, image, method, opacity, target],
                            [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
-        app.load(models, model_source, model_source, api_visibility="private")
-        timer.tick(models, model_source, model_source, api_visibility="private", show_progress="hidden")
+        app.load(model_list, model_source, model_source, api_visibility="private")
+        timer.tick(model_list, model_source, model_source, api_visibility="private", show_progress="hidden")
     return app
 
 
@@ -202,17 +242,40 @@ def sample_dataset(per_class: float = 40):
         return _show(ds, str(folder), f"sample shapes ({n} per class)")
 
 
+ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
+            "cutmix", "ema_decay", "val_fraction", "seed")
+
+
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
-                   epochs: float, batch_size: float, lr: float, owner: str | None):
+                   epochs: float, batch_size: float, lr: float, owner: str | None, **advanced):
     """Queue a run on the checked dataset; returns a message and the new run's id (to select it)."""
     if not dataset:
         raise gr.Error(NO_DATA)
-    config = TrainConfig(model=model_name or DEFAULT_MODEL, epochs=int(epochs), batch_size=int(batch_size),
-                         lr=float(lr or 1e-4))
+    try:
+        name = models.check_model_name((model_name or DEFAULT_MODEL).strip())
+    except models.ModelError as e:
+        raise gr.Error(str(e))
+    settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
+    for key in ("img_size", "warmup_epochs", "early_stopping", "seed"):
+        if key in settings:
+            settings[key] = int(settings[key])
+    if settings.get("early_stopping") == 0:
+        settings["early_stopping"] = None
+    for key in ("ema_decay", "img_size"):  # 0: off / the model's own
+        if not settings.get(key):
+            settings.pop(key, None)
+    config = TrainConfig(model=name, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr or 1e-4),
+                         **settings)
     if scratch:
         config = from_scratch(config)
+        if settings.get("img_size"):
+            config.img_size = settings["img_size"]
     try:
-        run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"])
+        if dataset.get("classes"):  # built class by class in the Data tab
+            with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
+                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"])
+        else:
+            run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"])
     except (jobs.JobError, data.DataError) as e:
         raise gr.Error(str(e), duration=None)
     state = manager.progress(run_id, owner)
@@ -242,9 +305,15 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         return str(e), empty, empty
     lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
     if p["state"] == "running" and p["steps_per_epoch"]:
-        lines.append(f"Epoch {min((p['epoch'] or 0) + 1, p['epochs'] or 1)}/{p['epochs']}, "
-                     f"step {p['step'] or 0}/{p['steps_per_epoch']}"
+        epochs, steps = p["epochs"] or 1, p["steps_per_epoch"]
+        done = ((p["epoch"] or 0) * steps + (p["step"] or 0)) / (epochs * steps)
+        lines.append(f"<progress value='{done:.3f}' max='1' style='width:100%'></progress> {done:.0%}")
+        lines.append(f"Epoch {min((p['epoch'] or 0) + 1, epochs)}/{epochs}, step {p['step'] or 0}/{steps}"
                      + (f", about {_duration(p['eta_s'])} left" if p.get("eta_s") else ""))
+    if p["history"]:
+        last = p["history"][-1]
+        lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, val acc {last['val_acc']:.1%}, "
+                     f"lr {last['lr']:.2e}, {last['images_per_s']:.0f} images/s")
     if p["cancel_requested"] and p["state"] == "running":
         lines.append("Cancel requested: it stops after the current step.")
     if p["state"] in ("failed", "interrupted") and not p["message"]:
@@ -255,6 +324,29 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
     return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
             pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+
+
+def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """A finished run's per-class table, confusion matrix and misclassified validation images."""
+    empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
+    if not run_id:
+        return empty, None, []
+    try:
+        run_dir = runs.run_path(manager.root, run_id)
+    except ValueError:
+        return empty, None, []
+    metrics = runs.read_json(run_dir / runs.METRICS, {})
+    if not metrics.get("per_class"):
+        return empty, None, []
+    table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                          for c, v in metrics["per_class"].items()], columns=list(empty.columns))
+    picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))
+    wrong = []
+    for m in metrics.get("misclassified", [])[:24]:
+        path = run_dir / jobs.DATA_DIR / m["name"]
+        if path.is_file() and not data._escapes(m["name"]):
+            wrong.append((str(path), f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
+    return table, picture, wrong
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
