@@ -86,3 +86,23 @@ def test_classify_endpoint_gives_probabilities_a_heatmap_and_clear_errors(app_ur
         client.predict(run_id, handle_file(str(broken)), "chefer", 0.5, None, api_name="/classify")
     label, *_ = client.predict(run_id, handle_file(str(img)), "rollout", 0.3, None, api_name="/classify")
     assert label["label"] in ("circle", "square", "triangle")  # the app kept serving
+
+
+def test_classes_built_one_by_one_are_checked_and_trained(app_url, app_manager, tmp_path):
+    client = Client(app_url, verbose=False)
+    files = {}
+    for c in ("cat", "dog"):
+        files[c] = []
+        for i in range(6):
+            p = tmp_path / f"{c}{i}.png"
+            p.write_bytes(image_bytes(seed=100 + i + (50 if c == "dog" else 0), size=(48, 48)))
+            files[c].append(handle_file(str(p)))
+    names = ["cat", "dog"] + [""] * (ui.MAX_CLASSES - 2)
+    uploads = [files["cat"], files["dog"]] + [None] * (ui.MAX_CLASSES - 2)
+    report, _, _, summary = client.predict(*names, *uploads, api_name="/check_classes")
+    assert report.startswith("### Ready to train: 12 images in 2 classes") and "2 classes built here" in summary
+    message, picker = client.predict(ui.DEFAULT_MODEL, True, 1, 8, 1e-3, "me", api_name="/start_training")
+    assert app_manager.wait(picker["value"], 120) == "completed"
+    nameless = ["", "dog"] + [""] * (ui.MAX_CLASSES - 2)
+    with pytest.raises(Exception, match="has images but no name"):
+        client.predict(*nameless, *uploads, api_name="/check_classes")

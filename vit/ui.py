@@ -25,6 +25,7 @@ MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for
 RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
                   "attention": "Raw attention (last layer)", "gradcam": "Grad-CAM"}
+MAX_CLASSES = 8
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
 
 
@@ -41,6 +42,20 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 with gr.Column():
                     sample_count = gr.Slider(10, 200, value=40, step=10, label="Images per class (sample data)")
                     sample_btn = gr.Button("Use the sample dataset (generated shapes)")
+            with gr.Accordion("Or build it class by class: name each class and drop its images", open=False):
+                class_count = gr.State(2)
+                class_rows, class_names, class_files = [], [], []
+                for i in range(MAX_CLASSES):
+                    with gr.Row(visible=i < 2) as row:
+                        class_names.append(gr.Textbox(label=f"Class {i + 1}", placeholder="e.g. healthy", scale=1,
+                                                      min_width=160))
+                        class_files.append(gr.File(label=f"Images of class {i + 1}", file_count="multiple",
+                                                   file_types=["image"], type="filepath", scale=3, min_width=240))
+                    class_rows.append(row)
+                with gr.Row():
+                    add_class = gr.Button("Add a class")
+                    remove_class = gr.Button("Remove the last class")
+                    check_classes_btn = gr.Button("Check these classes", variant="primary")
             report = gr.Markdown("Upload a dataset or use the sample data to see its health report.")
             counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
             grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
@@ -144,6 +159,10 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         shown = [report, counts, grid, dataset, data_line]
         upload.upload(check_dataset, upload, shown, api_name="check_dataset")
         sample_btn.click(sample_dataset, sample_count, shown, api_name="sample_dataset")
+        slots = [class_count, *class_rows, *class_names, *class_files]
+        add_class.click(lambda n: _class_slots(n + 1), class_count, slots, api_visibility="private")
+        remove_class.click(lambda n: _class_slots(n - 1), class_count, slots, api_visibility="private")
+        check_classes_btn.click(check_classes, [*class_names, *class_files], shown, api_name="check_classes")
 
         app.load(_ensure_owner, owner, owner, api_visibility="private")
         listing = [runs_table, selected]
@@ -220,6 +239,26 @@ def check_dataset(path: str | None):
     try:
         with data.load_dataset(path) as ds:
             return _show(ds, path, Path(path).name)
+    except data.DataError as e:
+        raise gr.Error(str(e), duration=None)
+
+
+def check_classes(*names_and_files):
+    """Validate classes built one by one (MAX_CLASSES names, then their image lists) and show the report.
+    Empty slots are ignored; a removed slot is emptied by the UI."""
+    names, files = names_and_files[:MAX_CLASSES], names_and_files[MAX_CLASSES:]
+    mapping: dict[str, list[str]] = {}
+    for i, (name, paths) in enumerate(zip(names, files)):
+        if not (name or "").strip() and not paths:
+            continue
+        if not (name or "").strip():
+            raise gr.Error(f"Class {i + 1} has images but no name. Type a name for it.")
+        mapping[name.strip()] = mapping.get(name.strip(), []) + list(paths or [])
+    if not mapping:
+        raise gr.Error("Name at least two classes and drop images into each.")
+    try:
+        with data.load_dataset(mapping) as ds:
+            return _show(ds, None, f"{len(mapping)} classes built here", classes=mapping)
     except data.DataError as e:
         raise gr.Error(str(e), duration=None)
 
@@ -437,13 +476,21 @@ def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
 # helpers
 
 
-def _show(ds: data.Dataset, path: str, name: str):
+def _class_slots(n: int):
+    """Show n class slots; the hidden ones are emptied, so they never count."""
+    n = max(2, min(MAX_CLASSES, int(n)))
+    keep = [gr.update() if i < n else "" for i in range(MAX_CLASSES)]
+    return ([n] + [gr.Row(visible=i < n) for i in range(MAX_CLASSES)] + keep
+            + [gr.update() if i < n else None for i in range(MAX_CLASSES)])
+
+
+def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None):
     r = ds.report
     rows = [{"class": c, "split": split, "images": n}
             for split, per in r.split_counts.items() for c, n in per.items()]
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
     if r.ok:
-        state = {"path": path, "name": name}
+        state = {"path": path, "name": name, "classes": classes}
         line = f"Dataset: **{name}**: {r.total} images in {len(ds.classes)} classes ({', '.join(ds.classes)})."
     else:
         state, line = None, f"The dataset **{name}** cannot be trained on yet; see the Data tab."
