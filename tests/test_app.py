@@ -1,4 +1,5 @@
 """The app's named API endpoints, called with gradio_client against the app launched in the test."""
+import re
 import time
 
 import pytest
@@ -106,3 +107,24 @@ def test_classes_built_one_by_one_are_checked_and_trained(app_url, app_manager, 
     nameless = ["", "dog"] + [""] * (ui.MAX_CLASSES - 2)
     with pytest.raises(Exception, match="has images but no name"):
         client.predict(*nameless, *uploads, api_name="/check_classes")
+
+
+def test_classify_a_layer_and_head_and_a_batch(app_url, app_manager, tmp_path):
+    from vit.samples import make_shapes_dataset
+    from helpers import tiny
+    run_id = app_manager.submit(make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32), tiny())
+    assert app_manager.wait(run_id, 120) == "completed"
+    client = Client(app_url, verbose=False)
+    img = tmp_path / "a.png"
+    img.write_bytes(image_bytes(seed=7, size=(40, 40)))
+    label, *_ = client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, 0, 2, api_name="/classify")
+    assert label["label"] in ("circle", "square", "triangle")
+    with pytest.raises(Exception, match="Head 4 does not exist"):
+        client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, -1, 5, api_name="/classify")
+    with pytest.raises(Exception, match="Layer 3 does not exist"):
+        client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, 3, 0, api_name="/classify")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    gallery = client.predict(run_id, [handle_file(str(img)), handle_file(str(bad))], api_name="/classify_batch")
+    captions = [g["caption"] for g in gallery]
+    assert re.match(r"(circle|square|triangle) \d+%", captions[0]) and "bad.png" in captions[1]

@@ -88,8 +88,10 @@ def token_layout(model: torch.nn.Module, input_hw: tuple[int, int]) -> Layout:
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None, *,
-            head_fusion: str = "mean", discard_ratio: float = 0.0) -> Explanation:
-    """A heatmap for one preprocessed image x [1, 3, H, W]; target defaults to the predicted class."""
+            head_fusion: str = "mean", discard_ratio: float = 0.0, layer: int = -1,
+            head: int | None = None) -> Explanation:
+    """A heatmap for one preprocessed image x [1, 3, H, W]; target defaults to the predicted class.
+    For "attention", `layer` picks the block (-1: the last) and `head` one head (None: their mean)."""
     if method not in METHODS:
         raise ExplainError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if head_fusion not in HEAD_FUSIONS:
@@ -113,7 +115,15 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
                 raise ExplainError(f"Class index {target} is out of range: the model has {probs.numel()} classes.")
             heads = None
             if method == "attention":
-                heatmap, heads = _last_attention(rec.attentions[-1][0], layout)
+                depth = len(rec.attentions)
+                if not -depth <= layer < depth:
+                    raise ExplainError(f"Layer {layer} does not exist: the model has {depth} blocks "
+                                       f"(use 0..{depth - 1}, or -1 for the last).")
+                heatmap, heads = _last_attention(rec.attentions[layer][0], layout)
+                if head is not None:
+                    if not 0 <= head < heads.shape[0]:
+                        raise ExplainError(f"Head {head} does not exist: the layer has {heads.shape[0]} heads.")
+                    heatmap = heads[head]
             elif method == "rollout":
                 heatmap = _rollout([a[0] for a in rec.attentions], layout, head_fusion, discard_ratio)
             elif method == "chefer":

@@ -122,14 +122,25 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 with gr.Column():
                     model_source = gr.Dropdown([], label="Model: a finished run, or type hf-hub:user/repo",
                                                allow_custom_value=True)
-                    image = gr.Image(type="pil", label="Image", image_mode=None, sources=["upload", "clipboard"])
+                    image = gr.Image(type="pil", label="Image", image_mode=None,
+                                     sources=["upload", "webcam", "clipboard"])
+                    gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
                     method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
                                       value=explain.DEFAULT_METHOD, label="Heatmap")
                     with gr.Row():
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity")
                         target = gr.Dropdown([], label="Explain class (default: the predicted one)",
                                              allow_custom_value=False)
+                    with gr.Row():
+                        layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
+                        head = gr.Number(0, label="Head, for raw attention (0: mean of all)", precision=0,
+                                         minimum=0)
                     classify_btn = gr.Button("Classify", variant="primary")
+                    with gr.Accordion("Several images at once", open=False):
+                        batch_files = gr.File(label="Images", file_count="multiple", file_types=["image"],
+                                              type="filepath")
+                        batch_btn = gr.Button("Classify all")
+                        batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
                 with gr.Column():
                     labels_out = gr.Label(label="Prediction", num_top_classes=5)
                     overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
@@ -201,8 +212,11 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 refresh, [selected, owner], listing, api_visibility="private")
         app.load(refresh, [selected, owner], listing, api_visibility="private")
 
-        def classify(source, img, how, alpha, cls):
-            return classify_image(get_manager(), source, img, how, alpha, cls)
+        def classify(source, img, how, alpha, cls, at_layer=-1, at_head=0):
+            return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head)
+
+        def classify_many(source, paths):
+            return classify_batch(get_manager(), source, paths)
 
         def model_list(current):
             return model_choices(get_manager(), current)
@@ -221,8 +235,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
         app.load(model_list, share_run, share_run, api_visibility="private")
         timer.tick(model_list, share_run, share_run, api_visibility="private", show_progress="hidden")
-        classify_btn.click(classify, [model_source, image, method, opacity, target],
+        classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head],
                            [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
+        batch_btn.click(classify_many, [model_source, batch_files], batch_out, api_name="classify_batch")
         app.load(model_list, model_source, model_source, api_visibility="private")
         timer.tick(model_list, model_source, model_source, api_visibility="private", show_progress="hidden")
     return app
@@ -406,19 +421,17 @@ def model_choices(manager: jobs.JobManager, current: str | None):
 
 
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
-                   target: str | None):
+                   target: str | None, layer: float | None = -1, head: float | None = 0):
     """Top classes, the heatmap overlay, its notes and per-head maps for one image."""
-    if not source:
-        raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
     if image is None:
         raise gr.Error("Upload an image to classify.")
-    predict.set_threads(manager.web_threads())  # leave a CPU training run its cores
+    loaded = _load(manager, source)
     try:
-        loaded = predict.load_model(source if source.startswith("hf-hub:") else runs.run_path(manager.root, source))
         rgb = predict.read_image(image)
         t = loaded.labels.index(target) if target in loaded.labels else None
         with loaded.lock:
-            e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t)
+            e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t,
+                                layer=-1 if layer in (None, "") else int(layer), head=int(head) - 1 if head else None)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise gr.Error(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
@@ -472,8 +485,55 @@ def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
 
 
+def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None):
+    """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
+    if not paths:
+        raise gr.Error("Add some images first.")
+    loaded = _load(manager, source)
+    out = []
+    for path in paths:
+        try:
+            (top,) = loaded.classify(predict.read_image(path), topk=1)
+            out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
+        except predict.PredictError as e:
+            out.append((_placeholder(), f"{Path(path).name}: {e}"))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # helpers
+
+
+def _load(manager: jobs.JobManager, source: str | None) -> predict.LoadedModel:
+    if not source:
+        raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
+    predict.set_threads(manager.web_threads())  # leave a CPU training run its cores
+    try:
+        return predict.load_model(source if source.startswith("hf-hub:") else runs.run_path(manager.root, source))
+    except (predict.PredictError, ValueError) as e:
+        raise gr.Error(str(e), duration=None)
+
+
+def _placeholder() -> str:
+    path = Path(tempfile.gettempdir()) / "vit-studio-unreadable.png"
+    if not path.is_file():
+        from PIL import Image
+        Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+    return str(path)
+
+
+def _example_images() -> list[list[str]]:
+    """One generated image per sample shape, for the Classify tab's examples."""
+    import random
+    folder = Path(tempfile.gettempdir()) / "vit-studio-examples"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for k, shape in enumerate(samples.SHAPES):
+        path = folder / f"{shape}.png"
+        if not path.is_file():
+            samples.draw_shape(shape, 160, random.Random(k)).save(path)
+        out.append([str(path)])
+    return out
 
 
 def _class_slots(n: int):
