@@ -256,3 +256,10 @@ def test_on_a_space_the_app_is_multi_user_and_warns_when_runs_are_not_kept(tmp_p
         assert any("no persistent storage" in t for t in texts)
     finally:
         manager.shutdown()
+
+
+def test_a_run_downloads_as_a_zip_without_resume_state(run_dir, tmp_path):
+    import zipfile
+    names = zipfile.ZipFile(runs.archive(run_dir, tmp_path)).namelist()
+    assert f"{run_dir.name}/model.safetensors" in names and f"{run_dir.name}/config.json" in names
+    assert not any(n.endswith("last.pt") for n in names)

@@ -250,6 +250,19 @@ def remove_partial_files(run_dir: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
+    """A zip of the run for download: model, config, metrics, status and logs (not its copy of the data
+    or the resume state, which can be large). Returns its path in dest_dir."""
+    import zipfile
+    run_dir = Path(run_dir)
+    out = Path(dest_dir) / f"{run_dir.name}.zip"
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(run_dir.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.name not in (RESUME, CANCEL):
+                zf.write(p, f"{run_dir.name}/{p.name}")
+    return out
+
+
 def delete_run(run_dir: str | os.PathLike) -> None:
     """Remove a run directory; refuses a run that is queued or running."""
     run_dir = Path(run_dir)

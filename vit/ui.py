@@ -113,7 +113,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             with gr.Accordion("Results of the selected run", open=True):
                 per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
                 with gr.Row():
-                    confusion = gr.Image(label="Confusion matrix", type="pil", min_width=280)
+                    confusion = gr.Image(label="Confusion matrix", show_label=False, type="pil", min_width=280)
                     mistakes = gr.Gallery(label="Misclassified validation images (true -> predicted)", columns=4,
                                           height="auto", min_width=280)
             timer = gr.Timer(2.0)
@@ -163,8 +163,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 preview_btn = gr.Button("Preview model card")
                 push_btn = gr.Button("Push to the Hub", variant="primary")
                 export_btn = gr.Button("Export ONNX")
+                zip_btn = gr.Button("Download the run (.zip)")
             share_msg = gr.Markdown()
-            onnx_file = gr.File(label="ONNX model", visible=True)
+            onnx_file = gr.File(label="Download", visible=True)
             card_view = gr.Markdown()
 
         shown = [report, counts, grid, dataset, data_line]
@@ -233,6 +234,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
         preview_btn.click(preview, [share_run, repo_name], card_view, api_name="preview_card")
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
+        zip_btn.click(lambda run_id: download_run(get_manager(), run_id), share_run, onnx_file,
+                      api_name="download_run")
         app.load(model_list, share_run, share_run, api_visibility="private")
         timer.tick(model_list, share_run, share_run, api_visibility="private", show_progress="hidden")
         classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head],
@@ -467,10 +470,22 @@ def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None)
     if not run_id:
         raise gr.Error("Pick a finished run.")
     try:
-        card = hub.model_card(runs.run_path(manager.root, run_id), (repo or "").strip() or f"your-name/{run_id}")
+        repo = (repo or "").strip().strip("/") or run_id
+        card = hub.model_card(runs.run_path(manager.root, run_id), repo if "/" in repo else f"your-name/{repo}")
     except ValueError as e:
         raise gr.Error(str(e))
     return card.text
+
+
+def download_run(manager: jobs.JobManager, run_id: str | None) -> str:
+    """A zip of the run (model, config, card data, metrics, logs) to download."""
+    if not run_id:
+        raise gr.Error("Pick a run.")
+    try:
+        run_dir = runs.run_path(manager.root, run_id)
+    except ValueError as e:
+        raise gr.Error(str(e))
+    return str(runs.archive(run_dir, tempfile.mkdtemp(prefix="vit-zip-")))
 
 
 def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
