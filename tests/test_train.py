@@ -16,7 +16,7 @@ from vit import cli, models, runs
 from vit.data import load_dataset
 from vit.models import CATALOG, ModelError, ModelSpec, create_model
 from vit.samples import make_shapes_dataset
-from vit.train import TrainConfig, TrainError, train
+from vit.train import TrainError, train
 
 from helpers import TINY, tiny
 
@@ -46,7 +46,7 @@ def test_run_directory_contents_and_stock_timm_loading(shapes, tmp_path):
     run.mkdir()
     events = []
     with load_dataset(shapes) as ds:
-        metrics = train(ds, tiny(), run, on_event=events.append)
+        train(ds, tiny(), run, on_event=events.append)
         val_names = {ds.items[i].name for i in ds.val}
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json",

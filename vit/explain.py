@@ -21,7 +21,6 @@ or the UI: a model and a tensor in, maps out.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
