@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--threads", type=int, help="CPU threads for torch")
     tr.add_argument("--workers", type=int, help="data loader workers (default 0 on CPU, 4 on GPU)")
-    tr.add_argument("--out", help="the run directory (default: a new one under checkpoints/)")
+    tr.add_argument("--out", help="the run directory (default: a new one under VIT_CHECKPOINTS, else checkpoints/)")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tr.set_defaults(func=train_command)
 

@@ -81,7 +81,7 @@ class RunInfo:
 
 def create_run_dir(root: str | os.PathLike | None = None, model_name: str = "model") -> Path:
     """A new, empty run directory named <date>-<time>-<model>-<random>."""
-    root = Path(root) if root else DEFAULT_ROOT
+    root = Path(root) if root else default_root()
     root.mkdir(parents=True, exist_ok=True)
     short = re.sub(r"[^A-Za-z0-9_]+", "-", model_name.split("/")[-1].split(".")[0])[:40].strip("-") or "model"
     run_dir = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{short}-{secrets.token_hex(2)}"
@@ -191,7 +191,7 @@ def clear_cancel(run_dir: str | os.PathLike) -> None:
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     """Every run directory under root, newest first."""
-    root = Path(root) if root else DEFAULT_ROOT
+    root = Path(root) if root else default_root()
     runs = []
     for d in root.iterdir() if root.is_dir() else []:
         if d.is_dir() and not d.name.startswith(".") and ((d / STATUS).exists() or (d / CONFIG).exists()):
@@ -202,7 +202,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
 
 def run_path(root: str | os.PathLike | None, run_id: str) -> Path:
     """The directory of run `run_id` under root; ValueError for a name that is not one of its runs."""
-    root = Path(root) if root else DEFAULT_ROOT
+    root = Path(root) if root else default_root()
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise ValueError(f"{str(run_id)[:80]!r} is not a run id (like 20260101-120000-vit_tiny-ab12).")
     run_dir = root / run_id
