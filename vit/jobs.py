@@ -29,6 +29,7 @@ only the runs it submitted; single-user mode (the local default) has no owners.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,7 +128,6 @@ class JobManager:
                     self._update_positions()
                     self._cv.notify_all()
             except BaseException:
-                import shutil
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
         finally:

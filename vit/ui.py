@@ -117,6 +117,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     mistakes = gr.Gallery(label="Misclassified validation images (true -> predicted)", columns=4,
                                           height="auto", min_width=280)
             timer = gr.Timer(2.0)
+            run_key = gr.State("")  # "<run id>:<state>" of the selected run
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
@@ -196,6 +197,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def show(run_id, who):
             return show_run(get_manager(), run_id, who)
 
+        def show_live(run_id, who):  # the live view, and a key that changes when the run's state does
+            return (*show(run_id, who), _state_key(get_manager(), run_id))
+
         def act(action):
             def handler(run_id, who):
                 return run_action(get_manager(), action, run_id, who)
@@ -204,10 +208,11 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced], [start_msg, selected],
                         api_name="start_training").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
-        timer.tick(show, [selected, owner], view, api_visibility="private", show_progress="hidden")
+        timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
         selected.change(outcome, [selected, owner], results, api_name="run_results", show_progress="hidden")
-        timer.tick(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
+        # results are drawn once per state (e.g. when the run completes), not on every tick
+        run_key.change(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
         for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
             btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
                 refresh, [selected, owner], listing, api_visibility="private")
@@ -219,8 +224,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def classify_many(source, paths):
             return classify_batch(get_manager(), source, paths)
 
-        def model_list(current):
-            return model_choices(get_manager(), current)
+        def model_lists(for_share, for_classify):  # one listing of the runs for both pickers
+            ids = [r["id"] for r in get_manager().list() if r["has_model"]]
+            return _model_picker(ids, for_share), _model_picker(ids, for_classify)
 
         def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
             return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
@@ -236,13 +242,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
         zip_btn.click(lambda run_id: download_run(get_manager(), run_id), share_run, onnx_file,
                       api_name="download_run")
-        app.load(model_list, share_run, share_run, api_visibility="private")
-        timer.tick(model_list, share_run, share_run, api_visibility="private", show_progress="hidden")
         classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head],
                            [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
         batch_btn.click(classify_many, [model_source, batch_files], batch_out, api_name="classify_batch")
-        app.load(model_list, model_source, model_source, api_visibility="private")
-        timer.tick(model_list, model_source, model_source, api_visibility="private", show_progress="hidden")
+        pickers = [share_run, model_source]
+        app.load(model_lists, pickers, pickers, api_visibility="private")
+        timer.tick(model_lists, pickers, pickers, api_visibility="private", show_progress="hidden")
     return app
 
 
@@ -416,13 +421,6 @@ def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner:
         raise gr.Error(str(e))
 
 
-def model_choices(manager: jobs.JobManager, current: str | None):
-    """Runs with a saved model, newest first, for the Classify tab (keeping a typed hf-hub id)."""
-    ids = [r["id"] for r in manager.list() if r["has_model"]]
-    value = current if current and (current in ids or current.startswith("hf-hub:")) else (ids[0] if ids else None)
-    return gr.Dropdown(choices=ids, value=value)
-
-
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
                    target: str | None, layer: float | None = -1, head: float | None = 0):
     """Top classes, the heatmap overlay, its notes and per-head maps for one image."""
@@ -517,6 +515,20 @@ def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+def _model_picker(ids: list[str], current: str | None):
+    """A picker of the runs with a saved model, newest first, keeping the current choice (or a typed
+    hf-hub id)."""
+    value = current if current and (current in ids or current.startswith("hf-hub:")) else (ids[0] if ids else None)
+    return gr.Dropdown(choices=ids, value=value)
+
+
+def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
+    try:
+        return f"{run_id}:{runs.read_status(runs.run_path(manager.root, run_id)).get('state')}" if run_id else ""
+    except ValueError:
+        return ""
 
 
 def _load(manager: jobs.JobManager, source: str | None) -> predict.LoadedModel:
