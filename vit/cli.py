@@ -169,8 +169,10 @@ def predict_command(args) -> int:
 
 
 def push_command(args) -> int:
+    from huggingface_hub import get_token
+
     from vit import hub
-    token = os.environ.get("HF_TOKEN") or _saved_token()
+    token = get_token()  # HF_TOKEN, else the token of `hf auth login` (read, never written)
     url = hub.push_run(args.run, args.repo, token, private=args.private, include_resume=args.include_resume)
     print(f"pushed {Path(args.run).name} to {url}")
     return 0
@@ -184,15 +186,6 @@ def export_command(args) -> int:
         print("warning: the ONNX model differs from PyTorch by more than 1e-3", file=sys.stderr)
         return 2
     return 0
-
-
-def _saved_token() -> str | None:
-    """The token of `hf auth login`, if any (read, never written)."""
-    try:
-        from huggingface_hub import get_token
-        return get_token()
-    except Exception:
-        return None
 
 
 def _overlay_path(out: str | None, image: str, method: str, count: int) -> Path:
