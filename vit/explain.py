@@ -52,6 +52,7 @@ class Layout:
     readers: list[int] | None    # token rows the classifier reads; None: every patch (average pooling)
     grid: tuple[int, int]        # patch grid (rows, columns)
     note: str = ""
+    registers: int = 0           # register tokens among the prefix (left out of every map)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def token_layout(model: torch.nn.Module, input_hw: tuple[int, int]) -> Layout:
                                "the patch tokens, averaged, drew on")
     if registers:
         note += f"; {registers} register tokens left out"
-    return Layout(prefix, readers, grid, note)
+    return Layout(prefix, readers, grid, note, registers)
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD, target: int | None = None, *,
@@ -133,7 +134,7 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
                 heatmap = _gradcam(rec.tokens[0].detach(), grad[0], layout)
     finally:
         model.train(was_training)
-    notes = [layout.note] if layout.readers is None or "register" in layout.note else []
+    notes = [layout.note] if layout.readers is None or layout.registers else []
     if method == "rollout":
         notes.append("Rollout is the same for every class.")
     grid = layout.grid
