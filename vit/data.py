@@ -298,12 +298,8 @@ def export_dataset(dataset: Dataset, dest: str | os.PathLike) -> Path:
         used.add(name.lower())
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:  # a file of our own temporary workspace can be linked; a user's own file is copied
-            if dataset.workspace is None or not Path(item.path).is_relative_to(dataset.workspace):
-                raise OSError
-            os.link(item.path, target)
-        except OSError:
-            shutil.copyfile(item.path, target)
+        ours = dataset.workspace is not None and Path(item.path).is_relative_to(dataset.workspace)
+        _link_or_copy(item.path, target, link=ours)  # a user's own file is always copied
         rows.append((name, item.label, split_of[i]))
     with open(dest / MANIFEST_NAME, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -883,6 +879,17 @@ def _render_report(r: HealthReport, markdown: bool) -> str:
         if len(r.skipped) > 200:
             lines.append(f"- ... and {len(r.skipped) - 200} more")
     return "\n".join(lines)
+
+
+def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
+    """Hard-link src to dst where asked and possible (same file system), else copy it."""
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
 
 
 def _escapes(name: str) -> bool:
