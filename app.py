@@ -6,14 +6,14 @@ SIGTERM) stops them cleanly and leaves their runs resumable.
 import signal
 
 from vit.jobs import JobManager
-from vit.ui import CSS, THEME, build_app
+from vit.ui import build_app, launch_options
 
 
 def main() -> None:
     manager = JobManager()  # runs under VIT_CHECKPOINTS, a Space's /data, or checkpoints/
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker/Spaces stop: the same path as Ctrl-C
     try:
-        build_app(manager).launch(theme=THEME, css=CSS)
+        build_app(manager).launch(**launch_options())
     except KeyboardInterrupt:
         pass
     finally:

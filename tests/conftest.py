@@ -42,8 +42,9 @@ def app_manager(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(app_manager):
     """The app, launched in this process; its URL."""
-    from vit.ui import CSS, THEME, build_app
+    from vit.ui import build_app, launch_options
     app = build_app(app_manager)
-    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, theme=THEME, css=CSS)
+    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
+                                **launch_options())
     yield url
     app.close()

@@ -83,6 +83,13 @@ class FakeHub:
                     return self._json(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular",
                                                           "shouldIgnore": False, "oid": None} for f in files]})
                 return self._commit(h, repo_id, body)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
+            if m and method == "GET":  # the file listing snapshot_download pages through
+                repo = self._readable(m.group(1), user)
+                if repo is None:
+                    return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
+                return self._json(h, 200, [{"type": "file", "path": p, "size": len(b),
+                                            "oid": hashlib.sha1(b).hexdigest()} for p, b in sorted(repo["files"].items())])
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m and method == "GET":
                 repo = self._readable(m.group(1), user)
@@ -196,7 +203,7 @@ class FakeHub:
             return None
         return repo
 
-    def _json(self, h, status: int, obj: dict, code: str | None = None, extra: dict | None = None):
+    def _json(self, h, status: int, obj: dict | list, code: str | None = None, extra: dict | None = None):
         data = json.dumps(obj).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")

@@ -183,7 +183,7 @@ def test_a_killed_child_leaves_the_run_interrupted_and_it_resumes_to_completion(
 
 def test_a_diverging_run_fails_with_its_message(manager, shapes):
     m = manager()
-    run_id = m.submit(shapes, tiny(lr=1e30, clip_grad=None))
+    run_id = m.submit(shapes, tiny(model_args={**tiny().model_args, "init_values": 1e30}))  # LayerScale overflows
     assert m.wait(run_id, 120) == "failed"
     p = m.progress(run_id)
     assert "loss became nan" in p["message"] and "Lower the learning rate" in p["message"]
@@ -273,24 +273,29 @@ def test_a_child_stops_by_itself_when_its_app_is_killed(shapes, tmp_path):
 # ---------------------------------------------------------------- ownership, deletion, safety
 
 
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
+
+
 def test_in_multi_user_mode_only_the_submitting_session_controls_a_run(manager, shapes):
     m = manager(single_user=False, max_active_per_owner=1)
-    run_id = m.submit(shapes, tiny(**LONG), owner="alice")
-    with pytest.raises(JobError, match="another session"):
-        m.cancel(run_id, owner="bob")
-    with pytest.raises(JobError, match="another session"):
-        m.delete(run_id, owner="bob")
-    with pytest.raises(JobError, match="another session"):
+    run_id = m.submit(shapes, tiny(**LONG), owner=ALICE)
+    for action in (m.cancel, m.delete, m.resume, m.progress):
+        with pytest.raises(JobError, match="There is no run .* in this session"):
+            action(run_id, owner=BOB)
+    with pytest.raises(JobError, match="in this session"):
         m.cancel(run_id)
-    view = {r["id"]: r for r in m.list(owner="bob")}[run_id]
-    assert not view["mine"] and not view["can_cancel"] and "owner" not in view
+    assert m.list(owner=BOB) == [] and m.list() == []  # another visitor does not even see it
+    mine = {r["id"]: r for r in m.list(owner=ALICE)}[run_id]
+    assert mine["mine"] and mine["can_cancel"] and "owner" not in mine
+    assert ALICE not in (m.root / run_id / jobs.JOB).read_text()  # only a hash of the token is stored
     with pytest.raises(JobError, match="limit"):
-        m.submit(shapes, tiny(), owner="alice")
-    with pytest.raises(JobError, match="session"):
-        m.submit(shapes, tiny(), owner=None)
-    m.cancel(run_id, owner="alice", grace_s=0)
+        m.submit(shapes, tiny(), owner=ALICE)
+    for anonymous in (None, "", "me"):  # no session, or a guessable one
+        with pytest.raises(JobError, match="session id"):
+            m.submit(shapes, tiny(), owner=anonymous)
+    m.cancel(run_id, owner=ALICE, grace_s=0)
     assert m.wait(run_id, 60) == "cancelled"
-    m.delete(run_id, owner="alice")
+    m.delete(run_id, owner=ALICE)
     assert not (m.root / run_id).exists()
 
 

@@ -205,7 +205,7 @@ def test_dataset_that_cannot_train_fails_the_run(tmp_path, shapes):
 
 def test_early_stopping(shapes, tmp_path):
     with load_dataset(shapes) as ds:
-        m = train(ds, tiny(epochs=30, early_stopping=2, lr=0.0, min_lr=0.0), tmp_path)
+        m = train(ds, tiny(epochs=30, early_stopping=2, lr=1e-10, min_lr=0.0, warmup_epochs=0), tmp_path)
     assert m["stopped_early"] and m["epochs_run"] == 3, "frozen weights: epoch 1 is best, 2 and 3 are not better"
     assert "stopped early" in runs.read_status(tmp_path)["message"]
 

@@ -147,8 +147,8 @@ def predict_command(args) -> int:
                     raise predict.PredictError(f"--target {args.target!r} is not a class of this model "
                                                f"({', '.join(loaded.labels)}).")
                 target = loaded.labels.index(args.target)
-            with loaded.lock:
-                e = explain.explain(loaded.model, loaded.preprocess(image), args.explain, target,
+            with loaded.borrow() as model:
+                e = explain.explain(model, loaded.preprocess(image), args.explain, target,
                                     head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
             out = _overlay_path(args.out, path, args.explain, len(args.image))
             explain.overlay(image, e.heatmap, box=loaded.input_box(image.size), opacity=args.opacity,

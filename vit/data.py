@@ -16,8 +16,10 @@ fix it; single bad files are skipped and listed in the report with a reason.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import math
 import io
 import os
 import random
@@ -38,6 +40,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vit.safety import check_name, safe_join
+
 try:  # HEIC/HEIF/AVIF support where the optional plugin is installed
     import pillow_heif
 
@@ -57,6 +61,13 @@ SAFE_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIF
                                  "HEIF", "AVIF") if f in Image.OPEN)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
                   ".heic", ".heif", ".avif", ".ppm", ".pgm", ".pbm", ".jfif", ".ico"}
+
+# Images larger than this decode one at a time per process (see read_rgb).
+BIG_IMAGE_PIXELS = 16_000_000
+_BIG_DECODES = threading.BoundedSemaphore(1)
+_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK")
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel
+PROBE_MAX_SIDE = 512  # a dataset check decodes every byte (truncation shows) but keeps only this much
 
 # Warnings thresholds of the health report.
 IMBALANCE_WARN_RATIO = 3.0
@@ -93,6 +104,7 @@ class Item:
     width: int           # as displayed (EXIF orientation applied)
     height: int
     mode: str            # Pillow colour mode of the file, before conversion
+    format: str = ""     # Pillow's name of the file format (JPEG, PNG, ...)
 
 
 @dataclass
@@ -209,12 +221,16 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
 
 
 def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(),
-             draft_side: int | None = None) -> tuple[Image.Image, str, tuple[int, int]]:
+             draft_side: int | None = None, max_side: int | None = None
+             ) -> tuple[Image.Image, str, tuple[int, int]]:
     """Open an image as 8-bit RGB with EXIF orientation applied.
 
-    Returns (image, original colour mode, displayed size before any draft
-    reduction). `draft_side` lets JPEG decode at a reduced scale while keeping
-    the shorter side at least that long. Raises DataError with a reason.
+    Returns (image, original colour mode, displayed size before any reduction). The size is read
+    from the header and checked against the caps before anything is decoded. `draft_side` lets
+    JPEG decode at a reduced scale while keeping the shorter side at least that long; `max_side`
+    reduces a larger image (by an integer factor, at decode time for JPEG) so that its longer side
+    is at most that. Images over BIG_IMAGE_PIXELS decode one at a time per process, so concurrent
+    requests cannot stack their peaks. Raises DataError with a reason.
     """
     try:
         img = Image.open(source, formats=SAFE_FORMATS)
@@ -231,15 +247,22 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
         if min(w, h) < limits.min_side:
             raise DataError(f"too small ({w}x{h}; each side must be at least {limits.min_side} px)")
         mode = img.mode
+        big = w * h > BIG_IMAGE_PIXELS
         try:
-            orientation = img.getexif().get(0x0112, 1)  # (a PNG is read to its end for this)
-            size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-            if draft_side and img.format == "JPEG":
-                scale = min(w, h) / draft_side
-                if scale >= 2:
-                    img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
-            img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
+            with _BIG_DECODES if big else contextlib.nullcontext():
+                orientation = img.getexif().get(0x0112, 1)  # (a PNG is read to its end for this)
+                size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+                if img.format == "JPEG":
+                    scale = max(min(w, h) / draft_side if draft_side else 1, max(w, h) / max_side if max_side else 1)
+                    if scale >= 2:
+                        img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+                img.load()
+                pixels = img
+                if img.mode in WIDE_MODES:
+                    pixels = _eight_bit(img)
+                    pixels.info = dict(img.info)  # (its EXIF orientation)
+                rgb = to_rgb(ImageOps.exif_transpose(_reduced(pixels, max_side)))
+                rgb = _reduced(rgb, max_side)
         except Image.DecompressionBombError:
             raise DataError(f"image has too many pixels (cap max_pixels={limits.max_pixels:,})")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -248,17 +271,12 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white; 16-bit and float grey as in
+    _eight_bit."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        elif arr.max() > 255:
-            arr = arr / 257.0  # 16-bit range to 8-bit
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in WIDE_MODES:
+        return _eight_bit(img).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -273,7 +291,7 @@ def thumbnails(dataset: Dataset, per_class: int = 4, size: int = 128) -> list[tu
     out = []
     for cls in dataset.classes:
         for it in [it for it in dataset.items if it.label == cls][:per_class]:
-            img, _, _ = read_rgb(it.path, draft_side=size)
+            img, _, _ = read_rgb(it.path, draft_side=size, max_side=4 * size)
             img.thumbnail((size, size))
             out.append((img, f"{cls}: {PurePosixPath(it.name).name}"))
     return out
@@ -292,11 +310,14 @@ def export_dataset(dataset: Dataset, dest: str | os.PathLike) -> Path:
                 for i in idx}
     rows, used = [], set()
     for i, item in enumerate(dataset.items):
+        problem = check_name(item.label, "label")
+        if problem:  # every reader checks labels; this is the last line of defence before a write
+            raise DataError(f"Cannot save image {item.name!r}: {problem}.")
         name = item.name
-        if _escapes(name) or name.lower() == MANIFEST_NAME or name.lower() in used:
-            name = f"{item.label}/{i:06d}{_safe_suffix(item.name)}"  # a clash of uploaded names
+        if not _plain_image_name(name) or name.lower() in used:
+            name = f"{item.label}/{i:06d}{_image_suffix(item)}"  # a clash or an unsafe uploaded name
         used.add(name.lower())
-        target = dest / name
+        target = safe_join(dest, *name.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         ours = dataset.workspace is not None and Path(item.path).is_relative_to(dataset.workspace)
         _link_or_copy(item.path, target, link=ours)  # a user's own file is always copied
@@ -524,10 +545,9 @@ def _check_class_name(raw: str) -> str:
     name = (raw or "").strip()
     if not name:
         raise DataError("A class has no name. Type a name for every class.")
-    if len(name) > 100:
-        raise DataError(f"Class name '{name[:40]}...' is longer than 100 characters. Use a shorter name.")
-    if any(c in name for c in "/\\") or any(ord(c) < 32 for c in name) or name in (".", ".."):
-        raise DataError(f"Class name {name!r} contains '/', '\\' or control characters. Use a plain name.")
+    problem = check_name(name, "class name")
+    if problem:
+        raise DataError(f"{problem[0].upper()}{problem[1:]}. Use a plain name (letters, digits, spaces, - or _).")
     return name
 
 
@@ -572,6 +592,10 @@ def _assign_labels(raw: list[_Entry | Skipped], limits: Limits) -> tuple[list[_E
                 skipped.append(Skipped(e.name, "not inside a class folder (put it in a folder named after its class)"))
                 continue
             e.label = parts[0]
+        problem = check_name(e.label, "class folder name")
+        if problem:
+            skipped.append(Skipped(e.name, f"{problem}; rename the folder"))
+            continue
         labelled.append(e)
     return labelled, skipped, "train/val class folders" if split_layout else "class folders"
 
@@ -626,8 +650,13 @@ def _manifest_labels(manifest: _Entry, entries: list[_Entry], skipped: list[Skip
         if entry is None:
             skipped.append(Skipped(f"{MANIFEST_NAME}:{lineno}", f"file {rel!r} is not in the dataset"))
             continue
+        used.add(entry.name)  # listed: skipped below for its own reason, never also as "not listed"
         if not label:
             skipped.append(Skipped(entry.name, f"{MANIFEST_NAME} line {lineno} gives no label"))
+            continue
+        problem = check_name(label, "label")
+        if problem:
+            skipped.append(Skipped(entry.name, f"{MANIFEST_NAME} line {lineno}: {problem}; use a plain class name"))
             continue
         split = None
         if isplit is not None and len(row) > isplit and row[isplit].strip():
@@ -688,7 +717,10 @@ def _probe(entry: _Entry, limits: Limits) -> Item | str:
         return "empty file (0 bytes)"
     try:
         # Decoding at 1/8 scale still reads every byte, so truncation is caught, but costs far less.
-        _, mode, (w, h) = read_rgb(io.BytesIO(data), limits=limits, draft_side=limits.min_side)
+        _, mode, (w, h) = read_rgb(io.BytesIO(data), limits=limits, draft_side=limits.min_side,
+                                   max_side=PROBE_MAX_SIDE)
+        with Image.open(io.BytesIO(data), formats=SAFE_FORMATS) as header:
+            fmt = header.format or ""
     except DataError as e:
         reason = str(e)
         if reason.startswith("not an image") and entry.path.suffix.lower() in IMAGE_SUFFIXES | {""}:
@@ -696,7 +728,8 @@ def _probe(entry: _Entry, limits: Limits) -> Item | str:
         elif reason.startswith("not an image"):
             reason = "not an image file"
         return reason
-    return Item(entry.name, entry.path, entry.label, entry.split, hashlib.sha256(data).hexdigest(), w, h, mode)
+    return Item(entry.name, entry.path, entry.label, entry.split, hashlib.sha256(data).hexdigest(), w, h, mode,
+                fmt)
 
 
 def _deduplicate(items: list[Item]):
@@ -881,6 +914,35 @@ def _render_report(r: HealthReport, markdown: bool) -> str:
     return "\n".join(lines)
 
 
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as 8-bit "L": 16-bit data keep their high byte (data that fit
+    in 8 bits stay as they are), float data are stretched to 0-255. One working copy of the pixels."""
+    arr = np.array(img)
+    if img.mode == "F":
+        lo, hi = float(arr.min()), float(arr.max())
+        if hi > lo:
+            arr -= np.float32(lo)
+            arr *= np.float32(255 / (hi - lo))
+            arr += np.float32(0.5)
+        else:
+            arr[...] = 0
+    elif arr.max() > 255:
+        if arr.dtype.kind != "u":
+            np.clip(arr, 0, 65535, out=arr)
+        np.right_shift(arr, 8, out=arr)
+    else:
+        np.clip(arr, 0, 255, out=arr)
+    return Image.fromarray(arr.astype(np.uint8), "L")
+
+
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """img shrunk by an integer factor so its longer side is at most max_side, where its mode allows
+    (the others are reduced after conversion to RGB)."""
+    if not max_side or max(img.size) <= max_side or img.mode not in _REDUCIBLE_MODES:
+        return img
+    return img.reduce(math.ceil(max(img.size) / max_side))
+
+
 def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
     """Hard-link src to dst where asked and possible (same file system), else copy it."""
     if link:
@@ -895,6 +957,23 @@ def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
 def _escapes(name: str) -> bool:
     """True for a relative path that leaves its folder: absolute, a drive letter, or a '..' part."""
     return name.startswith("/") or bool(re.match(r"^[A-Za-z]:", name)) or ".." in PurePosixPath(name).parts
+
+
+def _plain_image_name(name: str) -> bool:
+    """A dataset-relative name safe to write as is: every part a valid name, an image suffix."""
+    parts = name.split("/")
+    return (not _escapes(name) and all(check_name(p) is None for p in parts)
+            and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_suffix(item: "Item") -> str:
+    """A suffix for an image written under a new name: its own when it is an image suffix, else its format's."""
+    suffix = PurePosixPath(item.name).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return suffix
+    fmt = (item.format or "").upper()
+    return {"JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif", "HEIF": ".heic", "PPM": ".ppm"}.get(
+        fmt, f".{fmt.lower()}" if f".{fmt.lower()}" in IMAGE_SUFFIXES else ".png")
 
 
 def _safe_suffix(name: str) -> str:

@@ -61,6 +61,21 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
+def check_token(token: str) -> str:
+    """The token without surrounding spaces, or HubError when it cannot be one (the message never repeats
+    it): a line break, a space or an invisible character inside is a paste gone wrong."""
+    token = token.strip()
+    if any(c.isspace() for c in token):
+        raise HubError("The token has a space or a line break inside it. Paste it again as one line, from "
+                       f"{TOKENS_URL}.")
+    if not token.isascii() or not token.isprintable():
+        raise HubError("The token has an invisible or non-ASCII character in it (e.g. a zero-width space from "
+                       f"a copy). Paste it again from {TOKENS_URL}.")
+    if not 8 <= len(token) <= 256:
+        raise HubError(f"That is not a Hugging Face token (they look like hf_...). Copy one from {TOKENS_URL}.")
+    return token
+
+
 def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str) -> list[Path]:
     """README.md and its images into `dest`; returns the files written."""
     run_dir, dest = Path(run_dir), Path(dest)
@@ -95,7 +110,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
     if not token or not token.strip():
         raise HubError(f"No Hugging Face token. Create one with write access at {TOKENS_URL} and paste it, "
                        "set HF_TOKEN for the command line, or on a Space sign in with the button.")
-    token = token.strip()
+    token = check_token(token)
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(token, repo_id):
         who = api.whoami(token=token)
@@ -118,7 +133,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:
             files = write_card(run_dir, tmp, repo_id)
-            for name in (runs.CONFIG, runs.WEIGHTS, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
+            runs.write_json(Path(tmp) / runs.CONFIG, runs.public_config(run_dir))  # no local paths
+            files.append(Path(tmp) / runs.CONFIG)
+            for name in (runs.WEIGHTS, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, Path(tmp) / name)
                     files.append(Path(tmp) / name)

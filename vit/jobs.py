@@ -28,6 +28,8 @@ only the runs it submitted; single-user mode (the local default) has no owners.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -40,11 +42,15 @@ from pathlib import Path
 
 from vit import runs
 from vit.data import Dataset, DataError, export_dataset, load_dataset
-from vit.train import TrainConfig
+from vit.safety import owner_hash, owns, valid_owner_token
+from vit.train import ConfigError, TrainConfig
 
 JOB = "job.json"        # what to train: the config, the owner, where the data is
 LOG = "train.log"       # the child's output
 DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
+EXIT_DISK_FULL = 4      # the child's exit code when the disk filled up
+DISK_FULL = ("The disk is full (no space left on device), so the run stopped and is marked failed. "
+             "Free some space (delete runs you no longer need), then resume it.")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,6 +100,9 @@ class JobManager:
         self._children: dict[str, _Child] = {}      # slot -> the child training on it
         self._closing = False
         self._last_sweep = 0.0
+        self._reservations: dict[str | None, int] = {}    # owner -> submissions under way
+        self._pending: dict[str, dict] = {}               # run id -> final status not yet written (disk full)
+        self._logged: set[str] = set()
         self._reconcile()
         self._thread = threading.Thread(target=self._schedule_forever, name="vit-jobs", daemon=True)
         self._thread.start()
@@ -106,7 +115,15 @@ class JobManager:
         self._check_open()
         if not isinstance(config, TrainConfig):
             raise JobError("config must be a TrainConfig")
-        self._check_quota(owner)
+        try:
+            config = TrainConfig.from_dict(asdict(config)).check()
+        except ConfigError as e:
+            raise JobError(str(e)) from None
+        with self._reserved(owner):
+            return self._submit(source, config, owner, source_name)
+
+    def _submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, owner: str | None,
+                source_name: str | None) -> str:
         dataset = source if isinstance(source, Dataset) else load_dataset(
             source, val_fraction=config.val_fraction, seed=config.seed)
         try:
@@ -118,7 +135,7 @@ class JobManager:
                 config = TrainConfig.from_dict({**asdict(config), "data": str(data_dir)})
                 device = self._device_kind(config.device)
                 runs.write_json(run_dir / JOB, {
-                    "config": asdict(config), "owner": owner, "device": device,
+                    "config": asdict(config), "owner": owner_hash(owner), "device": device,
                     "source": source_name or dataset.report.source, "classes": dataset.classes,
                     "images": len(dataset.items)})
                 with self._cv:
@@ -127,8 +144,12 @@ class JobManager:
                     self._queue.append(run_dir.name)
                     self._update_positions()
                     self._cv.notify_all()
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if _disk_full(e):
+                    raise JobError("The disk is full (no space left on device), so the run was not started; "
+                                   "nothing already saved was touched. Delete runs you no longer need and try "
+                                   "again.") from None
                 raise
         finally:
             if dataset is not source:
@@ -173,7 +194,7 @@ class JobManager:
             if not (run_dir / JOB).is_file() or not (run_dir / DATA_DIR).is_dir():
                 raise JobError(f"Run {run_id} was not started from this app (it has no copy of its data); resume "
                                f"it with: python -m vit train --resume --out {run_dir} --data DATA")
-            self._check_quota(owner)
+            self._check_quota(owner, reserving=False)
             runs.clear_cancel(run_dir)
             last = runs.load_resume_state(run_dir)
             where = f"from epoch {last['epoch'] + 2}" if last else "from the start (no epoch had finished)"
@@ -199,17 +220,20 @@ class JobManager:
     # ------------------------------------------------------------------ reading
 
     def list(self, owner: str | None = None) -> list[dict]:
-        """Every run, newest first, with its state, best metric and what `owner` may do with it."""
+        """The runs `owner` may see (every run in single-user mode; their own on a shared app), newest
+        first, with state, best metric and what they may do with each."""
         with self._cv:
             queue = list(self._queue)
         out = []
         for info in runs.list_runs(self.root):
-            out.append(self._summary(info.run_dir, info.status, info.config, owner, queue))
+            summary = self._summary(info.run_dir, info.status, info.config, owner, queue)
+            if summary["mine"]:
+                out.append(summary)
         return out
 
     def progress(self, run_id: str, owner: str | None = None) -> dict:
         """The run's summary plus its per-epoch history: what a progress view polls."""
-        run_dir = self._run_dir(run_id)
+        run_dir = self.own_run(run_id, owner, "see")
         with self._cv:
             queue = list(self._queue)
         summary = self._summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner, queue)
@@ -225,7 +249,7 @@ class JobManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         run_dir = self._run_dir(run_id)
         while True:
-            state = runs.read_status(run_dir).get("state")
+            state = self._pending.get(run_id, {}).get("state") or runs.read_status(run_dir).get("state")
             with self._cv:
                 active = run_id in self._queue or self._child_of(run_id) is not None
             if not active and state not in runs.ACTIVE_STATES:
@@ -292,14 +316,15 @@ class JobManager:
                 try:
                     self._tick()
                 except Exception as e:  # the scheduler must outlive any one bad run directory
-                    print(f"vit.jobs: scheduler error: {type(e).__name__}: {e}", file=sys.stderr)
+                    self._log_once(f"scheduler error: {type(e).__name__}: {e}")
                 self._cv.wait(self.poll_s)
 
     def _tick(self) -> None:
+        self._flush_pending()
         for slot, child in list(self._children.items()):
             if child.proc.poll() is not None:
+                del self._children[slot]  # first: a reap that fails must not hold the slot
                 self._reap(child)
-                del self._children[slot]
             elif child.cancel_deadline is not None and time.monotonic() > child.cancel_deadline:
                 child.forced = True
                 _kill_group(child.proc.pid)
@@ -317,7 +342,9 @@ class JobManager:
                 try:
                     self._start(run_id, slot)
                 except OSError as e:
-                    runs.update_status(run_dir, "failed", message=f"The training process could not start: {e}")
+                    self._children.pop(slot, None)
+                    self._finish(run_dir, "failed", message=DISK_FULL if _disk_full(e) else
+                                 f"The training process could not start: {e}")
         if started:
             self._update_positions()
         if time.monotonic() - self._last_sweep > 5.0:
@@ -346,50 +373,95 @@ class JobManager:
         self._children[slot] = _Child(run_id, run_dir, proc)
 
     def _reap(self, child: "_Child", forced: bool = False) -> None:
-        """Record how a child ended when it could not say so itself, and kill what it left behind."""
+        """Record how a child ended when it could not say so itself, and kill what it left behind.
+        Never raises: a state that cannot be written (disk full) is kept and written later."""
         forced = forced or child.forced
         if forced:
             _kill_group(child.proc.pid)
         rc = child.proc.wait()
         _kill_group(child.proc.pid)  # data loader workers of a child that died
-        runs.remove_partial_files(child.run_dir)
+        try:
+            runs.remove_partial_files(child.run_dir)
+            if child.cancel_deadline is not None:
+                runs.clear_cancel(child.run_dir)
+        except OSError:
+            pass
         if not child.run_dir.is_dir():
             return
+        try:
+            final = self._how_it_ended(child, rc, forced)
+        except Exception as e:  # an unreadable run directory: say so rather than stop the scheduler
+            final = ("failed", {"message": f"The training process ended (exit code {rc}) and its run directory "
+                                           f"could not be read: {type(e).__name__}: {e}"})
+        if final:
+            self._finish(child.run_dir, final[0], pid=None, **final[1])
+
+    def _how_it_ended(self, child: "_Child", rc: int, forced: bool) -> tuple[str | None, dict] | None:
+        """The state and fields to record for a child that exited with `rc`, or None to leave its own."""
         status = runs.read_status(child.run_dir)
         state, epoch = status.get("state"), status.get("epoch") or 0
-        kept = _kept_note(child.run_dir)
+        if rc == EXIT_DISK_FULL:
+            return "failed", {"message": f"{DISK_FULL} {_kept_note(child.run_dir)}", "exit_code": rc}
         if child.cancel_deadline is not None:  # a cancel was asked for
+            kept = _kept_note(child.run_dir)
             if forced:
-                runs.update_status(child.run_dir, "cancelled", cancel="forced", pid=None,
-                                   message=f"Stopped by force: the run did not stop by itself within the grace "
-                                           f"period after the cancel. {kept}")
-            elif state in runs.ACTIVE_STATES:
-                runs.update_status(child.run_dir, "cancelled", cancel="cooperative", pid=None,
-                                   message=f"Cancelled. {kept}")
-            elif state == "cancelled":  # (a run that finished before it saw the cancel stays as it ended)
-                runs.update_status(child.run_dir, cancel="cooperative", pid=None)
-            runs.clear_cancel(child.run_dir)
+                return "cancelled", {"cancel": "forced", "message": "Stopped by force: the run did not stop by "
+                                     f"itself within the grace period after the cancel. {kept}"}
+            if state in runs.ACTIVE_STATES and rc in (0, 1):
+                return "cancelled", {"cancel": "cooperative", "message": f"Cancelled. {kept}"}
+            if state == "cancelled":  # (a run that finished before it saw the cancel stays as it ended)
+                return None, {"cancel": "cooperative"}
+            if state not in runs.ACTIVE_STATES:
+                return None
         elif child.shutting_down:
             if state in runs.ACTIVE_STATES or state == "cancelled":
-                runs.update_status(child.run_dir, "interrupted", pid=None,
-                                   message=f"The app shut down during epoch {epoch + 1}. {kept} Resume to continue.")
-        elif state in runs.ACTIVE_STATES:  # died without a word: killed, crashed, out of memory
-            if rc < 0:
-                name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
-                why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
-                       "SIGSEGV": " (a crash in native code)"}.get(name, "")
-                runs.update_status(child.run_dir, "interrupted", pid=None, exit_code=rc,
-                                   message=f"The training process was killed by {name}{why} during epoch "
-                                           f"{epoch + 1}. {kept} Resume to continue.")
-            else:
-                last = _tail(child.run_dir / LOG, 1).strip() or "no output"
-                runs.update_status(child.run_dir, "failed", pid=None, exit_code=rc,
-                                   message=f"The training process exited with code {rc}: {last[-300:]}")
+                return "interrupted", {"message": f"The app shut down during epoch {epoch + 1}. "
+                                                  f"{_kept_note(child.run_dir)} Resume to continue."}
+            return None
+        if state not in runs.ACTIVE_STATES:
+            return None
+        kept = _kept_note(child.run_dir)
+        if rc < 0:  # died without a word: killed, crashed, out of memory
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
+                   "SIGSEGV": " (a crash in native code)"}.get(name, "")
+            return "interrupted", {"exit_code": rc, "message": f"The training process was killed by {name}{why} "
+                                                               f"during epoch {epoch + 1}. {kept} Resume to continue."}
+        last = _tail(child.run_dir / LOG, 1).strip() or "no output"
+        if "No space left on device" in _tail(child.run_dir / LOG, 40):
+            return "failed", {"exit_code": rc, "message": f"{DISK_FULL} {kept}"}
+        return "failed", {"exit_code": rc, "message": f"The training process exited with code {rc}: {last[-300:]}"}
+
+    def _finish(self, run_dir: Path, state: str | None, **fields) -> None:
+        """Write a run's final state; when the disk is full keep it (listings show it) and retry each tick."""
+        try:
+            runs.update_status(run_dir, state, **fields)
+            self._pending.pop(run_dir.name, None)
+        except OSError as e:
+            pending = dict(fields, **({"state": state} if state else {}))
+            self._pending[run_dir.name] = {**self._pending.get(run_dir.name, {}), **pending}
+            self._log_once(f"cannot record the end of run {run_dir.name} yet ({e}); will retry")
+
+    def _flush_pending(self) -> None:
+        for run_id, fields in list(self._pending.items()):
+            run_dir = self.root / run_id
+            if not run_dir.is_dir():
+                self._pending.pop(run_id, None)
+                continue
+            fields = dict(fields)
+            self._finish(run_dir, fields.pop("state", None), **fields)
+
+    def _log_once(self, message: str) -> None:
+        """A scheduler problem, printed once (not on every tick while it lasts)."""
+        if message not in self._logged:
+            self._logged.add(message)
+            print(f"vit.jobs: {message}", file=sys.stderr, flush=True)
 
     def _reconcile(self) -> None:
         """At start-up: runs whose process is gone become interrupted; queued runs queue again."""
         queued = []
         for info in runs.list_runs(self.root):
+            _hash_owner(info.run_dir)
             if info.state == "queued" and (info.run_dir / JOB).is_file():
                 queued.append(info)
             elif info.state == "queued":
@@ -403,13 +475,14 @@ class JobManager:
     def _mark_dead_runs(self) -> None:
         ours = {c.run_id for c in self._children.values()}
         for info in runs.list_runs(self.root):
-            if info.state == "running" and info.id not in ours and not runs.writer_alive(info.status):
+            if (info.state == "running" and info.id not in ours and info.id not in self._pending
+                    and not runs.writer_alive(info.status)):
                 runs.remove_partial_files(info.run_dir)
                 epoch = info.status.get("epoch") or 0
-                runs.update_status(info.run_dir, "interrupted", pid=None,
-                                   message=f"The process training this run stopped during epoch {epoch + 1} "
-                                           f"(the app restarted or the process died). {_kept_note(info.run_dir)} "
-                                           "Resume to continue.")
+                self._finish(info.run_dir, "interrupted", pid=None,
+                             message=f"The process training this run stopped during epoch {epoch + 1} "
+                                     f"(the app restarted or the process died). {_kept_note(info.run_dir)} "
+                                     "Resume to continue.")
 
     def _update_positions(self) -> None:
         """Tell each queued run where it stands: 1 is next for its device."""
@@ -423,15 +496,20 @@ class JobManager:
                        f"Queued: {position - 1} run{'s' if position > 2 else ''} ahead") + (
                 " (to resume)" if status.get("resumed_from") else "")
             if status.get("position") != position or status.get("message") != message:
-                runs.update_status(run_dir, position=position, message=message)
+                try:
+                    runs.update_status(run_dir, position=position, message=message)
+                except OSError as e:  # disk full: the queue itself is in memory and carries on
+                    self._log_once(f"cannot update the queue position of {run_id} ({e})")
 
     # ------------------------------------------------------------------ helpers
 
     def _summary(self, run_dir: Path, status: dict, config: dict, owner: str | None, queue: list[str]) -> dict:
         job = runs.read_json(run_dir / JOB, {})
         metrics = runs.read_json(run_dir / runs.METRICS, {})
+        if run_dir.name in self._pending:  # a final state the full disk has not let us write yet
+            status = {**status, **self._pending[run_dir.name]}
         state = status.get("state", "unknown")
-        mine = self.single_user or (owner is not None and job.get("owner") == owner)
+        mine = self.single_user or owns(job.get("owner"), owner)
         best = metrics.get("val_acc", status.get("best_val_acc"))
         return {
             "id": run_dir.name, "state": state, "message": status.get("message", ""),
@@ -457,22 +535,47 @@ class JobManager:
 
     def own_run(self, run_id: str, owner: str | None, action: str) -> Path:
         """The directory of a run that `owner` may act on (any run in single-user mode), else JobError."""
-        run_dir = self._run_dir(run_id)
-        if not self.single_user:
-            started_by = runs.read_json(run_dir / JOB, {}).get("owner")
-            if owner is None or started_by != owner:
-                raise JobError(f"Run {run_id} was started in another session; only that session can {action} it.")
-        return run_dir
+        if not self.single_user and not (isinstance(run_id, str) and runs.RUN_ID.fullmatch(run_id) and owns(
+                runs.read_json(self.root / run_id / JOB, {}).get("owner"), owner)):
+            # the same answer whether the run exists or not: ids of other visitors' runs are not confirmed
+            raise JobError(f"There is no run {str(run_id)[:80]} in this session. It may have been deleted, or "
+                           f"started in another browser; only the session that started a run can {action} it.")
+        return self._run_dir(run_id)
 
-    def _check_quota(self, owner: str | None) -> None:
+    def _check_quota(self, owner: str | None, reserving: bool = True) -> None:
+        """Refuse a new queued run over the visitor's limit. Caller holds self._cv; runs being submitted
+        (reserved, not yet queued) count, so concurrent starts and resumes cannot pass the limit together."""
         if self.single_user:
             return
-        if owner is None:
-            raise JobError("Sign in or reload the page: a run needs a session to belong to.")
-        mine = [r for r in self.list(owner) if r["mine"] and r["state"] in runs.ACTIVE_STATES]
-        if len(mine) >= self.max_active_per_owner:
-            raise JobError(f"You already have {len(mine)} runs queued or running (the limit on this shared app is "
+        if not valid_owner_token(owner):
+            raise JobError("This browser has no valid session id; reload the page (a run needs a session to "
+                           "belong to).")
+        active = sum(1 for r in self.list(owner) if r["state"] in runs.ACTIVE_STATES)
+        active += self._reservations.get(owner, 0) - (1 if reserving else 0)
+        if active >= self.max_active_per_owner:
+            raise JobError(f"You already have {active} runs queued or running (the limit on this shared app is "
                            f"{self.max_active_per_owner}); wait for one to finish or cancel one.")
+
+    @contextlib.contextmanager
+    def _reserved(self, owner: str | None):
+        """Hold one of the owner's places in the quota while a submission copies its data."""
+        with self._cv:
+            self._reservations[owner] = self._reservations.get(owner, 0) + 1
+            try:
+                self._check_quota(owner)
+            except BaseException:
+                self._release(owner)
+                raise
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._release(owner)
+
+    def _release(self, owner: str | None) -> None:
+        self._reservations[owner] -= 1
+        if not self._reservations[owner]:
+            del self._reservations[owner]
 
     def _check_open(self) -> None:
         if self._closing:
@@ -516,12 +619,27 @@ class _Child:
     started: float = field(default_factory=time.monotonic)
 
 
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _hash_owner(run_dir: Path) -> None:
+    """Runs recorded before owners were hashed: replace the stored token by its hash."""
+    job = runs.read_json(run_dir / JOB)
+    if job and job.get("owner") and not str(job["owner"]).startswith("sha256:"):
+        try:
+            runs.write_json(run_dir / JOB, {**job, "owner": owner_hash(job["owner"])})
+        except OSError:
+            pass
+
+
 def _kept_note(run_dir: Path) -> str:
     state = runs.load_resume_state(run_dir) if (run_dir / runs.RESUME).is_file() else None
     if state is None:
         return "No epoch had finished, so there is no checkpoint yet."
     best = state.get("best", {}).get("epoch")
-    return (f"Epochs 1-{state['epoch'] + 1} are saved" + (f"; the best model (epoch {best}) is kept." if best else "."))
+    saved = "Epoch 1 is saved" if state["epoch"] == 0 else f"Epochs 1-{state['epoch'] + 1} are saved"
+    return saved + (f"; the best model (epoch {best}) is kept." if best else ".")
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -576,7 +694,19 @@ def _lock_root(root: Path):
 
 def _child_main(run_dir: Path) -> int:
     """Train the run in `run_dir` (resuming when it has a saved epoch) and exit with 0 completed,
-    1 cancelled, 2 failed, 3 stopped because the app went away."""
+    1 cancelled, 2 failed, 3 stopped because the app went away, 4 the disk is full."""
+    try:
+        return _train_child(run_dir)
+    except OSError as e:
+        if not _disk_full(e) and not _disk_full(e.__cause__ or e):
+            raise
+        print(f"failed: {e}", flush=True)
+        with contextlib.suppress(OSError):
+            runs.update_status(run_dir, "failed", message=DISK_FULL)
+        return EXIT_DISK_FULL
+
+
+def _train_child(run_dir: Path) -> int:
     if int(os.environ.get("VIT_NICE", "0")) > 0:
         os.nice(int(os.environ["VIT_NICE"]))
     stop = _StopRequests(run_dir, int(os.environ.get("VIT_PARENT_PID", "0")) or None)
@@ -601,6 +731,8 @@ def _child_main(run_dir: Path) -> int:
             result = train(dataset, None if resume else config, run_dir, on_event=_log_event,
                            should_stop=stop, resume=resume)
         except TrainError as e:
+            if _disk_full(e.__cause__):
+                raise e.__cause__
             print(f"failed: {e}", flush=True)
             return 2
     if result.get("cancelled") and stop.reason:

@@ -106,6 +106,23 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def check_web_model_name(name: str) -> str:
+    """check_model_name for a name a visitor typed into the web app: a timm name or an hf-hub id, never a
+    local folder (local-dir: and paths could read any folder on the server, other visitors' runs included)."""
+    name = (name or "").strip()
+    if name.startswith("hf-hub:"):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        try:
+            validate_repo_id(name[len("hf-hub:"):])
+        except HFValidationError:
+            raise ModelError(f"{name[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
+        return name
+    if name.startswith("local-dir:") or "/" in name or "\\" in name or len(name) > 200:
+        raise ModelError("The app takes a model from its catalog, any timm name (e.g. vit_small_patch16_224), or "
+                         "hf-hub:user/repo; local folders can be used from the command line only.")
+    return check_model_name(name)
+
+
 def unknown_model_message(name: str) -> str:
     arch = name.split(".")[0]
     close = difflib.get_close_matches(arch, timm.list_models("*vit*") + timm.list_models("deit*"), n=3, cutoff=0.6)

@@ -13,6 +13,8 @@ Images are read as data.py reads them (EXIF orientation, palette, alpha,
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import math
@@ -31,6 +33,7 @@ from vit.models import ModelError, data_config
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DISPLAY_MAX_SIDE = 2048  # an image to classify is decoded at most this large (the model sees 224 or so)
 
 
 class PredictError(ValueError):
@@ -51,9 +54,26 @@ class LoadedModel:
     def __post_init__(self):
         from timm.data import create_transform
         self.transform = create_transform(**self.data_config, is_training=False)
-        # One forward at a time per model: explain() hooks the model while it runs, and a cached model
-        # is shared by every request. Hold it around explain(); probabilities() takes it itself.
-        self.lock = threading.RLock()
+        # explain() hooks the modules of the model it runs on, so each request borrows a replica of its
+        # own: the modules are copied, the weights are shared (no extra memory for them).
+        self._replicas: list[torch.nn.Module] = [self.model]
+        self._free: list[torch.nn.Module] = [self.model]
+        self._replicas_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self):
+        """A replica of the model for this thread alone (made on first need, kept for reuse)."""
+        with self._replicas_lock:
+            replica = self._free.pop() if self._free else None
+            if replica is None:
+                shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
+                replica = copy.deepcopy(self.model, memo=shared)
+                self._replicas.append(replica)
+        try:
+            yield replica
+        finally:
+            with self._replicas_lock:
+                self._free.append(replica)
 
     @property
     def name(self) -> str:
@@ -70,8 +90,8 @@ class LoadedModel:
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         x = torch.cat([self.preprocess(im) for im in images])
-        with self.lock:
-            return self.model(x).float().softmax(-1)
+        with self.borrow() as model:
+            return model(x).float().softmax(-1)
 
     def classify(self, images: ImageInput | list[ImageInput], topk: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) for each image, most likely first."""
@@ -85,9 +105,15 @@ class LoadedModel:
                 for ps, idx in zip(top.values, top.indices)]
 
 
-def load_model(source: str | os.PathLike, device: str = "cpu") -> LoadedModel:
-    """A model from a run directory, a timm-format folder, `local-dir:PATH` or `hf-hub:user/repo` (cached)."""
+def load_model(source: str | os.PathLike, device: str = "cpu", *, max_params_m: float | None = None
+               ) -> LoadedModel:
+    """A model from a run directory, a timm-format folder, `local-dir:PATH` or `hf-hub:user/repo` (cached).
+
+    `max_params_m` refuses (PredictError) a model of more parameters, in millions, before any of it is
+    built: its size is read from config.json on the meta device and from the safetensors header."""
     folder = _resolve(str(source))
+    if max_params_m:
+        check_size(folder, max_params_m)
     weights = folder / runs.WEIGHTS
     key = (str(folder.resolve()), weights.stat().st_mtime_ns, device)
     with _lock:
@@ -102,6 +128,22 @@ def load_model(source: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     return loaded
 
 
+@contextlib.contextmanager
+def compute_share(threads: int):
+    """Run the block with this thread's share of `threads` CPU threads: all of them when it is the only
+    computation under way, an equal part when others run at once (each on its own model replica)."""
+    global _active
+    with _lock:
+        _active += 1
+        share = max(1, threads // _active)
+    set_threads(share)
+    try:
+        yield share
+    finally:
+        with _lock:
+            _active -= 1
+
+
 def set_threads(n: int) -> None:
     """CPU threads for the calling thread's inference. torch keeps this per thread, so a web handler
     calls it itself (with JobManager.web_threads() while a run trains on the CPU)."""
@@ -114,13 +156,47 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
-    """Any supported image input -> 8-bit RGB, or a PredictError saying what is wrong."""
+def check_size(folder: Path, max_params_m: float) -> int:
+    """The parameter count of the model in `folder`, or PredictError when it is over max_params_m million.
+    Nothing is allocated: the architecture is built on the meta device, the weights file's header is read."""
+    import timm
+    from safetensors import safe_open
+    config = _read_config(folder)
+    counts = []
+    try:
+        with safe_open(str(folder / runs.WEIGHTS), framework="pt") as f:
+            counts.append(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+    except Exception as e:
+        raise PredictError(f"{folder.name}/model.safetensors is not a readable safetensors file ({e}).") from None
+    try:
+        with torch.device("meta"):
+            kwargs = {**(config.get("model_args") or {}), "pretrained": False}
+            if config.get("num_classes") is not None:
+                kwargs["num_classes"] = config["num_classes"]
+            shape = timm.create_model(str(config.get("architecture", "")), **kwargs)
+        counts.append(sum(p.numel() for p in shape.parameters()))
+    except Exception as e:
+        raise PredictError(f"The model in {folder.name} cannot be built: {type(e).__name__}: {e}") from None
+    n = max(counts)
+    if n > max_params_m * 1e6:
+        raise PredictError(f"This model has {n / 1e6:.0f}M parameters, over this app's limit of {max_params_m:g}M "
+                           "for models it serves (VIT_MAX_MODEL_PARAMS_M; it keeps memory bounded for every "
+                           "visitor). Use it with timm on your own machine, or raise the limit where you host the app.")
+    return n
+
+
+def read_image(image: ImageInput, limits: Limits = Limits(), max_side: int | None = DISPLAY_MAX_SIDE
+               ) -> Image.Image:
+    """Any supported image input -> 8-bit RGB (no side longer than max_side), or a PredictError saying
+    what is wrong. A file's size is checked from its header before it is decoded."""
     if isinstance(image, Image.Image):
         w, h = image.size
         if w * h > limits.max_pixels:
             raise PredictError(f"The image has too many pixels ({w}x{h}; cap {limits.max_pixels:,}).")
-        return to_rgb(image)
+        rgb = to_rgb(image)
+        if max_side and max(rgb.size) > max_side:
+            rgb = rgb.reduce(math.ceil(max(rgb.size) / max_side))
+        return rgb
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise PredictError("The image is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
@@ -134,7 +210,7 @@ def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
             raise PredictError(f"{path.name} is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
         source, name = path, path.name
     try:
-        rgb, _, _ = read_rgb(source, limits=limits)
+        rgb, _, _ = read_rgb(source, limits=limits, max_side=max_side)
     except DataError as e:
         raise PredictError(f"{name}: {e}") from None
     return rgb
@@ -164,6 +240,7 @@ def input_box(size: tuple[int, int], dcfg: dict) -> tuple[float, float, float, f
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 _hub_folders: dict[str, Path] = {}
 _lock = threading.Lock()
+_active = 0  # computations under way in compute_share
 
 
 def _resolve(source: str) -> Path:
@@ -203,6 +280,11 @@ def _download(repo_id: str) -> Path:
         return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PredictError(f"{repo_id[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS]))
     except LocalEntryNotFoundError:
@@ -219,13 +301,21 @@ def _download(repo_id: str) -> Path:
     return folder
 
 
-def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
-    import timm
+def _read_config(folder: Path) -> dict:
     try:
         config = json.loads((folder / runs.CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PredictError(f"{folder.name}/config.json cannot be read as JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise PredictError(f"{folder.name}/config.json is not a JSON object.")
+    return config
+
+
+def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
+    import timm
+    config = _read_config(folder)
+    try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-    except json.JSONDecodeError as e:
-        raise PredictError(f"{folder / runs.CONFIG} is not valid JSON ({e}).") from None
     except (RuntimeError, KeyError, ValueError, OSError) as e:
         raise PredictError(f"The model in {folder} cannot be built: {type(e).__name__}: {e}") from None
     n = model.num_classes

@@ -149,6 +149,32 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return read_json(Path(run_dir) / CONFIG, {})
 
 
+LOCAL_PATH_KEYS = ("data", "weights")  # training settings that name files on the machine that trained
+
+
+def public_record(train_config: dict) -> dict:
+    """Training settings fit to publish (config.json, the model card, a download): local paths become
+    their last component, so nothing about the machine's folders leaves it."""
+    record = dict(train_config)
+    for key in LOCAL_PATH_KEYS:
+        if record.get(key):
+            record[key] = Path(str(record[key])).name
+    return record
+
+
+def public_config(run_dir: str | os.PathLike) -> dict:
+    """The run's config.json as it may be published (see public_record)."""
+    config = read_config(run_dir)
+    if isinstance(config.get(CONFIG_KEY), dict):
+        config[CONFIG_KEY] = public_record(config[CONFIG_KEY])
+    return config
+
+
+def public_report(report: dict) -> dict:
+    """The health report without the local path of the upload it was read from."""
+    return {**report, "source": Path(str(report["source"])).name} if report.get("source") else report
+
+
 def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_config: dict,
                data_config: dict | None = None) -> None:
     """Write config.json and model.safetensors in timm's Hub format, each atomically."""
@@ -159,7 +185,7 @@ def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_
         save_for_hf(model, tmp, model_config={"label_names": list(label_names)}, safe_serialization=True,
                     data_config=data_config)
         config = json.loads(Path(tmp, CONFIG).read_text())
-        config[CONFIG_KEY] = train_config
+        config[CONFIG_KEY] = public_record(train_config)
         write_json(Path(tmp, CONFIG), config)
         os.replace(Path(tmp, WEIGHTS), run_dir / WEIGHTS)
         os.replace(Path(tmp, CONFIG), run_dir / CONFIG)
@@ -206,6 +232,8 @@ def run_path(root: str | os.PathLike | None, run_id: str) -> Path:
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise ValueError(f"{str(run_id)[:80]!r} is not a run id (like 20260101-120000-vit_tiny-ab12).")
     run_dir = root / run_id
+    if run_dir.is_symlink() or not run_dir.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{run_id} is not a run directory of {root}.")
     if not ((run_dir / STATUS).is_file() or (run_dir / CONFIG).is_file()):
         raise ValueError(f"There is no run {run_id} in {root}. It may have been deleted; refresh the list.")
     return run_dir
@@ -250,16 +278,31 @@ def remove_partial_files(run_dir: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+ARCHIVED = (WEIGHTS, CONFIG, METRICS, METRICS_LOG, DATA_REPORT, STATUS)
+
+
 def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """A zip of the run for download: model, config, metrics, status and logs (not its copy of the data
-    or the resume state, which can be large). Returns its path in dest_dir."""
+    """A zip of the run for download: its model, config, metrics, status and health report. Nothing
+    that names a visitor or the machine goes in: no job description (it records the owner), no log,
+    no copy of the data or resume state; local paths in the config and report are cut to names."""
     import zipfile
     run_dir = Path(run_dir)
     out = Path(dest_dir) / f"{run_dir.name}.zip"
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(run_dir.iterdir()):
-            if p.is_file() and not p.name.startswith(".") and p.name not in (RESUME, CANCEL):
-                zf.write(p, f"{run_dir.name}/{p.name}")
+        for name in ARCHIVED:
+            p = run_dir / name
+            if not p.is_file() or p.is_symlink():
+                continue
+            arcname = f"{run_dir.name}/{name}"
+            if name == CONFIG:
+                zf.writestr(arcname, json.dumps(public_config(run_dir), indent=2, default=_json_default))
+            elif name == DATA_REPORT:
+                zf.writestr(arcname, json.dumps(public_report(read_json(p, {})), indent=2, default=_json_default))
+            elif name == STATUS:
+                status = {k: v for k, v in read_status(run_dir).items() if k not in ("pid", "host", "pid_start")}
+                zf.writestr(arcname, json.dumps(status, indent=2, default=_json_default))
+            else:
+                zf.write(p, arcname)
     return out
 
 

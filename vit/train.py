@@ -15,6 +15,7 @@ DistributedDataParallel; only rank 0 writes the run directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
@@ -82,6 +83,64 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def check(self) -> "TrainConfig":
+        """Refuse a setting that cannot train (ConfigError saying which and the allowed range); whole
+        numbers given as floats (10.0, from a form) become ints. Returns self."""
+        for name, (lo, hi, kind, optional) in _RANGES.items():
+            setattr(self, name, _checked_number(name, getattr(self, name), lo, hi, kind, optional))
+        if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 200:
+            raise ConfigError("Choose a model: a timm name such as vit_tiny_patch16_224, or hf-hub:user/repo.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda (got {str(self.device)[:40]!r}).")
+        if self.patch_size and self.img_size and self.patch_size > self.img_size:
+            raise ConfigError(f"The patch size ({self.patch_size}) is larger than the image size ({self.img_size}).")
+        if not isinstance(self.model_args, dict):
+            raise ConfigError("model_args must be a mapping of timm model arguments.")
+        return self
+
+
+class ConfigError(ValueError):
+    """A training setting is out of range; the message names it and what is allowed."""
+
+
+# name: (lowest, highest, "int" or "float", None allowed). The one place these ranges live.
+_RANGES = {
+    "epochs": (1, 1000, "int", False), "batch_size": (1, 1024, "int", False),
+    "lr": (1e-10, 1.0, "float", False), "min_lr": (0.0, 1.0, "float", False),
+    "warmup_epochs": (0, 1000, "int", False), "weight_decay": (0.0, 10.0, "float", False),
+    "layer_decay": (0.01, 1.0, "float", True), "early_stopping": (1, 1000, "int", True),
+    "label_smoothing": (0.0, 0.5, "float", False), "crop_scale_min": (0.01, 1.0, "float", False),
+    "hflip": (0.0, 1.0, "float", False), "color_jitter": (0.0, 2.0, "float", False),
+    "mixup": (0.0, 10.0, "float", False), "cutmix": (0.0, 10.0, "float", False),
+    "ema_decay": (0.5, 0.99999, "float", True), "clip_grad": (1e-6, 1e6, "float", True),
+    "grad_accum": (1, 1024, "int", False), "seed": (0, 2 ** 32 - 1, "int", False),
+    "val_fraction": (0.0, 0.9, "float", False), "img_size": (16, 1024, "int", True),
+    "patch_size": (1, 256, "int", True), "threads": (1, 1024, "int", True), "workers": (0, 64, "int", True),
+    "cache_max_bytes": (0, 2 ** 40, "int", False),
+}
+
+
+def _checked_number(name: str, value, lo, hi, kind: str, optional: bool):
+    label = name.replace("_", " ")
+    if value is None or value == "":
+        if optional:
+            return None
+        raise ConfigError(f"{label} is missing: give a number from {lo:g} to {hi:g}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{label} must be a number from {lo:g} to {hi:g} (got {str(value)[:40]!r}).") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{label} must be a number from {lo:g} to {hi:g} (got {value}).")
+    if kind == "int":
+        if value != int(value):
+            raise ConfigError(f"{label} must be a whole number from {lo:g} to {hi:g} (got {value:g}).")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{label} must be from {lo:g} to {hi:g} (got {value:g}).")
+    return value if kind == "int" else float(value)
+
 
 def from_scratch(config: TrainConfig) -> TrainConfig:
     """The same run without pretrained weights, made small enough to learn from a few hundred images
@@ -114,6 +173,11 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
         config = TrainConfig.from_dict(state["config"])
     elif config is None:
         raise TrainError("no training config given")
+    else:
+        try:
+            config.check()
+        except ConfigError as e:
+            raise TrainError(str(e)) from None
     try:
         while True:
             try:
@@ -131,9 +195,12 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
     except TrainError as e:
         emit.status("failed", message=str(e))
         raise
-    except Exception as e:  # a dataset error, a bug: the run records it and the caller sees it
-        emit.status("failed", message=f"{type(e).__name__}: {e}")
-        raise TrainError(f"Training failed: {type(e).__name__}: {e}") from e
+    except Exception as e:  # a dataset error, a bug, a full disk: the run records it and the caller sees it
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        message = ("The disk is full (no space left on device). Free some space, then resume the run; the epochs "
+                   "saved so far are kept." if full else f"{type(e).__name__}: {e}")
+        emit.status("failed", message=message)  # (on a full disk this write may fail too: the caller is told)
+        raise TrainError(f"Training failed: {message}") from e
     finally:
         ddp.close()
 
@@ -148,7 +215,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     if not dataset.report.ok:
         raise TrainError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
     if ddp.is_main and not resume:
-        runs.write_json(run_dir / runs.DATA_REPORT, dataset.report.to_dict())
+        runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
 
     # model (a resumed run is rebuilt from its own config.json: no download, same architecture)
     if resume:

@@ -6,15 +6,17 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from vit import data, explain, hub, jobs, predict, runs, samples
-from vit import models
+from vit import models, safety
 from vit.models import CATALOG, DEFAULT_MODEL
-from vit.train import TrainConfig, from_scratch
+from vit.safety import HostLimits
+from vit.train import ConfigError, TrainConfig, from_scratch
 
 TITLE = "ViT Studio"
 INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
@@ -26,13 +28,17 @@ RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
                   "attention": "Raw attention (last layer)", "gradcam": "Grad-CAM"}
 MAX_CLASSES = 8
+MAX_BATCH = 100  # images in one "classify all"
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
+DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
 
 
 def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
     """The app. Without a manager it makes one for VIT_CHECKPOINTS (default checkpoints/) on first use."""
     get_manager = _manager_getter(manager)
-    with gr.Blocks(title=TITLE) as app:
+    limits = HostLimits.from_env()
+    # Gradio's own copies of uploads and outputs are removed once they are older than the limit.
+    with gr.Blocks(title=TITLE, delete_cache=(max(60, limits.temp_max_age_s // 4), limits.temp_max_age_s)) as app:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         dataset = gr.State(None)                 # {"path", "name", "summary"} of the checked dataset
         owner = gr.BrowserState("", storage_key="vit-studio-owner")  # survives closing the tab
@@ -123,7 +129,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 with gr.Column():
                     model_source = gr.Dropdown([], label="Model: a finished run, or type hf-hub:user/repo",
                                                allow_custom_value=True)
-                    image = gr.Image(type="pil", label="Image", image_mode=None,
+                    # a file path: the app checks the image's header before decoding it (Gradio's "pil"
+                    # would decode any size first)
+                    image = gr.Image(type="filepath", label="Image", image_mode=None,
                                      sources=["upload", "webcam", "clipboard"])
                     gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
                     method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
@@ -191,6 +199,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def outcome(run_id, who):
             return run_results(get_manager(), run_id, who)
 
+
         def refresh(choice, who):
             return list_runs(get_manager(), choice, who)
 
@@ -218,36 +227,39 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 refresh, [selected, owner], listing, api_visibility="private")
         app.load(refresh, [selected, owner], listing, api_visibility="private")
 
-        def classify(source, img, how, alpha, cls, at_layer=-1, at_head=0):
-            return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head)
+        def classify(source, img, how, alpha, cls, at_layer=-1, at_head=0, who=None):
+            return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head, owner=who)
 
-        def classify_many(source, paths):
-            return classify_batch(get_manager(), source, paths)
+        def classify_many(source, paths, who=None):
+            return classify_batch(get_manager(), source, paths, owner=who)
 
-        def model_lists(for_share, for_classify):  # one listing of the runs for both pickers
-            ids = [r["id"] for r in get_manager().list() if r["has_model"]]
+        def model_lists(for_share, for_classify, who):  # one listing of the runs for both pickers
+            ids = [r["id"] for r in get_manager().list(who or None) if r["has_model"]]
             return _model_picker(ids, for_share), _model_picker(ids, for_classify)
 
         def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
             return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
 
-        def preview(run_id, repo):
-            return preview_card(get_manager(), run_id, repo)
+        def preview(run_id, repo, who=None):
+            return preview_card(get_manager(), run_id, repo, who)
 
         def export(run_id, who):
             return export_run(get_manager(), run_id, who)
 
         push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
-        preview_btn.click(preview, [share_run, repo_name], card_view, api_name="preview_card")
+        preview_btn.click(preview, [share_run, repo_name, owner], card_view, api_name="preview_card")
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
-        zip_btn.click(lambda run_id: download_run(get_manager(), run_id), share_run, onnx_file,
+        zip_btn.click(lambda run_id, who: download_run(get_manager(), run_id, who), [share_run, owner], onnx_file,
                       api_name="download_run")
-        classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head],
-                           [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify")
-        batch_btn.click(classify_many, [model_source, batch_files], batch_out, api_name="classify_batch")
+        # Several classifications at once, each on its own replica of the model with its share of the cores.
+        classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head, owner],
+                           [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify",
+                           concurrency_limit=limits.concurrency, concurrency_id="classify")
+        batch_btn.click(classify_many, [model_source, batch_files, owner], batch_out, api_name="classify_batch",
+                        concurrency_limit=limits.concurrency, concurrency_id="classify")
         pickers = [share_run, model_source]
-        app.load(model_lists, pickers, pickers, api_visibility="private")
-        timer.tick(model_lists, pickers, pickers, api_visibility="private", show_progress="hidden")
+        app.load(model_lists, [*pickers, owner], pickers, api_visibility="private")
+        timer.tick(model_lists, [*pickers, owner], pickers, api_visibility="private", show_progress="hidden")
     return app
 
 
@@ -261,9 +273,13 @@ def check_dataset(path: str | None):
         raise gr.Error("No file received. Upload a .zip with one folder per class.")
     try:
         with data.load_dataset(path) as ds:
-            return _show(ds, path, Path(path).name)
+            shown = _show(ds, path, Path(path).name)
     except data.DataError as e:
+        _remove_upload(path)
         raise gr.Error(str(e), duration=None)
+    if shown[3] is None:  # cannot be trained on: nothing will use the upload again
+        _remove_upload(path)
+    return shown
 
 
 def check_classes(*names_and_files):
@@ -314,24 +330,22 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     if not dataset:
         raise gr.Error(NO_DATA)
     try:
-        name = models.check_model_name((model_name or DEFAULT_MODEL).strip())
-    except models.ModelError as e:
-        raise gr.Error(str(e))
-    settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
-    for key in ("img_size", "warmup_epochs", "early_stopping", "seed"):
-        if key in settings:
-            settings[key] = int(settings[key])
-    if settings.get("early_stopping") == 0:
-        settings["early_stopping"] = None
-    for key in ("ema_decay", "img_size"):  # 0: off / the model's own
-        if not settings.get(key):
-            settings.pop(key, None)
-    config = TrainConfig(model=name, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr or 1e-4),
-                         **settings)
-    if scratch:
-        config = from_scratch(config)
-        if settings.get("img_size"):
-            config.img_size = settings["img_size"]
+        name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
+        settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
+        if settings.get("early_stopping") == 0:
+            settings["early_stopping"] = None
+        for key in ("ema_decay", "img_size"):  # 0: off / the model's own
+            if settings.get(key) == 0:
+                settings.pop(key)
+        config = TrainConfig(model=name, epochs=epochs, batch_size=batch_size, lr=1e-4 if lr is None else lr,
+                             **settings).check()
+        if scratch:
+            config = from_scratch(config)
+            if settings.get("img_size"):
+                config.img_size = settings["img_size"]
+            config.check()
+    except (models.ModelError, ConfigError) as e:
+        raise gr.Error(str(e), duration=None)
     try:
         if dataset.get("classes"):  # built class by class in the Data tab
             with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
@@ -342,7 +356,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
         raise gr.Error(str(e), duration=None)
     state = manager.progress(run_id, owner)
     return f"Run **{run_id}** is {state['state']}: {state['message']}", gr.Dropdown(
-        choices=_run_ids(manager), value=run_id)
+        choices=_run_ids(manager, owner), value=run_id)
 
 
 def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
@@ -394,8 +408,8 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
     if not run_id:
         return empty, None, []
     try:
-        run_dir = runs.run_path(manager.root, run_id)
-    except ValueError:
+        run_dir = manager.own_run(run_id, owner or None, "see")
+    except jobs.JobError:
         return empty, None, []
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     if not metrics.get("per_class"):
@@ -403,11 +417,15 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
     table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
                           for c, v in metrics["per_class"].items()], columns=list(empty.columns))
     picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))
-    wrong = []
+    wrong = []  # pictures, not paths: the run folder need not be one Gradio may serve (e.g. /data on a Space)
     for m in metrics.get("misclassified", [])[:24]:
-        path = run_dir / jobs.DATA_DIR / m["name"]
-        if path.is_file() and not data._escapes(m["name"]):
-            wrong.append((str(path), f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
+        try:
+            path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(m["name"]).split("/"))
+            img, _, _ = data.read_rgb(path, draft_side=160, max_side=640)
+        except (ValueError, data.DataError):
+            continue
+        img.thumbnail((160, 160))
+        wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
     return table, picture, wrong
 
 
@@ -422,17 +440,21 @@ def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner:
 
 
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
-                   target: str | None, layer: float | None = -1, head: float | None = 0):
-    """Top classes, the heatmap overlay, its notes and per-head maps for one image."""
+                   target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
+    """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
     if image is None:
         raise gr.Error("Upload an image to classify.")
-    loaded = _load(manager, source)
+    if method not in explain.METHODS:
+        raise gr.Error(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
+    loaded = _load(manager, source, owner)
     try:
+        layer_index = _whole_number(layer, "Layer", -1)
+        head_number = _whole_number(head, "Head", 0)
         rgb = predict.read_image(image)
         t = loaded.labels.index(target) if target in loaded.labels else None
-        with loaded.lock:
-            e = explain.explain(loaded.model, loaded.preprocess(rgb), method, t,
-                                layer=-1 if layer in (None, "") else int(layer), head=int(head) - 1 if head else None)
+        with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
+            e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
+                                head=head_number - 1 if head_number else None)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise gr.Error(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
@@ -463,27 +485,28 @@ def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private
             f"`timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)`.")
 
 
-def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None) -> str:
+def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None, owner: str | None = None) -> str:
     """The model card a push would write (its text; the pictures go with the push)."""
     if not run_id:
         raise gr.Error("Pick a finished run.")
     try:
+        run_dir = manager.own_run(run_id, owner or None, "see")
         repo = (repo or "").strip().strip("/") or run_id
-        card = hub.model_card(runs.run_path(manager.root, run_id), repo if "/" in repo else f"your-name/{repo}")
+        card = hub.model_card(run_dir, repo if "/" in repo else f"your-name/{repo}")
     except ValueError as e:
         raise gr.Error(str(e))
     return card.text
 
 
-def download_run(manager: jobs.JobManager, run_id: str | None) -> str:
-    """A zip of the run (model, config, card data, metrics, logs) to download."""
+def download_run(manager: jobs.JobManager, run_id: str | None, owner: str | None = None) -> str:
+    """A zip of the run (model, config, metrics, health report) to download."""
     if not run_id:
         raise gr.Error("Pick a run.")
     try:
-        run_dir = runs.run_path(manager.root, run_id)
-    except ValueError as e:
+        run_dir = manager.own_run(run_id, owner or None, "download")
+        return str(runs.archive(run_dir, _download_folder()))
+    except (ValueError, OSError) as e:
         raise gr.Error(str(e))
-    return str(runs.archive(run_dir, tempfile.mkdtemp(prefix="vit-zip-")))
 
 
 def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
@@ -492,21 +515,25 @@ def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         raise gr.Error("Pick a finished run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "export")
-        path, diff = hub.export_onnx(run_dir, Path(tempfile.mkdtemp(prefix="vit-onnx-")) / f"{run_id}.onnx")
+        path, diff = hub.export_onnx(run_dir, _download_folder() / f"{run_id}.onnx")
     except (jobs.JobError, hub.HubError) as e:
         raise gr.Error(str(e), duration=None)
     return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
 
 
-def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None):
+def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None, *,
+                   owner: str | None = None):
     """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
     if not paths:
         raise gr.Error("Add some images first.")
-    loaded = _load(manager, source)
+    if len(paths) > MAX_BATCH:
+        raise gr.Error(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
+    loaded = _load(manager, source, owner)
     out = []
     for path in paths:
         try:
-            (top,) = loaded.classify(predict.read_image(path), topk=1)
+            with predict.compute_share(manager.web_threads()):
+                (top,) = loaded.classify(predict.read_image(path), topk=1)
             out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
         except predict.PredictError as e:
             out.append((_placeholder(), f"{Path(path).name}: {e}"))
@@ -531,13 +558,20 @@ def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
         return ""
 
 
-def _load(manager: jobs.JobManager, source: str | None) -> predict.LoadedModel:
+def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None) -> predict.LoadedModel:
+    """The model of one of the visitor's runs, or of an hf-hub: id; never a folder named by the visitor."""
+    source = (source or "").strip()
     if not source:
         raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
-    predict.set_threads(manager.web_threads())  # leave a CPU training run its cores
     try:
-        return predict.load_model(source if source.startswith("hf-hub:") else runs.run_path(manager.root, source))
-    except (predict.PredictError, ValueError) as e:
+        if source.startswith("hf-hub:"):
+            where = models.check_web_model_name(source)
+        elif ":" in source or "/" in source or "\\" in source:
+            raise gr.Error(f"{source[:80]!r} is not one of your runs or an hf-hub:user/repo id.", duration=None)
+        else:
+            where = manager.own_run(source, owner or None, "use")
+        return predict.load_model(where, max_params_m=HostLimits.from_env().max_model_params_m)
+    except (predict.PredictError, models.ModelError, jobs.JobError, ValueError) as e:
         raise gr.Error(str(e), duration=None)
 
 
@@ -599,8 +633,46 @@ def _ensure_owner(owner: str | None) -> str:
     return owner or secrets.token_urlsafe(16)
 
 
-def _run_ids(manager: jobs.JobManager) -> list[str]:
-    return [r["id"] for r in manager.list()]
+def _run_ids(manager: jobs.JobManager, owner: str | None = None) -> list[str]:
+    return [r["id"] for r in manager.list(owner or None)]
+
+
+def _whole_number(value, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
+        raise ValueError(f"{name} must be a whole number (got {str(value)[:20]}).")
+    if abs(value) > 10_000:
+        raise ValueError(f"{name} {value:g} does not exist.")
+    return int(value)
+
+
+def _download_folder() -> Path:
+    """A fresh folder for one file to serve; folders older than the temp age limit are removed first."""
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    max_age = HostLimits.from_env().temp_max_age_s
+    for old in DOWNLOADS.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > max_age:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=DOWNLOADS))
+
+
+def _remove_upload(path: str | None) -> None:
+    """Delete an uploaded file that will not be used (Gradio keeps uploads in its cache otherwise)."""
+    try:
+        if path and Path(path).is_file():
+            Path(path).unlink()
+    except OSError:
+        pass
+
+
+def launch_options() -> dict:
+    """launch() settings that keep a shared app bounded: the upload cap (Gradio refuses larger files,
+    naming the cap) and the theme."""
+    return {"theme": THEME, "css": CSS, "max_file_size": f"{HostLimits.from_env().max_upload_mb}mb"}
 
 
 def _epoch_text(r: dict) -> str:

@@ -1,0 +1,477 @@
+"""Hostile visitors of a shared app (issue 12): each attack is reproduced through the app's API, or the
+function behind it, and shown to be refused or contained, with nothing already saved lost.
+
+The shared app here runs in multi-user mode with its runs in a folder outside the working directory and
+the temp dir (as /data/checkpoints is on a Space with persistent storage), a 1 MB upload cap and a zero
+temp-file age, so every limit is hit cheaply.
+"""
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from fake_hub import FakeHub
+from helpers import image_bytes, tiny, write_zip
+from vit import data, hub, jobs, predict, runs, ui
+from vit.jobs import JobError, JobManager
+from vit.samples import make_shapes_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+ALICE, BOB = "alice-visitor-token-0001", "bob-visitor-token-00002"
+LIMITS = {"VIT_MAX_UPLOAD_MB": "1", "VIT_TEMP_MAX_AGE_S": "0", "VIT_CLASSIFY_CONCURRENCY": "2"}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "d", per_class=12, size=32)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, shapes):
+    """The app as a public Space runs it, and one finished run of Alice's."""
+    outside = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path.home()
+    store = Path(tempfile.mkdtemp(prefix="vit-hosting-", dir=outside))  # not under cwd or the temp dir
+    saved = {k: os.environ.get(k) for k in LIMITS}
+    os.environ.update(LIMITS)
+    manager = JobManager(store / "checkpoints", single_user=False, gpus=0)
+    app = ui.build_app(manager)
+    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **ui.launch_options())
+    run_id = manager.submit(shapes, tiny(epochs=1), owner=ALICE, source_name="shapes")
+    assert manager.wait(run_id, 120) == "completed"
+    yield SimpleNamespace(url=url, manager=manager, run_id=run_id, store=store, app=app)
+    app.close()
+    manager.shutdown(grace_s=2)
+    shutil.rmtree(store, ignore_errors=True)
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _png(tmp_path, name="photo.png", size=(48, 40), seed=3) -> str:
+    path = tmp_path / name
+    path.write_bytes(image_bytes(seed=seed, size=size))
+    return str(path)
+
+
+# 1 ------------------------------------------------------------- names that become paths
+
+
+def test_manifest_labels_and_polyglot_names_cannot_write_outside_the_run(tmp_path, shapes):
+    pgm_shell = b"P2\n# echo pwned > /tmp/x\n8 8\n255\n" + b"200 " * 64 + b"\n"  # a valid image and a script
+    members = {"labels.csv": "path,label\nup.png,../../../escape\nabs.png,/abs/path\nnl.png,\"a\nb\"\n"
+                             "x.sh,cat\n" + "".join(f"c{i}.png,cat\nd{i}.png,dog\n" for i in range(3)),
+               "up.png": image_bytes(seed=90), "abs.png": image_bytes(seed=91), "nl.png": image_bytes(seed=92),
+               "x.sh": pgm_shell}
+    members.update({f"c{i}.png": image_bytes(seed=i) for i in range(3)})
+    members.update({f"d{i}.png": image_bytes(seed=10 + i) for i in range(3)})
+    z = write_zip(tmp_path / "hostile.zip", members)
+    with data.load_dataset(z) as ds:
+        reasons = {s.name: s.reason for s in ds.report.skipped}
+        assert ds.classes == ["cat", "dog"] and ds.report.ok
+    assert "contains '/'" in reasons["up.png"] and "contains '/'" in reasons["abs.png"]
+    assert "control or invisible" in reasons["nl.png"]
+    root = tmp_path / "app" / "checkpoints"
+    with JobManager(root, gpus=0) as m:
+        run_id = m.submit(z, tiny(epochs=1))
+        assert m.wait(run_id, 120) == "completed"
+        copy = root / run_id / jobs.DATA_DIR
+        written = [p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()]
+    assert not list(tmp_path.rglob("escape*")) and not Path("/abs/path").exists()
+    assert all(p == "labels.csv" or p.split("/")[0] in ("cat", "dog") or p.startswith(("c", "d")) for p in written)
+    assert not [p for p in written if p.endswith(".sh")], written  # the script suffix was not kept
+    assert [p for p in written if p.startswith("cat/") and p.endswith(".ppm")], written  # stored as a PGM is
+
+
+def test_a_class_folder_named_like_the_manifest_is_skipped_with_a_reason(tmp_path):
+    members = {f"{c}/{i}.png": image_bytes(seed=i + 10 * k) for k, c in enumerate(("labels.csv", "cat", "dog"))
+               for i in range(3)}
+    with data.load_dataset(write_zip(tmp_path / "z.zip", members)) as ds:
+        assert ds.classes == ["cat", "dog"]
+        reason = next(s.reason for s in ds.report.skipped if s.name.startswith("labels.csv/"))
+        assert "reserved for the dataset's manifest" in reason and "rename the folder" in reason
+        data.export_dataset(ds, tmp_path / "copy")  # the manifest is written, not clobbered
+    assert (tmp_path / "copy" / "labels.csv").is_file()
+
+
+def test_run_ids_and_paths_are_proven_inside_the_checkpoints_folder(tmp_path):
+    from vit.safety import safe_join
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / runs.STATUS).write_text("{}")
+    (root / "20260101-000000-link-0000").symlink_to(tmp_path / "elsewhere")
+    for bad in ("../elsewhere", "20260101-000000-link-0000", "/etc", "a/../../x"):
+        with pytest.raises(ValueError):
+            runs.run_path(root, bad)
+    for parts in (("..", "x"), ("/etc",), ("a", "..", "..")):
+        with pytest.raises(ValueError, match="points outside"):
+            safe_join(root, *parts)
+
+
+# 2 ------------------------------------------------------------- one visitor's runs are theirs alone
+
+
+def test_another_visitor_can_neither_see_nor_act_on_a_run(shared, tmp_path):
+    client, run_id = Client(shared.url, verbose=False), shared.run_id
+    table, _ = client.predict(None, BOB, api_name="/list_runs")
+    assert run_id not in json.dumps(table)
+    assert "There is no run" in client.predict(run_id, BOB, api_name="/show_run")[0]
+    per_class, confusion, mistakes = client.predict(run_id, BOB, api_name="/run_results")
+    assert not per_class["data"] and confusion is None and not mistakes
+    image = handle_file(_png(tmp_path))
+    for args, endpoint in [((run_id, "x", BOB), "/preview_card"), ((run_id, BOB), "/download_run"),
+                           ((run_id, BOB), "/export_onnx"), ((run_id, "x", False, "hf_write_bob", BOB), "/push"),
+                           ((run_id, BOB), "/delete_run"), ((run_id, BOB), "/resume_run"),
+                           ((run_id, BOB), "/cancel_run"),
+                           ((run_id, image, "chefer", 0.5, None, -1, 0, BOB), "/classify")]:
+        with pytest.raises(Exception, match="no run .* in this session"):
+            client.predict(*args, api_name=endpoint)
+    assert runs.read_status(shared.manager.root / run_id)["state"] == "completed"  # untouched
+
+
+def test_the_owner_token_is_stored_hashed_and_never_downloadable(shared):
+    client = Client(shared.url, verbose=False)
+    table, _ = client.predict(None, ALICE, api_name="/list_runs")
+    assert shared.run_id in json.dumps(table)
+    zipped = client.predict(shared.run_id, ALICE, api_name="/download_run")
+    with zipfile.ZipFile(zipped) as zf:
+        names = {Path(n).name for n in zf.namelist()}
+        blob = b"".join(zf.read(n) for n in zf.namelist())
+    assert {"model.safetensors", "config.json", "metrics.json"} <= names and "job.json" not in names
+    assert ALICE.encode() not in blob and b"sha256:" not in blob
+    assert str(shared.store).encode() not in blob and b"/tmp/" not in blob  # no local paths either
+    assert ALICE not in (shared.manager.root / shared.run_id / jobs.JOB).read_text()
+
+
+def test_the_quota_holds_under_concurrent_starts_and_resumes(tmp_path, shapes):
+    with JobManager(tmp_path / "checkpoints", single_user=False, gpus=0, max_active_per_owner=2) as m:
+        stopped = m.submit(shapes, tiny(epochs=400), owner=ALICE)
+        m.cancel(stopped, owner=ALICE, grace_s=0)
+        assert m.wait(stopped, 60) == "cancelled"
+        results, barrier = [], threading.Barrier(5)
+
+        def attempt(action):
+            barrier.wait()
+            try:
+                results.append(action())
+            except JobError as e:
+                results.append(e)
+
+        actions = [lambda: m.submit(shapes, tiny(epochs=400), owner=ALICE) for _ in range(4)]
+        actions.append(lambda: m.resume(stopped, owner=ALICE))
+        threads = [threading.Thread(target=attempt, args=(a,)) for a in actions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        accepted = [r for r in results if not isinstance(r, JobError)]
+        active = [r for r in m.list(ALICE) if r["state"] in runs.ACTIVE_STATES]
+        assert len(accepted) == 2 and len(active) == 2, results
+        assert all("limit on this shared app is 2" in str(r) for r in results if isinstance(r, JobError))
+        for r in active:
+            m.cancel(r["id"], owner=ALICE, grace_s=0)
+
+
+# 3 ------------------------------------------------------------- one request, bounded cost
+
+PEAK = """
+import resource, sys
+from vit import data, predict
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "classify":
+    print(predict.read_image(sys.argv[2]).size)
+else:
+    with data.load_dataset(sys.argv[2]) as ds:
+        print(ds.report.total)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def _big_png(path: Path, side: int, seed: int) -> Path:
+    import numpy as np
+    arr = np.zeros((side, side), np.uint16)
+    arr[seed::7, ::5] = 40000  # compresses to about 140 KB
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_a_small_file_of_huge_16bit_images_costs_bounded_memory(tmp_path):
+    """A 140 KB 16-bit 8000x8000 PNG took 4 GB in /classify; four in a zip took /check_dataset to 3.6 GB."""
+    big = _big_png(tmp_path / "big.png", 8000, 0)
+    members = {f"{c}/{i}.png": _big_png(tmp_path / f"{c}{i}.png", 8000, i + 2 * k).read_bytes()
+               for k, c in enumerate("ab") for i in range(2)}
+    bombs = write_zip(tmp_path / "bombs.zip", members)
+    assert bombs.stat().st_size < 1_000_000
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for what, path, limit_mb in (("classify", big, 600), ("dataset", bombs, 800)):
+        out = subprocess.run([sys.executable, "-c", PEAK, what, str(path)], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        first, grown_mb = out.stdout.split("\n")[:2]
+        assert int(grown_mb) < limit_mb, f"{what}: the process grew by {grown_mb} MB"
+        assert first == ("(2000, 2000)" if what == "classify" else "4")  # decoded reduced, all four usable
+
+
+def test_classify_refuses_an_oversized_image_from_its_header(shared, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12_000, 12_000)).save(huge)  # 144 Mpx in a few KB; Gradio must not decode it either
+    client = Client(shared.url, verbose=False)
+    with pytest.raises(Exception, match=r"too many pixels \(12000x12000"):
+        client.predict(shared.run_id, handle_file(str(huge)), "chefer", 0.5, None, -1, 0, ALICE,
+                       api_name="/classify")
+    label, *_ = client.predict(shared.run_id, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, ALICE,
+                               api_name="/classify")
+    assert label["label"] in ("circle", "square", "triangle")
+
+
+def test_the_web_process_refuses_a_model_over_the_size_cap(tmp_path):
+    """A config.json can ask for any architecture; its size is read before anything is allocated."""
+    fake = FakeHub()
+    try:
+        config = {"architecture": "vit_tiny_patch16_224", "num_classes": 2, "label_names": ["a", "b"],
+                  "model_args": {"embed_dim": 2048, "depth": 16, "num_heads": 16},
+                  "pretrained_cfg": {"input_size": [3, 224, 224]}}
+        from safetensors.torch import save
+        import torch
+        fake.repos["mallory/huge"] = {"private": False, "commits": ["0" * 40], "files": {
+            "config.json": json.dumps(config).encode(), "model.safetensors": save({"x": torch.zeros(1)})}}
+        code = ("from vit import predict\ntry:\n    predict.load_model('hf-hub:mallory/huge', max_params_m=100)\n"
+                "except predict.PredictError as e:\n    print(e)\nimport resource\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        fake.close()
+    message, peak_mb = out.stdout.strip().splitlines()
+    assert "808M parameters, over this app's limit of 100M" in message and "VIT_MAX_MODEL_PARAMS_M" in message
+    assert int(peak_mb) < 1500  # the 3 GB model was never built
+
+
+# 4 ------------------------------------------------------------- storage outside Gradio's allowed paths
+
+
+def test_results_show_when_runs_live_outside_the_working_and_temp_dirs(shared):
+    assert not shared.store.is_relative_to(Path.cwd()) and not shared.store.is_relative_to(tempfile.gettempdir())
+    per_class, confusion, mistakes = Client(shared.url, verbose=False).predict(shared.run_id, ALICE,
+                                                                               api_name="/run_results")
+    assert {row[0] for row in per_class["data"]} == {"circle", "square", "triangle"}
+    assert confusion is not None and Image.open(confusion["path"] if isinstance(confusion, dict) else confusion)
+    metrics = runs.read_json(shared.manager.root / shared.run_id / runs.METRICS)
+    assert len(mistakes) == min(24, len(metrics["misclassified"]))
+
+
+# 5 ------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if ok.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here to fill ({ok.stderr.decode().strip()[:80]})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_run_with_its_cause_and_the_app_carries_on(small_disk, shapes):
+    m = JobManager(small_disk / "checkpoints", gpus=0)
+    try:
+        earlier = m.submit(shapes, tiny(epochs=1))
+        assert m.wait(earlier, 120) == "completed"
+        weights = (small_disk / "checkpoints" / earlier / runs.WEIGHTS).read_bytes()
+        victim = m.submit(shapes, tiny(epochs=400))
+        deadline = time.monotonic() + 60
+        while len(m.progress(victim)["history"]) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        filler = small_disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        for block in (1 << 20, 4096, 1):  # fill what is left
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError:
+                pass
+        os.close(fd)
+        state = m.wait(victim, 60)
+        summary = m.progress(victim)
+        assert state == "failed" and "disk is full" in summary["message"], summary["message"]
+        with pytest.raises(JobError, match="disk is full"):  # the app answers, and says why it cannot start
+            m.submit(shapes, tiny(epochs=1))
+        assert [r["id"] for r in m.list()][-1] == earlier
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while runs.read_status(small_disk / "checkpoints" / victim).get("state") != "failed":
+            assert time.monotonic() < deadline, "the final state was never written once there was space"
+            time.sleep(0.1)
+        assert "disk is full" in runs.read_status(small_disk / "checkpoints" / victim)["message"]
+        assert (small_disk / "checkpoints" / earlier / runs.WEIGHTS).read_bytes() == weights
+        assert runs.read_status(small_disk / "checkpoints" / earlier)["state"] == "completed"
+        again = m.submit(shapes, tiny(epochs=1))  # and it trains again once there is room
+        assert m.wait(again, 120) == "completed"
+    finally:
+        m.shutdown(grace_s=2)
+
+
+def test_a_failed_status_write_never_wedges_the_scheduler(tmp_path, shapes, monkeypatch, capsys):
+    with JobManager(tmp_path / "checkpoints", gpus=0) as m:
+        run_id = m.submit(shapes, tiny(epochs=400))
+        deadline = time.monotonic() + 60
+        while m.child_pid(run_id) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        real = runs.update_status
+
+        def full(run_dir, state=None, **fields):
+            if state in ("failed", "interrupted"):
+                raise OSError(28, "No space left on device")
+            return real(run_dir, state, **fields)
+
+        monkeypatch.setattr(runs, "update_status", full)
+        os.kill(m.child_pid(run_id), 9)
+        deadline = time.monotonic() + 30
+        while m.list()[0]["state"] != "interrupted":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "killed by SIGKILL" in m.list()[0]["message"]  # shown though not yet written
+        other = m.submit(shapes, tiny(epochs=1))  # the slot was freed
+        monkeypatch.setattr(runs, "update_status", real)
+        assert m.wait(other, 120) == "completed"
+        assert runs.read_status(m.root / run_id)["state"] == "interrupted"
+    assert capsys.readouterr().err.count("cannot record the end of run") == 1  # said once, not every tick
+
+
+# 6 ------------------------------------------------------------- temporary files and upload size
+
+
+def test_served_files_and_rejected_uploads_are_removed(shared, tmp_path):
+    client = Client(shared.url, verbose=False)
+    first = Path(client.predict(shared.run_id, ALICE, api_name="/download_run"))
+    ours = sorted(ui.DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)
+    client.predict(shared.run_id, ALICE, api_name="/download_run")
+    assert first.is_file()  # (Gradio's copy, served)
+    assert not ours[-1].exists() and len(list(ui.DOWNLOADS.iterdir())) == 1  # the older folder was swept
+    rejected = tmp_path / "upload.zip"
+    write_zip(rejected, {"only/1.png": image_bytes(seed=1), "only/2.png": image_bytes(seed=2)})
+    ui.check_dataset(str(rejected))  # cannot be trained on (one class)
+    assert not rejected.exists()
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(gr.Error):
+        ui.check_dataset(str(broken))
+    assert not broken.exists()
+    assert shared.app.delete_cache == (60, 0)  # Gradio's own cache is swept too
+
+
+def test_an_upload_over_the_cap_is_refused_naming_the_cap(shared, tmp_path):
+    big = tmp_path / "big.zip"
+    big.write_bytes(os.urandom(1_200_000))
+    with pytest.raises(Exception, match="exceeds the maximum file size of 1048576 bytes"):  # the client's check
+        Client(shared.url, verbose=False).predict(handle_file(str(big)), api_name="/check_dataset")
+    import httpx  # and the server's, for a client that does not check
+    answer = httpx.post(f"{shared.url.rstrip('/')}/gradio_api/upload", files={"files": ("big.zip", big.read_bytes())})
+    assert answer.status_code == 413 and "maximum allowed size of 1048576 bytes" in answer.text, answer.text
+
+
+# 7 ------------------------------------------------------------- models are names, not folders
+
+
+def test_local_folders_cannot_be_named_as_models(shared, tmp_path):
+    client = Client(shared.url, verbose=False)
+    alice_run = str(shared.manager.root / shared.run_id)
+    for source in (f"local-dir:{alice_run}", alice_run, "../checkpoints", "hf-hub:../../etc"):
+        with pytest.raises(Exception, match="not one of your runs|not a Hub model id"):
+            client.predict(source, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, BOB,
+                           api_name="/classify")
+    dataset = {"path": str(tmp_path), "name": "x"}
+    for name in (f"local-dir:{alice_run}", "local-dir:/etc", "/etc/passwd"):
+        with pytest.raises(gr.Error, match="local folders can be used from the command line only"):
+            ui.start_training(shared.manager, dataset, name, True, 1, 8, 1e-3, BOB)
+
+
+# 8 ------------------------------------------------------------- bad values get clear messages
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(epochs=float("nan")), r"epochs must be a number from 1 to 1000 \(got nan\)"),
+    (dict(epochs=0), "epochs must be from 1 to 1000"),
+    (dict(epochs=2.5), "epochs must be a whole number"),
+    (dict(batch_size=0), "batch size must be from 1 to 1024"),
+    (dict(lr=float("nan")), "lr must be a number"),
+    (dict(lr=-1), "lr must be from"),
+    (dict(img_size=1), "img size must be from 16 to 1024"),
+    (dict(seed=1e30), "seed must be from 0 to"),
+    (dict(val_fraction=0.95), "val fraction must be from 0 to 0.9"),
+])
+def test_out_of_range_settings_are_refused_up_front(shared, tmp_path, shapes, settings, message):
+    base = dict(epochs=1, batch_size=8, lr=1e-3)
+    base.update(settings)
+    advanced = {k: v for k, v in base.items() if k in ui.ADVANCED}
+    before = len(os.listdir(shared.manager.root))
+    with pytest.raises(gr.Error, match=message):
+        ui.start_training(shared.manager, {"path": str(shapes), "name": "shapes"}, ui.DEFAULT_MODEL, True,
+                          base["epochs"], base["batch_size"], base["lr"], ALICE, **advanced)
+    assert len(os.listdir(shared.manager.root)) == before  # no run directory was made
+
+
+@pytest.mark.parametrize("token, message", [("hf_write_alice\nhf_write_bob", "line break"),
+                                            ("hf_write_al\u200bice", "invisible"),
+                                            ("hf_write_\u00e4lice", "non-ASCII")])
+def test_a_mangled_token_is_refused_without_being_echoed(shared, token, message):
+    run_dir = shared.manager.root / shared.run_id
+    with pytest.raises(hub.HubError, match=message) as info:
+        hub.push_run(run_dir, "alice/x", token, endpoint="http://127.0.0.1:9")  # refused before any request
+    assert token.strip() not in str(info.value) and "alice" not in str(info.value)
+
+
+def test_a_pushed_config_carries_no_local_paths(shared, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    run_dir = shared.manager.root / shared.run_id
+    config = runs.read_config(run_dir)
+    runs.write_json(run_dir / runs.CONFIG, {**config, runs.CONFIG_KEY: {**config[runs.CONFIG_KEY],
+                                                                         "data": "/tmp/gradio/abc/pets.zip"}})
+    fake = FakeHub()
+    try:
+        hub.push_run(run_dir, "alice/clean", "hf_write_alice", endpoint=fake.url)
+        pushed = fake.repos["alice/clean"]["files"]
+    finally:
+        fake.close()
+        runs.write_json(run_dir / runs.CONFIG, config)
+    blob = b"".join(pushed.values())
+    assert b"/tmp/" not in blob and str(shared.store).encode() not in blob
+    assert json.loads(pushed["config.json"])[runs.CONFIG_KEY]["data"] == "pets.zip"
+    assert "/" not in config[runs.CONFIG_KEY]["data"]  # what training wrote was clean already
+
+
+# 9 ------------------------------------------------------------- concurrent classifications
+
+
+def test_concurrent_classifications_are_served_together_and_agree(shared, tmp_path):
+    paths = [_png(tmp_path, f"p{i}.png", seed=40 + i) for i in range(4)]
+    client = Client(shared.url, verbose=False)
+    alone = [client.predict(shared.run_id, handle_file(p), "chefer", 0.5, None, -1, 0, ALICE,
+                            api_name="/classify")[0] for p in paths]
+    jobs_ = [client.submit(shared.run_id, handle_file(p), "chefer", 0.5, None, -1, 0, ALICE, api_name="/classify")
+             for p in paths]
+    together = [j.result(timeout=60)[0] for j in jobs_]
+    for a, b in zip(alone, together):
+        pa = {c["label"]: c["confidence"] for c in a["confidences"]}
+        pb = {c["label"]: c["confidence"] for c in b["confidences"]}
+        assert a["label"] == b["label"] and max(abs(pa[k] - pb[k]) for k in pa) < 1e-4
+    loaded = predict.load_model(shared.manager.root / shared.run_id)
+    assert 1 <= len(loaded._replicas) <= 2  # at most the concurrency limit of replicas, weights shared
+    assert all(r.blocks[0].attn.qkv.weight is loaded.model.blocks[0].attn.qkv.weight for r in loaded._replicas)
