@@ -313,6 +313,8 @@ def test_a_full_disk_fails_the_run_with_its_cause_and_the_app_carries_on(small_d
         with pytest.raises(JobError, match="disk is full"):  # the app answers, and says why it cannot start
             m.submit(shapes, tiny(epochs=1))
         assert [r["id"] for r in m.list()][-1] == earlier
+        with pytest.raises(JobError, match="disk is full"):
+            m.resume(victim)  # (it would have to write its new state)
         filler.unlink()
         deadline = time.monotonic() + 10
         while runs.read_status(small_disk / "checkpoints" / victim).get("state") != "failed":

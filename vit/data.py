@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vit.safety import check_name, safe_join
+from vit.safety import HostLimits, check_name, safe_join
 
 try:  # HEIC/HEIF/AVIF support where the optional plugin is installed
     import pillow_heif
@@ -86,7 +86,7 @@ class Limits:
     max_files: int = 50_000                 # entries in an archive
     max_total_bytes: int = 4 * 1024 ** 3    # uncompressed bytes in an archive
     max_ratio: float = 200.0                # uncompressed / compressed, per archive and per large member
-    max_pixels: int = 64_000_000            # pixels in one image (decompression bombs)
+    max_pixels: int = field(default_factory=lambda: HostLimits.from_env().max_pixels)  # one image (bombs)
     min_side: int = 8                       # images smaller than this (either side) are skipped
     max_name_chars: int = 1024              # a path inside the dataset
     max_component_bytes: int = 255          # one folder or file name, as on common file systems

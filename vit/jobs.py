@@ -42,7 +42,7 @@ from pathlib import Path
 
 from vit import runs
 from vit.data import Dataset, DataError, export_dataset, load_dataset
-from vit.safety import owner_hash, owns, valid_owner_token
+from vit.safety import HostLimits, owner_hash, owns, valid_owner_token
 from vit.train import ConfigError, TrainConfig
 
 JOB = "job.json"        # what to train: the config, the owner, where the data is
@@ -56,6 +56,26 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 class JobError(ValueError):
     """A request the job manager refuses; the message says why and what to do."""
+
+
+def _disk_full_refused(request):
+    """A request that must write (a status, a CANCEL file) answers JobError when the disk is full."""
+    import functools
+
+    @functools.wraps(request)
+    def wrapped(*args, **kwargs):
+        try:
+            return request(*args, **kwargs)
+        except OSError as e:
+            if not _disk_full(e):
+                raise
+            raise JobError("The disk is full (no space left on device), so this cannot be recorded now; nothing "
+                           "saved was changed. Delete runs you no longer need, then try again.") from None
+    return wrapped
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def default_single_user() -> bool:
@@ -79,7 +99,7 @@ class JobManager:
 
     def __init__(self, root: str | os.PathLike | None = None, *, single_user: bool | None = None,
                  cpu_threads: int | None = None, niceness: int = 10, cancel_grace_s: float = 30.0,
-                 shutdown_grace_s: float = 10.0, max_active_per_owner: int = 2, gpus: int | None = None,
+                 shutdown_grace_s: float = 10.0, max_active_per_owner: int | None = None, gpus: int | None = None,
                  poll_s: float = 0.25):
         self.root = Path(root) if root else runs.default_root()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,7 +108,7 @@ class JobManager:
         self.niceness = niceness
         self.cancel_grace_s = cancel_grace_s
         self.shutdown_grace_s = shutdown_grace_s
-        self.max_active_per_owner = max_active_per_owner
+        self.max_active_per_owner = max_active_per_owner or HostLimits.from_env().runs_per_visitor
         self.poll_s = poll_s
         if gpus is None:
             import torch
@@ -156,13 +176,14 @@ class JobManager:
                 dataset.close()
         return run_dir.name
 
+    @_disk_full_refused
     def cancel(self, run_id: str, *, owner: str | None = None, grace_s: float | None = None) -> str:
         """Stop a run: a queued one at once; a running one at its next step, or by force after the grace
         period (the status says which). Its best checkpoint stays. Returns a message for the user."""
         run_dir = self.own_run(run_id, owner, "cancel")
         grace = self.cancel_grace_s if grace_s is None else grace_s
         with self._cv:
-            state = runs.read_status(run_dir).get("state")
+            state = self._state(run_dir)
             if run_id in self._queue:
                 self._queue.remove(run_id)
                 runs.update_status(run_dir, "cancelled", message="Cancelled before it started.", cancel="queued")
@@ -180,14 +201,15 @@ class JobManager:
                 return f"Asked run {run_id} to stop; the process training it stops after its current step."
             raise JobError(f"Run {run_id} is {state}; only a queued or running run can be cancelled.")
 
+    @_disk_full_refused
     def resume(self, run_id: str, *, owner: str | None = None) -> str:
         """Queue an interrupted, cancelled or failed run again; it continues from its last finished epoch."""
         self._check_open()
         run_dir = self.own_run(run_id, owner, "resume")
         with self._cv:
-            if runs.read_status(run_dir).get("state") not in runs.ACTIVE_STATES and not self._settle(run_id):
+            if self._state(run_dir) not in runs.ACTIVE_STATES and not self._settle(run_id):
                 raise JobError(f"Run {run_id} is still stopping; try again in a moment.")
-            state = runs.read_status(run_dir).get("state")  # what the stopped child left
+            state = self._state(run_dir)  # what the stopped child left
             if state not in ("interrupted", "cancelled", "failed"):
                 raise JobError(f"Run {run_id} is {state}; only an interrupted, cancelled or failed run can be "
                                "resumed.")
@@ -205,6 +227,7 @@ class JobManager:
             self._cv.notify_all()
         return f"Run {run_id} is queued to resume {where}."
 
+    @_disk_full_refused
     def delete(self, run_id: str, *, owner: str | None = None) -> str:
         """Remove a run and its files; never a queued or running one."""
         run_dir = self.own_run(run_id, owner, "delete")
@@ -212,9 +235,10 @@ class JobManager:
             if run_id in self._queue or not self._settle(run_id):
                 raise JobError(f"Run {run_id} is queued or running; cancel it before deleting it.")
             try:
-                runs.delete_run(run_dir)
+                runs.delete_run(run_dir, state=self._state(run_dir))
             except ValueError as e:
                 raise JobError(str(e)) from None
+            self._pending.pop(run_id, None)
         return f"Deleted run {run_id}."
 
     # ------------------------------------------------------------------ reading
@@ -527,6 +551,10 @@ class JobManager:
             "can_resume": mine and state in ("interrupted", "cancelled", "failed") and (run_dir / JOB).is_file(),
         }
 
+    def _state(self, run_dir: Path) -> str | None:
+        """A run's state: the one recorded, or the final one still waiting to be written (disk full)."""
+        return self._pending.get(run_dir.name, {}).get("state") or runs.read_status(run_dir).get("state")
+
     def _run_dir(self, run_id: str) -> Path:
         try:
             return runs.run_path(self.root, run_id)
@@ -617,10 +645,6 @@ class _Child:
     forced: bool = False
     shutting_down: bool = False
     started: float = field(default_factory=time.monotonic)
-
-
-def _disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _hash_owner(run_dir: Path) -> None:

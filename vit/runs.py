@@ -306,10 +306,11 @@ def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     return out
 
 
-def delete_run(run_dir: str | os.PathLike) -> None:
-    """Remove a run directory; refuses a run that is queued or running."""
+def delete_run(run_dir: str | os.PathLike, state: str | None = None) -> None:
+    """Remove a run directory; refuses a run that is queued or running (`state`: as known to the caller,
+    else as recorded)."""
     run_dir = Path(run_dir)
-    state = read_status(run_dir).get("state")
+    state = state or read_status(run_dir).get("state")
     if state in ACTIVE_STATES:
         raise ValueError(f"Run {run_dir.name} is {state}; cancel it before deleting it.")
     shutil.rmtree(run_dir)
