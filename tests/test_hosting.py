@@ -477,3 +477,17 @@ def test_concurrent_classifications_are_served_together_and_agree(shared, tmp_pa
     loaded = predict.load_model(shared.manager.root / shared.run_id)
     assert 1 <= len(loaded._replicas) <= 2  # at most the concurrency limit of replicas, weights shared
     assert all(r.blocks[0].attn.qkv.weight is loaded.model.blocks[0].attn.qkv.weight for r in loaded._replicas)
+
+
+def test_a_replica_made_while_another_request_explains_does_not_report_into_it(shared, tmp_path):
+    from vit import explain
+    loaded = predict.load_model(shared.manager.root / shared.run_id)
+    image = predict.read_image(_png(tmp_path))
+    with loaded.borrow() as first, explain._Recorder(first, attention=True, tokens=False) as busy:
+        with loaded.borrow() as second:  # made now, while `first` carries the busy request's hooks
+            assert second is not first
+            e = explain.explain(second, loaded.preprocess(image), "chefer")
+        assert busy.attentions == []  # nothing of the second request reached the first
+    with loaded.borrow() as model:
+        alone = explain.explain(model, loaded.preprocess(image), "chefer")
+    assert abs(e.heatmap - alone.heatmap).max() < 1e-5

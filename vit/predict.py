@@ -56,6 +56,9 @@ class LoadedModel:
         self.transform = create_transform(**self.data_config, is_training=False)
         # explain() hooks the modules of the model it runs on, so each request borrows a replica of its
         # own: the modules are copied, the weights are shared (no extra memory for them).
+        # Replicas are copied from a template that never runs: a model in use carries the hooks of the
+        # request using it, and a copy of those would report into that request.
+        self._template = _replica(self.model)
         self._replicas: list[torch.nn.Module] = [self.model]
         self._free: list[torch.nn.Module] = [self.model]
         self._replicas_lock = threading.Lock()
@@ -66,8 +69,7 @@ class LoadedModel:
         with self._replicas_lock:
             replica = self._free.pop() if self._free else None
             if replica is None:
-                shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
-                replica = copy.deepcopy(self.model, memo=shared)
+                replica = _replica(self._template)
                 self._replicas.append(replica)
         try:
             yield replica
@@ -299,6 +301,12 @@ def _download(repo_id: str) -> Path:
         raise PredictError(f"hf-hub:{repo_id} has no model.safetensors; pickle weights are refused.")
     _hub_folders[repo_id] = folder
     return folder
+
+
+def _replica(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model's modules that shares its weights and buffers."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
 
 
 def _read_config(folder: Path) -> dict:
