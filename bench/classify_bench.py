@@ -2,7 +2,7 @@
 (VIT_CLASSIFY_CONCURRENCY=1, the old behaviour) against several at once on model replicas (the default:
 one per core, at most 4), both in this run: per-request latency p50/p95 and images/s, and their ratio.
 
-    python bench/classify_bench.py [--requests 20] [--method chefer] [--img-size 224]
+    python bench/classify_bench.py [--requests 20] [--method chefer] [--img-size 224] [--also 4 8]
 
 The model is a ViT-Tiny/16 at 224 px with random weights (3 classes): the compute of the catalog default,
 with no download. Each request is one JPEG of 640x480, explained with the app's default heatmap method.
@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +33,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--method", default="chefer", help="heatmap method (chefer, rollout, attention, gradcam)")
     ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--also", type=int, nargs="*", default=[], help="other VIT_CLASSIFY_CONCURRENCY values to try")
     args = ap.parse_args()
     import torch
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -38,7 +43,9 @@ def main() -> None:
         run_id = _model_run(root, args.img_size)
         images = _images(Path(tmp), args.requests)
         results = {}
-        for label, concurrency in (("one at a time", "1"), ("concurrent (default)", "")):
+        settings = [("one at a time", "1"), ("concurrent (default)", "")]
+        settings += [(f"concurrent, {n} at once", str(n)) for n in args.also]
+        for label, concurrency in settings:
             results[label] = _measure(root, run_id, images, args.method, concurrency)
     base = results["one at a time"]
     print(f"\n| serving | concurrency | p50 | p95 | images/s |\n|---|---|---|---|---|")
@@ -73,17 +80,19 @@ def _images(folder: Path, n: int) -> list[str]:
 
 
 def _measure(root: Path, run_id: str, images: list[str], method: str, concurrency: str) -> dict:
+    """Start `python app.py` with this concurrency (its own process, as in production: the client's threads
+    must not share its interpreter lock) and send it every image at once."""
     from gradio_client import Client, handle_file
-    from vit import predict
-    from vit.jobs import JobManager
-    from vit.safety import HostLimits
-    from vit.ui import build_app, launch_options
-    os.environ["VIT_CLASSIFY_CONCURRENCY"] = concurrency
-    predict.clear_cache()
-    manager = JobManager(root, gpus=0)
-    app = build_app(manager)
-    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_options())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), VIT_CHECKPOINTS=str(root), VIT_SINGLE_USER="1",
+               VIT_CLASSIFY_CONCURRENCY=concurrency)
+    app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
     try:
+        _wait_until_up(url, app)
         client = Client(url, verbose=False)
         for path in images[:2]:  # warm: load the model, first forward
             client.predict(run_id, handle_file(path), method, 0.5, None, -1, 0, "bench", api_name="/classify")
@@ -96,12 +105,28 @@ def _measure(root: Path, run_id: str, images: list[str], method: str, concurrenc
             latencies.append(_finished(job) - t0)
         wall = time.perf_counter() - started
     finally:
-        app.close()
-        manager.shutdown(grace_s=1)
+        app.send_signal(signal.SIGTERM)
+        app.wait(60)
     latencies.sort()
+    os.environ["VIT_CLASSIFY_CONCURRENCY"] = concurrency
+    from vit.safety import HostLimits
     return {"concurrency": HostLimits.from_env().concurrency, "p50": statistics.median(latencies),
             "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
             "rate": len(images) / wall}
+
+
+def _wait_until_up(url: str, app: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        if app.poll() is not None:
+            raise SystemExit("the app exited before answering")
+        time.sleep(0.1)
+    raise SystemExit("the app did not answer within 2 minutes")
 
 
 def _finished(job) -> float:

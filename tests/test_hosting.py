@@ -408,15 +408,15 @@ def test_local_folders_cannot_be_named_as_models(shared, tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(epochs=float("nan")), r"epochs must be a number from 1 to 1000 \(got nan\)"),
-    (dict(epochs=0), "epochs must be from 1 to 1000"),
-    (dict(epochs=2.5), "epochs must be a whole number"),
-    (dict(batch_size=0), "batch size must be from 1 to 1024"),
-    (dict(lr=float("nan")), "lr must be a number"),
-    (dict(lr=-1), "lr must be from"),
-    (dict(img_size=1), "img size must be from 16 to 1024"),
-    (dict(seed=1e30), "seed must be from 0 to"),
-    (dict(val_fraction=0.95), "val fraction must be from 0 to 0.9"),
+    (dict(epochs=float("nan")), r"Epochs \(epochs\) must be a number from 1 to 1000 \(got nan\)"),
+    (dict(epochs=0), r"Epochs \(epochs\) must be from 1 to 1000"),
+    (dict(epochs=2.5), "must be a whole number"),
+    (dict(batch_size=0), r"Batch size \(batch_size\) must be from 1 to 1024"),
+    (dict(lr=float("nan")), r"Learning rate \(lr\) must be a number"),
+    (dict(lr=-1), r"Learning rate \(lr\) must be from"),
+    (dict(img_size=1), r"Image size \(img_size\) must be from 16 to 1024 \(got 1\)"),
+    (dict(seed=1e30), r"Seed \(seed\) must be from 0 to"),
+    (dict(val_fraction=0.95), r"Validation fraction \(val_fraction\) must be from 0 to 0.9"),
 ])
 def test_out_of_range_settings_are_refused_up_front(shared, tmp_path, shapes, settings, message):
     base = dict(epochs=1, batch_size=8, lr=1e-3)

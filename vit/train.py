@@ -120,8 +120,15 @@ _RANGES = {
 }
 
 
+_TITLES = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning rate", "img_size": "Image size",
+           "seed": "Seed", "val_fraction": "Validation fraction", "weight_decay": "Weight decay",
+           "label_smoothing": "Label smoothing", "warmup_epochs": "Warm-up epochs",
+           "early_stopping": "Early stopping patience", "ema_decay": "EMA decay", "mixup": "Mixup alpha",
+           "cutmix": "CutMix alpha"}
+
+
 def _checked_number(name: str, value, lo, hi, kind: str, optional: bool):
-    label = name.replace("_", " ")
+    label = f"{_TITLES.get(name, name.replace('_', ' ').capitalize())} ({name})"
     if value is None or value == "":
         if optional:
             return None

@@ -1,0 +1,74 @@
+"""A shared app (a public Space) in a real browser: two visitors, runs stored outside the working and temp
+dirs (as /data is on a Space). Alice trains, sees her results and classifies; Bob, in another browser, sees
+none of it. Screenshots: tests/e2e/artifacts/shared-*.png."""
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from helpers import ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def shared_url():
+    from vit.jobs import JobManager
+    from vit.ui import build_app, launch_options
+    outside = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path.home()
+    store = Path(tempfile.mkdtemp(prefix="vit-e2e-shared-", dir=outside))
+    manager = JobManager(store / "checkpoints", single_user=False, gpus=0)
+    app = build_app(manager)
+    _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_options())
+    yield url
+    app.close()
+    manager.shutdown(grace_s=2)
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def visible_text(page, text, timeout=30_000):
+    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
+
+
+def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
+    alice = browser.new_context(viewport={"width": 1280, "height": 900})
+    bob = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = alice.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(shared_url)
+        page.get_by_role("slider", name="Images per class (sample data)").fill("20")
+        page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
+        visible_text(page, "Ready to train: 60 images in 3 classes")
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_role("slider", name="Epochs").fill("2")
+        page.get_by_role("button", name="Start training").click()
+        started = page.get_by_text(re.compile(r"Run \*?\*?\S+ is (queued|running):")).filter(visible=True).first
+        started.wait_for()
+        run_id = re.search(r"Run (\S+) is", started.inner_text()).group(1).strip("*")
+        visible_text(page, "Finished: best validation accuracy", timeout=120_000)
+        visible_text(page, "Per class (validation)")
+        page.screenshot(path=str(ARTIFACTS / "shared-alice-train.png"), full_page=True)
+
+        page.get_by_role("tab", name="Classify").click()
+        page.locator(".gallery-item").filter(visible=True).first.click()  # an example image
+        page.get_by_role("button", name="Classify", exact=True).click()
+        visible_text(page, "for class")
+        page.screenshot(path=str(ARTIFACTS / "shared-alice-classify.png"), full_page=True)
+
+        other = bob.new_page()
+        other.set_default_timeout(30_000)
+        other.goto(shared_url)
+        other.get_by_role("tab", name="Train").click()
+        other.get_by_text("Runs (newest first)").first.wait_for()
+        other.wait_for_timeout(2500)  # a refresh of the runs table has come and gone
+        assert run_id not in other.content()
+        other.get_by_label("Run", exact=True).first.fill(run_id)  # typing Alice's id gets nothing
+        other.keyboard.press("Enter")
+        visible_text(other, "There is no run")
+        assert "Finished: best validation accuracy" not in other.content()
+        other.screenshot(path=str(ARTIFACTS / "shared-bob-train.png"), full_page=True)
+    finally:
+        alice.close()
+        bob.close()
