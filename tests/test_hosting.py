@@ -299,22 +299,14 @@ def test_a_full_disk_fails_the_run_with_its_cause_and_the_app_carries_on(small_d
         while len(m.progress(victim)["history"]) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         filler = small_disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        for block in (1 << 20, 4096, 1):  # fill what is left
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError:
-                pass
-        os.close(fd)
+        _fill(filler)
         state = m.wait(victim, 60)
         summary = m.progress(victim)
         assert state == "failed" and "disk is full" in summary["message"], summary["message"]
+        _fill(filler)  # (what the failed run's partial files held was freed)
         with pytest.raises(JobError, match="disk is full"):  # the app answers, and says why it cannot start
             m.submit(shapes, tiny(epochs=1))
         assert [r["id"] for r in m.list()][-1] == earlier
-        with pytest.raises(JobError, match="disk is full"):
-            m.resume(victim)  # (it would have to write its new state)
         filler.unlink()
         deadline = time.monotonic() + 10
         while runs.read_status(small_disk / "checkpoints" / victim).get("state") != "failed":
@@ -327,6 +319,18 @@ def test_a_full_disk_fails_the_run_with_its_cause_and_the_app_carries_on(small_d
         assert m.wait(again, 120) == "completed"
     finally:
         m.shutdown(grace_s=2)
+
+
+def _fill(path: Path) -> None:
+    """Append to `path` until the file system has no byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    for block in (1 << 20, 4096, 1):
+        try:
+            while True:
+                os.write(fd, b"\0" * block)
+        except OSError:
+            pass
+    os.close(fd)
 
 
 def test_a_failed_status_write_never_wedges_the_scheduler(tmp_path, shapes, monkeypatch, capsys):
@@ -349,6 +353,14 @@ def test_a_failed_status_write_never_wedges_the_scheduler(tmp_path, shapes, monk
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert "killed by SIGKILL" in m.list()[0]["message"]  # shown though not yet written
+
+        def nothing_fits(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(runs, "update_status", nothing_fits)
+        with pytest.raises(JobError, match="disk is full"):  # it sees the pending state, and says why not
+            m.resume(run_id)
+        monkeypatch.setattr(runs, "update_status", full)
         other = m.submit(shapes, tiny(epochs=1))  # the slot was freed
         monkeypatch.setattr(runs, "update_status", real)
         assert m.wait(other, 120) == "completed"
