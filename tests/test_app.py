@@ -77,14 +77,17 @@ def test_classify_endpoint_gives_probabilities_a_heatmap_and_clear_errors(app_ur
         assert {c["label"] for c in label["confidences"]} == {"circle", "square", "triangle"}
         from PIL import Image
         assert Image.open(overlay).size == (64, 48)
-        assert f"for class **{label['label']}**" in notes
+        if method == "chefer":
+            assert f"for class **{label['label']}**" in notes
+        else:  # raw attention does not depend on the class, and says which layer it shows
+            assert "for class" not in notes and "Raw attention of layer 0 (the last)" in notes
         assert len(heads) == (2 if method == "attention" else 0)  # TINY has 2 heads
-    with pytest.raises(Exception, match="There is no run"):
-        client.predict("20200101-000000-gone-0000", handle_file(str(img)), "chefer", 0.5, None, api_name="/classify")
+    assert_refused(client.predict("20200101-000000-gone-0000", handle_file(str(img)), "chefer", 0.5, None,
+                                  api_name="/classify"), "There is no run")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(Exception):
-        client.predict(run_id, handle_file(str(broken)), "chefer", 0.5, None, api_name="/classify")
+    assert_refused(client.predict(run_id, handle_file(str(broken)), "chefer", 0.5, None, api_name="/classify"),
+                   "broken.png: corrupt or truncated image|broken.png: not an image")
     label, *_ = client.predict(run_id, handle_file(str(img)), "rollout", 0.3, None, api_name="/classify")
     assert label["label"] in ("circle", "square", "triangle")  # the app kept serving
 
@@ -119,12 +122,24 @@ def test_classify_a_layer_and_head_and_a_batch(app_url, app_manager, tmp_path):
     img.write_bytes(image_bytes(seed=7, size=(40, 40)))
     label, *_ = client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, 0, 2, api_name="/classify")
     assert label["label"] in ("circle", "square", "triangle")
-    with pytest.raises(Exception, match="Head 4 does not exist"):
-        client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, -1, 5, api_name="/classify")
-    with pytest.raises(Exception, match="Layer 3 does not exist"):
-        client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, 3, 0, api_name="/classify")
+    assert_refused(client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, -1, 3, api_name="/classify"),
+                   r"Head 3 does not exist: the model has 2 heads per layer \(use 1..2, or 0 for their mean\)")
+    label, _, notes, heads, _ = client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, -1, 2,
+                                               api_name="/classify")
+    assert "(head 2)" in notes and heads[0]["caption"] == "layer 0 (the last), head 1"
+    assert_refused(client.predict(run_id, handle_file(str(img)), "attention", 0.5, None, 3, 0, api_name="/classify"),
+                   "Layer 3 does not exist")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    gallery = client.predict(run_id, [handle_file(str(img)), handle_file(str(bad))], api_name="/classify_batch")
+    gallery, message = client.predict(run_id, [handle_file(str(img)), handle_file(str(bad))],
+                                      api_name="/classify_batch")
+    assert message == ""
     captions = [g["caption"] for g in gallery]
     assert re.match(r"(circle|square|triangle) \d+%", captions[0]) and "bad.png" in captions[1]
+
+
+def assert_refused(outputs, message: str) -> None:
+    """A classification the app refused: the reason in the notes, the previous results cleared."""
+    label, overlay, notes, heads, _ = outputs
+    assert not label and overlay is None and not heads
+    assert notes.startswith("**Cannot classify:**") and re.search(message, notes), notes

@@ -26,6 +26,7 @@ from PIL import Image
 
 from fake_hub import FakeHub
 from helpers import image_bytes, tiny, write_zip
+from test_app import assert_refused
 from vit import data, hub, jobs, predict, runs, ui
 from vit.jobs import JobError, JobManager
 from vit.samples import make_shapes_dataset
@@ -132,11 +133,12 @@ def test_another_visitor_can_neither_see_nor_act_on_a_run(shared, tmp_path):
     per_class, confusion, mistakes = client.predict(run_id, BOB, api_name="/run_results")
     assert not per_class["data"] and confusion is None and not mistakes
     image = handle_file(_png(tmp_path))
+    assert_refused(client.predict(run_id, image, "chefer", 0.5, None, -1, 0, BOB, api_name="/classify"),
+                   "no run .* in this session")
     for args, endpoint in [((run_id, "x", BOB), "/preview_card"), ((run_id, BOB), "/download_run"),
                            ((run_id, BOB), "/export_onnx"), ((run_id, "x", False, "hf_write_bob", BOB), "/push"),
                            ((run_id, BOB), "/delete_run"), ((run_id, BOB), "/resume_run"),
-                           ((run_id, BOB), "/cancel_run"),
-                           ((run_id, image, "chefer", 0.5, None, -1, 0, BOB), "/classify")]:
+                           ((run_id, BOB), "/cancel_run")]:
         with pytest.raises(Exception, match="no run .* in this session"):
             client.predict(*args, api_name=endpoint)
     assert runs.read_status(shared.manager.root / run_id)["state"] == "completed"  # untouched
@@ -229,9 +231,8 @@ def test_classify_refuses_an_oversized_image_from_its_header(shared, tmp_path):
     huge = tmp_path / "huge.png"
     Image.new("1", (12_000, 12_000)).save(huge)  # 144 Mpx in a few KB; Gradio must not decode it either
     client = Client(shared.url, verbose=False)
-    with pytest.raises(Exception, match=r"too many pixels \(12000x12000"):
-        client.predict(shared.run_id, handle_file(str(huge)), "chefer", 0.5, None, -1, 0, ALICE,
-                       api_name="/classify")
+    assert_refused(client.predict(shared.run_id, handle_file(str(huge)), "chefer", 0.5, None, -1, 0, ALICE,
+                                  api_name="/classify"), r"too many pixels \(12000x12000")
     label, *_ = client.predict(shared.run_id, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, ALICE,
                                api_name="/classify")
     assert label["label"] in ("circle", "square", "triangle")
@@ -407,9 +408,8 @@ def test_local_folders_cannot_be_named_as_models(shared, tmp_path):
     client = Client(shared.url, verbose=False)
     alice_run = str(shared.manager.root / shared.run_id)
     for source in (f"local-dir:{alice_run}", alice_run, "../checkpoints", "hf-hub:../../etc"):
-        with pytest.raises(Exception, match="not one of your runs|not a Hub model id"):
-            client.predict(source, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, BOB,
-                           api_name="/classify")
+        assert_refused(client.predict(source, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, BOB,
+                                      api_name="/classify"), "not one of your runs|not a Hub model id")
     dataset = {"path": str(tmp_path), "name": "x"}
     for name in (f"local-dir:{alice_run}", "local-dir:/etc", "/etc/passwd"):
         with pytest.raises(gr.Error, match="local folders can be used from the command line only"):

@@ -2,6 +2,9 @@
 import io
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 from PIL import Image
 
 from helpers import image_bytes, tiny
-from vit import cli, explain, predict, runs
+from vit import cli, explain, hub, predict, runs
 from vit.data import load_dataset
 from vit.models import CATALOG
 from vit.samples import make_shapes_dataset
@@ -259,3 +262,41 @@ def test_the_default_map_puts_more_heat_on_the_shape_than_on_the_background(trai
         wins.append(on > off)
     assert explain.DEFAULT_METHOD == "chefer"
     assert np.mean(wins) >= 0.6, f"heat on the shape on only {np.mean(wins):.0%} of images"
+
+
+HUB_CAUSES = """
+import sys
+from vit import predict
+for repo in sys.argv[1:]:
+    try:
+        predict.load_model("hf-hub:" + repo)
+    except predict.PredictError as e:
+        print(e)
+"""
+
+
+def test_a_failed_hub_download_says_why_not_just_offline(tmp_path):
+    """Not found, private, network and offline each get their own words; any OSError is not the network."""
+    from fake_hub import FakeHub
+    from vit.models import hub_failure
+    fake = FakeHub()
+    fake.repos["alice/secret"] = {"private": True, "commits": ["0" * 40], "files": {"config.json": b"{}"}}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    base.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    answers = {}
+    try:
+        for name, env in (("online", dict(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0")),
+                          ("network down", dict(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0")),
+                          ("offline", dict(HF_HUB_OFFLINE="1"))):
+            out = subprocess.run([sys.executable, "-c", HUB_CAUSES, "alice/missing", "alice/secret"],
+                                 env={**base, **env}, capture_output=True, text=True, timeout=120)
+            answers[name] = out.stdout.strip().splitlines()
+    finally:
+        fake.close()
+    assert answers["online"] == ["There is no model hf-hub:alice/missing on the Hub, or it is private (a private one "
+                                 "needs a token of its owner)."] + [answers["online"][0].replace("missing", "secret")]
+    assert all("Cannot reach the Hugging Face Hub" in a for a in answers["network down"]), answers
+    assert all("downloads are switched off (HF_HUB_OFFLINE is set)" in a for a in answers["offline"]), answers
+    disk = hub_failure(OSError(28, "No space left on device"), "hf-hub:a/b")
+    assert "network" not in disk and "No space left on device" in disk
+    assert not hub._is_network_error(OSError(28, "No space left on device"))

@@ -239,7 +239,7 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
     except UnidentifiedImageError:
         raise DataError("not an image Pillow can read")
     except OSError as e:
-        raise DataError(f"cannot open image: {e}")
+        raise DataError(f"corrupt or truncated image ({e})")
     with img:
         w, h = img.size
         if w * h > limits.max_pixels:

@@ -76,22 +76,44 @@ def check_token(token: str) -> str:
     return token
 
 
+def card_preview(run_dir: str | os.PathLike, repo_id: str) -> str:
+    """The model card's text as a push would write it, with its pictures inlined (data: URIs), so a page
+    can show it before anything exists on the Hub."""
+    import base64
+    import io
+
+    run_dir = Path(run_dir)
+    text = model_card(run_dir, repo_id).text
+    for name, picture in _card_pictures(run_dir).items():
+        buf = io.BytesIO()
+        picture.save(buf, "PNG")
+        text = text.replace(f"]({name})", f"](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+    return text
+
+
 def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str) -> list[Path]:
     """README.md and its images into `dest`; returns the files written."""
     run_dir, dest = Path(run_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = [dest / CARD]
     model_card(run_dir, repo_id).save(dest / CARD)
+    for name, picture in _card_pictures(run_dir).items():
+        picture.save(dest / name)
+        written.append(dest / name)
+    return written
+
+
+def _card_pictures(run_dir: Path) -> dict[str, Image.Image]:
+    """The pictures the card shows, by file name: the confusion matrix and the learning curves."""
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     labels = runs.read_config(run_dir).get("label_names") or []
+    pictures = {}
     if metrics.get("confusion_matrix"):
-        confusion_image(metrics["confusion_matrix"], labels).save(dest / CONFUSION_PNG)
-        written.append(dest / CONFUSION_PNG)
+        pictures[CONFUSION_PNG] = confusion_image(metrics["confusion_matrix"], labels)
     history = metrics.get("history") or runs.read_metrics_log(run_dir)
     if history:
-        curves_image(history).save(dest / CURVES_PNG)
-        written.append(dest / CURVES_PNG)
-    return written
+        pictures[CURVES_PNG] = curves_image(history)
+    return pictures
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, private: bool = False,
@@ -147,8 +169,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
 
 def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                 check_images: int = 4) -> tuple[Path, float]:
-    """Write model.onnx (dynamic batch) for the run; return its path and the largest logit difference
-    from PyTorch on `check_images` random inputs (batch 1 and a batch of all of them)."""
+    """Write model.onnx (dynamic batch, weights embedded: one file to hand on) for the run; return its path
+    and the largest logit difference from PyTorch on `check_images` random inputs (batch 1 and a batch of
+    all of them), run from the file's bytes alone."""
     import torch
 
     from vit.predict import PredictError, load_model
@@ -163,13 +186,15 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     try:
         import onnxruntime as ort
         torch.onnx.export(model, (example,), str(out), input_names=["pixel_values"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file: the weights inside
     except ImportError as e:
         raise HubError(f"ONNX export needs the onnx, onnxscript and onnxruntime packages ({e}); "
                        "they are in requirements.txt.") from None
     except Exception as e:
         raise HubError(f"ONNX export of {loaded.name} failed: {type(e).__name__}: {e}") from None
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    # checked from its bytes alone: a file that needed anything beside it would fail here
+    session = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(max(1, check_images), *shape, generator=generator)
     with torch.inference_mode():
@@ -393,5 +418,6 @@ class _hub_errors:
 def _is_network_error(error: BaseException) -> bool:
     """Connection refused, DNS, timeouts: from the socket or huggingface_hub's HTTP client (httpx or httpx2)."""
     names = {cls.__name__ for cls in type(error).__mro__}
+    import socket
     return bool(names & {"TransportError", "NetworkError", "TimeoutException"}) or isinstance(
-        error, (ConnectionError, TimeoutError, OSError))
+        error, (ConnectionError, TimeoutError, socket.gaierror))  # (not any OSError: a full disk is not the network)

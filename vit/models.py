@@ -189,11 +189,43 @@ def _resolve(spec: ModelSpec) -> tuple[str, dict]:
     return name, kwargs
 
 
+def hub_failure(error: BaseException, what: str) -> str:
+    """Why a download of `what` from the Hugging Face Hub failed, in words: offline mode, no such (or a
+    private) repo, a gated repo, a missing file, the Hub's own answer, or the network. The cause is looked
+    for through the chain huggingface_hub wraps it in; an error that is none of these is named as it is."""
+    from huggingface_hub import errors
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    kinds = {k.__name__ for c in chain for k in type(c).__mro__}
+    status = next((getattr(getattr(c, "response", None), "status_code", None) for c in chain
+                   if getattr(getattr(c, "response", None), "status_code", None)), None)
+    if any(isinstance(c, errors.OfflineModeIsEnabled) for c in chain) or (
+            os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            and isinstance(error, errors.LocalEntryNotFoundError)):
+        return (f"{what} is not in the local cache and downloads are switched off (HF_HUB_OFFLINE is set). Unset it, "
+                "or copy a Hugging Face cache (HF_HOME) that holds it.")
+    if any(isinstance(c, errors.GatedRepoError) for c in chain):
+        return f"{what} is gated: accept its terms on its Hub page, and use a token of that account."
+    if any(isinstance(c, errors.RepositoryNotFoundError) for c in chain):
+        return f"There is no model {what} on the Hub, or it is private (a private one needs a token of its owner)."
+    if kinds & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ConnectionError",
+                "TimeoutError", "gaierror", "ProxyError"}:
+        return (f"Cannot reach the Hugging Face Hub to download {what} (a network problem). Check the connection, "
+                "or copy a Hugging Face cache (HF_HOME) that holds it.")
+    if any(isinstance(c, (errors.EntryNotFoundError, errors.RevisionNotFoundError))
+           and not isinstance(c, errors.LocalEntryNotFoundError) for c in chain):
+        return f"{what} exists but lacks a file the app needs (config.json and model.safetensors)."
+    if status:
+        return f"The Hugging Face Hub answered {status} for {what}: {str(chain[-1]).splitlines()[0][:200]}"
+    return f"Could not download {what}: {type(chain[-1]).__name__}: {str(chain[-1]).splitlines()[0][:200]}"
+
+
 def _weights_message(spec: ModelSpec, error: Exception) -> str:
     where = spec.weights or spec.name
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    reason = "the Hugging Face Hub is switched off (HF_HUB_OFFLINE=1)" if offline else f"{type(error).__name__}: {error}"
-    return (f"Could not load pretrained weights for {where}: {reason}. To supply them: (1) give a local weights "
+    reason = hub_failure(error, where)
+    return (f"Could not load pretrained weights for {where}. {reason} To supply them: (1) give a local weights "
             "file or timm-format folder (--weights PATH; a .safetensors from the model's Hub page), (2) download the "
             "model once on a machine with internet into the Hugging Face cache (HF_HOME) and copy the cache here, "
             "or (3) train from scratch instead (--no-pretrained; needs more data and epochs).")

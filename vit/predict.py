@@ -29,7 +29,7 @@ from PIL import Image
 
 from vit import runs
 from vit.data import DataError, Limits, read_rgb, to_rgb
-from vit.models import ModelError, data_config
+from vit.models import ModelError, data_config, hub_failure
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -281,7 +281,7 @@ def _download(repo_id: str) -> Path:
     if repo_id in _hub_folders and (_hub_folders[repo_id] / runs.WEIGHTS).is_file():
         return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     try:
         validate_repo_id(repo_id)
@@ -289,14 +289,8 @@ def _download(repo_id: str) -> Path:
         raise PredictError(f"{repo_id[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS]))
-    except LocalEntryNotFoundError:
-        raise PredictError(f"hf-hub:{repo_id} is not in the local cache and the Hub cannot be reached (offline). "
-                           "Download it where there is a connection (huggingface-cli download "
-                           f"{repo_id}) and copy the cache (HF_HOME), or give a local folder.") from None
-    except RepositoryNotFoundError:
-        raise PredictError(f"There is no model hf-hub:{repo_id} (or it is private: log in with a token).") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise PredictError(f"Could not download hf-hub:{repo_id}: {e}") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:  # (huggingface_hub's errors derive from these)
+        raise PredictError(hub_failure(e, f"hf-hub:{repo_id}")) from None
     if not (folder / runs.WEIGHTS).is_file():
         raise PredictError(f"hf-hub:{repo_id} has no model.safetensors; pickle weights are refused.")
     _hub_folders[repo_id] = folder

@@ -26,7 +26,8 @@ CSS = ""
 MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
 RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
-                  "attention": "Raw attention (last layer)", "gradcam": "Grad-CAM"}
+                  "attention": "Raw attention (pick the layer and head)", "gradcam": "Grad-CAM"}
+CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
 MAX_CLASSES = 8
 MAX_BATCH = 100  # images in one "classify all"
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
@@ -131,8 +132,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                                allow_custom_value=True)
                     # a file path: the app checks the image's header before decoding it (Gradio's "pil"
                     # would decode any size first)
-                    image = gr.Image(type="filepath", label="Image", image_mode=None,
-                                     sources=["upload", "webcam", "clipboard"])
+                    image = ImagePath(type="filepath", label="Image", image_mode=None,
+                                      sources=["upload", "webcam", "clipboard"])
                     gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
                     method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
                                       value=explain.DEFAULT_METHOD, label="Heatmap")
@@ -150,11 +151,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                               type="filepath")
                         batch_btn = gr.Button("Classify all")
                         batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
+                        batch_msg = gr.Markdown()
                 with gr.Column():
                     labels_out = gr.Label(label="Prediction", num_top_classes=5)
                     overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
                     explain_notes = gr.Markdown()
-                    heads_out = gr.Gallery(label="Attention per head (last layer)", columns=6, height="auto",
+                    heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
                                            visible=True)
 
         with gr.Tab("Share"):
@@ -228,10 +230,19 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         app.load(refresh, [selected, owner], listing, api_visibility="private")
 
         def classify(source, img, how, alpha, cls, at_layer=-1, at_head=0, who=None):
-            return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head, owner=who)
+            try:
+                return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head, owner=who)
+            except gr.Error as e:  # say what is wrong, and clear the previous image's results
+                gr.Warning(e.message)
+                return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
 
         def classify_many(source, paths, who=None):
-            return classify_batch(get_manager(), source, paths, owner=who)
+            try:
+                gallery = classify_batch(get_manager(), source, paths, owner=who)
+            except gr.Error as e:
+                gr.Warning(e.message)
+                return [], f"**Cannot classify:** {e.message}"
+            return gallery, ""
 
         def model_lists(for_share, for_classify, who):  # one listing of the runs for both pickers
             ids = [r["id"] for r in get_manager().list(who or None) if r["has_model"]]
@@ -255,7 +266,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head, owner],
                            [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify",
                            concurrency_limit=limits.concurrency, concurrency_id="classify")
-        batch_btn.click(classify_many, [model_source, batch_files, owner], batch_out, api_name="classify_batch",
+        batch_btn.click(classify_many, [model_source, batch_files, owner], [batch_out, batch_msg],
+                        api_name="classify_batch",
                         concurrency_limit=limits.concurrency, concurrency_id="classify")
         pickers = [share_run, model_source]
         app.load(model_lists, [*pickers, owner], pickers, api_visibility="private")
@@ -450,6 +462,10 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     try:
         layer_index = _whole_number(layer, "Layer", -1)
         head_number = _whole_number(head, "Head", 0)
+        heads_there = int(getattr(loaded.model.blocks[0].attn, "num_heads", 0) or 0)
+        if method == "attention" and heads_there and not 0 <= head_number <= heads_there:
+            raise ValueError(f"Head {head_number} does not exist: the model has {heads_there} heads per layer "
+                             f"(use 1..{heads_there}, or 0 for their mean).")
         rgb = predict.read_image(image)
         t = loaded.labels.index(target) if target in loaded.labels else None
         with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
@@ -459,12 +475,32 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         raise gr.Error(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
     picture = explain.overlay(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
-    notes = [f"**{_METHOD_TITLES[method]}** for class **{loaded.labels[e.target]}**. {explain.METHODS[method]}"]
-    notes += e.notes
+    notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
+    where = _layer_name(layer_index, len(loaded.model.blocks))
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
-                                         f"head {i + 1}") for i, h in enumerate(e.heads)]
+                                         f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
     chosen = loaded.labels[e.target] if t is not None else None
     return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=loaded.labels, value=chosen)
+
+
+def _map_title(method: str, loaded: predict.LoadedModel, target: int, layer: int, head: int) -> str:
+    """What the map shows, in words: the class only where the method depends on it, the layer and head
+    that were asked for."""
+    if method == "attention":
+        depth = len(loaded.model.blocks)
+        which = f"head {head}" if head else "the mean of its heads"
+        return (f"**Raw attention of {_layer_name(layer, depth)}** ({which}), from the classifier token. "
+                "Attention, not an explanation: it is the same whatever the class, and by the last layers every "
+                "token carries information from the whole image, so it often points at background.")
+    text = f"**{_METHOD_TITLES[method]}**"
+    if method in CLASS_SPECIFIC:
+        text += f" for class **{loaded.labels[target]}**"
+    return f"{text}. {explain.METHODS[method]}"
+
+
+def _layer_name(layer: int, depth: int) -> str:
+    index = layer % depth if depth else layer
+    return f"layer {index} (the last)" if index == depth - 1 else f"layer {index} of 0..{depth - 1}"
 
 
 def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private: bool, typed_token: str | None,
@@ -492,10 +528,9 @@ def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None,
     try:
         run_dir = manager.own_run(run_id, owner or None, "see")
         repo = (repo or "").strip().strip("/") or run_id
-        card = hub.model_card(run_dir, repo if "/" in repo else f"your-name/{repo}")
+        return hub.card_preview(run_dir, repo if "/" in repo else f"your-name/{repo}")
     except ValueError as e:
         raise gr.Error(str(e))
-    return card.text
 
 
 def download_run(manager: jobs.JobManager, run_id: str | None, owner: str | None = None) -> str:
@@ -542,6 +577,18 @@ def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+class ImagePath(gr.Image):
+    """gr.Image that hands the handler the uploaded file's path without opening it: the app checks the header
+    itself, with a clear message for a file that is not an image (Gradio's own open fails without one)."""
+
+    is_template = True  # drawn by the frontend as a plain Image
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+            return super().preprocess(payload)
+        return str(payload.path)
 
 
 def _model_picker(ids: list[str], current: str | None):

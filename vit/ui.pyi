@@ -1,0 +1,741 @@
+"""Gradio wiring: tabs, components and events. No ML logic lives here; every
+handler calls into the vit package and turns its errors into clear toasts."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from vit import data, explain, hub, jobs, predict, runs, samples
+from vit import models, safety
+from vit.models import CATALOG, DEFAULT_MODEL
+from vit.safety import HostLimits
+from vit.train import ConfigError, TrainConfig, from_scratch
+
+TITLE = "ViT Studio"
+INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
+         "Start with your data: a .zip with one folder per class (cat/001.jpg, dog/001.jpg, ...).")
+THEME = gr.themes.Soft()
+CSS = ""
+MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
+RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
+_METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
+                  "attention": "Raw attention (pick the layer and head)", "gradcam": "Grad-CAM"}
+CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
+MAX_CLASSES = 8
+MAX_BATCH = 100  # images in one "classify all"
+NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
+DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
+
+
+def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
+    """The app. Without a manager it makes one for VIT_CHECKPOINTS (default checkpoints/) on first use."""
+    get_manager = _manager_getter(manager)
+    limits = HostLimits.from_env()
+    # Gradio's own copies of uploads and outputs are removed once they are older than the limit.
+    with gr.Blocks(title=TITLE, delete_cache=(max(60, limits.temp_max_age_s // 4), limits.temp_max_age_s)) as app:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        dataset = gr.State(None)                 # {"path", "name", "summary"} of the checked dataset
+        owner = gr.BrowserState("", storage_key="vit-studio-owner")  # survives closing the tab
+        with gr.Tab("Data"):
+            with gr.Row():
+                upload = gr.File(label="Dataset (.zip of class folders)", file_types=[".zip"], type="filepath")
+                with gr.Column():
+                    sample_count = gr.Slider(10, 200, value=40, step=10, label="Images per class (sample data)")
+                    sample_btn = gr.Button("Use the sample dataset (generated shapes)")
+            with gr.Accordion("Or build it class by class: name each class and drop its images", open=False):
+                class_count = gr.State(2)
+                class_rows, class_names, class_files = [], [], []
+                for i in range(MAX_CLASSES):
+                    with gr.Row(visible=i < 2) as row:
+                        class_names.append(gr.Textbox(label=f"Class {i + 1}", placeholder="e.g. healthy", scale=1,
+                                                      min_width=160))
+                        class_files.append(gr.File(label=f"Images of class {i + 1}", file_count="multiple",
+                                                   file_types=["image"], type="filepath", scale=3, min_width=240))
+                    class_rows.append(row)
+                with gr.Row():
+                    add_class = gr.Button("Add a class")
+                    remove_class = gr.Button("Remove the last class")
+                    check_classes_btn = gr.Button("Check these classes", variant="primary")
+            report = gr.Markdown("Upload a dataset or use the sample data to see its health report.")
+            counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
+            grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
+        with gr.Tab("Train"):
+            if runs.storage_note():
+                gr.Markdown(f"**Note:** {runs.storage_note()}")
+            offline = not models.hub_reachable()
+            if offline:
+                gr.Markdown("**Offline:** pretrained weights cannot be downloaded from the Hugging Face Hub here, "
+                            "so *From scratch* is on. Fine for the sample shapes; for real photos, fine-tuning "
+                            "pretrained weights is far better (copy a Hugging Face cache here, or run online).")
+            data_line = gr.Markdown(NO_DATA)
+            with gr.Row():
+                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
+                                    allow_custom_value=True)
+                scratch = gr.Checkbox(offline, label="From scratch (no download; small 64-pixel inputs)",
+                                      info="Pretrained weights come from the Hugging Face Hub. Offline, train "
+                                           "from scratch: good enough for simple images, far weaker otherwise.")
+            with gr.Row():
+                epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs")
+                batch_size = gr.Slider(4, 128, value=32, step=4, label="Batch size")
+                lr = gr.Number(1e-4, label="Learning rate (head)", minimum=1e-7, maximum=1.0)
+                img_size = gr.Number(0, label="Image size (0: the model's)", precision=0, minimum=0, maximum=1024)
+            with gr.Accordion("Advanced settings", open=False):
+                d = TrainConfig()
+                with gr.Row():
+                    weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
+                    label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
+                    warmup = gr.Number(d.warmup_epochs, label="Warm-up epochs", precision=0, minimum=0)
+                    patience = gr.Number(d.early_stopping, label="Early stopping patience (0: off)", precision=0,
+                                         minimum=0)
+                with gr.Row():
+                    randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
+                    mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
+                    cutmix = gr.Number(d.cutmix, label="CutMix alpha (0: off)", minimum=0)
+                    ema = gr.Number(0, label="EMA decay (0: off)", minimum=0, maximum=1)
+                with gr.Row():
+                    val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
+                    seed = gr.Number(d.seed, label="Seed", precision=0)
+            start_btn = gr.Button("Start training", variant="primary")
+            start_msg = gr.Markdown()
+            runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
+                                      wrap=True)
+            with gr.Row():
+                selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
+                cancel_btn = gr.Button("Cancel", scale=1)
+                resume_btn = gr.Button("Resume", scale=1)
+                delete_btn = gr.Button("Delete", variant="stop", scale=1)
+            run_msg = gr.Markdown()
+            progress = gr.Markdown()
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss", min_width=280)
+                acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1],
+                                       min_width=280)
+            with gr.Accordion("Results of the selected run", open=True):
+                per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
+                with gr.Row():
+                    confusion = gr.Image(label="Confusion matrix", show_label=False, type="pil", min_width=280)
+                    mistakes = gr.Gallery(label="Misclassified validation images (true -> predicted)", columns=4,
+                                          height="auto", min_width=280)
+            timer = gr.Timer(2.0)
+            run_key = gr.State("")  # "<run id>:<state>" of the selected run
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    model_source = gr.Dropdown([], label="Model: a finished run, or type hf-hub:user/repo",
+                                               allow_custom_value=True)
+                    # a file path: the app checks the image's header before decoding it (Gradio's "pil"
+                    # would decode any size first)
+                    image = ImagePath(type="filepath", label="Image", image_mode=None,
+                                      sources=["upload", "webcam", "clipboard"])
+                    gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
+                    method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
+                                      value=explain.DEFAULT_METHOD, label="Heatmap")
+                    with gr.Row():
+                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity")
+                        target = gr.Dropdown([], label="Explain class (default: the predicted one)",
+                                             allow_custom_value=False)
+                    with gr.Row():
+                        layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
+                        head = gr.Number(0, label="Head, for raw attention (0: mean of all)", precision=0,
+                                         minimum=0)
+                    classify_btn = gr.Button("Classify", variant="primary")
+                    with gr.Accordion("Several images at once", open=False):
+                        batch_files = gr.File(label="Images", file_count="multiple", file_types=["image"],
+                                              type="filepath")
+                        batch_btn = gr.Button("Classify all")
+                        batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
+                        batch_msg = gr.Markdown()
+                with gr.Column():
+                    labels_out = gr.Label(label="Prediction", num_top_classes=5)
+                    overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
+                    explain_notes = gr.Markdown()
+                    heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
+                                           visible=True)
+
+        with gr.Tab("Share"):
+            gr.Markdown("Push a finished run to the Hugging Face Hub as a timm model with a model card, or "
+                        "download it as ONNX.")
+            with gr.Row():
+                share_run = gr.Dropdown([], label="Run", allow_custom_value=True)
+                repo_name = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
+                private = gr.Checkbox(False, label="Private")
+            if os.environ.get("SYSTEM") == "spaces" and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
+                gr.LoginButton("Sign in with Hugging Face to push")
+            token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
+                               type="password", placeholder="hf_...")
+            with gr.Row():
+                preview_btn = gr.Button("Preview model card")
+                push_btn = gr.Button("Push to the Hub", variant="primary")
+                export_btn = gr.Button("Export ONNX")
+                zip_btn = gr.Button("Download the run (.zip)")
+            share_msg = gr.Markdown()
+            onnx_file = gr.File(label="Download", visible=True)
+            card_view = gr.Markdown()
+
+        shown = [report, counts, grid, dataset, data_line]
+        upload.upload(check_dataset, upload, shown, api_name="check_dataset")
+        sample_btn.click(sample_dataset, sample_count, shown, api_name="sample_dataset")
+        slots = [class_count, *class_rows, *class_names, *class_files]
+        add_class.click(lambda n: _class_slots(n + 1), class_count, slots, api_visibility="private")
+        remove_class.click(lambda n: _class_slots(n - 1), class_count, slots, api_visibility="private")
+        check_classes_btn.click(check_classes, [*class_names, *class_files], shown, api_name="check_classes")
+
+        app.load(_ensure_owner, owner, owner, api_visibility="private")
+        listing = [runs_table, selected]
+        view = [progress, loss_plot, acc_plot]
+        results = [per_class, confusion, mistakes]
+        advanced = [img_size, weight_decay, label_smoothing, warmup, patience, randaugment, mixup, cutmix, ema,
+                    val_fraction, seed]
+
+        def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
+            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who,
+                                  **dict(zip(ADVANCED, more)))
+
+        def outcome(run_id, who):
+            return run_results(get_manager(), run_id, who)
+
+
+        def refresh(choice, who):
+            return list_runs(get_manager(), choice, who)
+
+        def show(run_id, who):
+            return show_run(get_manager(), run_id, who)
+
+        def show_live(run_id, who):  # the live view, and a key that changes when the run's state does
+            return (*show(run_id, who), _state_key(get_manager(), run_id))
+
+        def act(action):
+            def handler(run_id, who):
+                return run_action(get_manager(), action, run_id, who)
+            return handler
+
+        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced], [start_msg, selected],
+                        api_name="start_training").then(refresh, [selected, owner], listing, api_visibility="private")
+        timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
+        timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
+        selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
+        selected.change(outcome, [selected, owner], results, api_name="run_results", show_progress="hidden")
+        # results are drawn once per state (e.g. when the run completes), not on every tick
+        run_key.change(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
+        for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
+            btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
+                refresh, [selected, owner], listing, api_visibility="private")
+        app.load(refresh, [selected, owner], listing, api_visibility="private")
+
+        def classify(source, img, how, alpha, cls, at_layer=-1, at_head=0, who=None):
+            try:
+                return classify_image(get_manager(), source, img, how, alpha, cls, at_layer, at_head, owner=who)
+            except gr.Error as e:  # say what is wrong, and clear the previous image's results
+                gr.Warning(e.message)
+                return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
+
+        def classify_many(source, paths, who=None):
+            try:
+                gallery = classify_batch(get_manager(), source, paths, owner=who)
+            except gr.Error as e:
+                gr.Warning(e.message)
+                return [], f"**Cannot classify:** {e.message}"
+            return gallery, ""
+
+        def model_lists(for_share, for_classify, who):  # one listing of the runs for both pickers
+            ids = [r["id"] for r in get_manager().list(who or None) if r["has_model"]]
+            return _model_picker(ids, for_share), _model_picker(ids, for_classify)
+
+        def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
+            return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
+
+        def preview(run_id, repo, who=None):
+            return preview_card(get_manager(), run_id, repo, who)
+
+        def export(run_id, who):
+            return export_run(get_manager(), run_id, who)
+
+        push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
+        preview_btn.click(preview, [share_run, repo_name, owner], card_view, api_name="preview_card")
+        export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
+        zip_btn.click(lambda run_id, who: download_run(get_manager(), run_id, who), [share_run, owner], onnx_file,
+                      api_name="download_run")
+        # Several classifications at once, each on its own replica of the model with its share of the cores.
+        classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head, owner],
+                           [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify",
+                           concurrency_limit=limits.concurrency, concurrency_id="classify")
+        batch_btn.click(classify_many, [model_source, batch_files, owner], [batch_out, batch_msg],
+                        api_name="classify_batch",
+                        concurrency_limit=limits.concurrency, concurrency_id="classify")
+        pickers = [share_run, model_source]
+        app.load(model_lists, [*pickers, owner], pickers, api_visibility="private")
+        timer.tick(model_lists, [*pickers, owner], pickers, api_visibility="private", show_progress="hidden")
+    return app
+
+
+# ---------------------------------------------------------------------------
+# handlers: plain functions, reachable without a browser
+
+
+def check_dataset(path: str | None):
+    """Validate an uploaded zip and show its health report, class counts and sample images."""
+    if not path:
+        raise gr.Error("No file received. Upload a .zip with one folder per class.")
+    try:
+        with data.load_dataset(path) as ds:
+            shown = _show(ds, path, Path(path).name)
+    except data.DataError as e:
+        _remove_upload(path)
+        raise gr.Error(str(e), duration=None)
+    if shown[3] is None:  # cannot be trained on: nothing will use the upload again
+        _remove_upload(path)
+    return shown
+
+
+def check_classes(*names_and_files):
+    """Validate classes built one by one (MAX_CLASSES names, then their image lists) and show the report.
+    Empty slots are ignored; a removed slot is emptied by the UI."""
+    names, files = names_and_files[:MAX_CLASSES], names_and_files[MAX_CLASSES:]
+    mapping: dict[str, list[str]] = {}
+    for i, (name, paths) in enumerate(zip(names, files)):
+        if not (name or "").strip() and not paths:
+            continue
+        if not (name or "").strip():
+            raise gr.Error(f"Class {i + 1} has images but no name. Type a name for it.")
+        mapping[name.strip()] = mapping.get(name.strip(), []) + list(paths or [])
+    if not mapping:
+        raise gr.Error("Name at least two classes and drop images into each.")
+    try:
+        with data.load_dataset(mapping) as ds:
+            return _show(ds, None, f"{len(mapping)} classes built here", classes=mapping)
+    except data.DataError as e:
+        raise gr.Error(str(e), duration=None)
+
+
+def sample_dataset(per_class: float = 40):
+    """Generate the built-in shapes dataset (kept for training) and show its report."""
+    n = int(per_class)
+    root = Path(tempfile.gettempdir()) / "vit-studio-samples"
+    folder = root / f"shapes-{n}"
+    if not (folder / "circle").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+        samples.make_shapes_dataset(tmp / "d", n, fmt="jpg")
+        try:
+            os.replace(tmp / "d", folder)  # atomic: a concurrent request sees all of it or none
+        except OSError:
+            pass  # another request made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    with data.load_dataset(folder) as ds:
+        return _show(ds, str(folder), f"sample shapes ({n} per class)")
+
+
+ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
+            "cutmix", "ema_decay", "val_fraction", "seed")
+
+
+def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
+                   epochs: float, batch_size: float, lr: float, owner: str | None, **advanced):
+    """Queue a run on the checked dataset; returns a message and the new run's id (to select it)."""
+    if not dataset:
+        raise gr.Error(NO_DATA)
+    try:
+        name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
+        settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
+        if settings.get("early_stopping") == 0:
+            settings["early_stopping"] = None
+        for key in ("ema_decay", "img_size"):  # 0: off / the model's own
+            if settings.get(key) == 0:
+                settings.pop(key)
+        config = TrainConfig(model=name, epochs=epochs, batch_size=batch_size, lr=1e-4 if lr is None else lr,
+                             **settings).check()
+        if scratch:
+            config = from_scratch(config)
+            if settings.get("img_size"):
+                config.img_size = settings["img_size"]
+            config.check()
+    except (models.ModelError, ConfigError) as e:
+        raise gr.Error(str(e), duration=None)
+    try:
+        if dataset.get("classes"):  # built class by class in the Data tab
+            with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
+                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"])
+        else:
+            run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"])
+    except (jobs.JobError, data.DataError) as e:
+        raise gr.Error(str(e), duration=None)
+    state = manager.progress(run_id, owner)
+    return f"Run **{run_id}** is {state['state']}: {state['message']}", gr.Dropdown(
+        choices=_run_ids(manager, owner), value=run_id)
+
+
+def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
+    """The runs table and the run picker (keeping the current choice)."""
+    rows = manager.list(owner or None)
+    table = pd.DataFrame([[r["id"], r["state"], (r["model"] or "").split(".")[0], _epoch_text(r),
+                           "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"]]
+                          for r in rows], columns=RUN_COLUMNS)
+    ids = [r["id"] for r in rows]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    return table, gr.Dropdown(choices=ids, value=value)
+
+
+def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """Progress of one run: a summary line and its loss and accuracy curves."""
+    empty = pd.DataFrame(columns=["epoch", "value", "curve"])
+    if not run_id:
+        return "Start a run or pick one to see its progress.", empty, empty
+    try:
+        p = manager.progress(run_id, owner or None)
+    except jobs.JobError as e:
+        return str(e), empty, empty
+    lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
+    if p["state"] == "running" and p["steps_per_epoch"]:
+        epochs, steps = p["epochs"] or 1, p["steps_per_epoch"]
+        done = ((p["epoch"] or 0) * steps + (p["step"] or 0)) / (epochs * steps)
+        lines.append(f"<progress value='{done:.3f}' max='1' style='width:100%'></progress> {done:.0%}")
+        lines.append(f"Epoch {min((p['epoch'] or 0) + 1, epochs)}/{epochs}, step {p['step'] or 0}/{steps}"
+                     + (f", about {_duration(p['eta_s'])} left" if p.get("eta_s") else ""))
+    if p["history"]:
+        last = p["history"][-1]
+        lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, val acc {last['val_acc']:.1%}, "
+                     f"lr {last['lr']:.2e}, {last['images_per_s']:.0f} images/s")
+    if p["cancel_requested"] and p["state"] == "running":
+        lines.append("Cancel requested: it stops after the current step.")
+    if p["state"] in ("failed", "interrupted") and not p["message"]:
+        lines.append(f"```\n{manager.log_tail(run_id)}\n```")
+    losses, accs = [], []
+    for row in p["history"]:
+        losses += [(row["epoch"], row["train_loss"], "train"), (row["epoch"], row["val_loss"], "validation")]
+        accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
+    return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
+            pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+
+
+def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """A finished run's per-class table, confusion matrix and misclassified validation images."""
+    empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
+    if not run_id:
+        return empty, None, []
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see")
+    except jobs.JobError:
+        return empty, None, []
+    metrics = runs.read_json(run_dir / runs.METRICS, {})
+    if not metrics.get("per_class"):
+        return empty, None, []
+    table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                          for c, v in metrics["per_class"].items()], columns=list(empty.columns))
+    picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))
+    wrong = []  # pictures, not paths: the run folder need not be one Gradio may serve (e.g. /data on a Space)
+    for m in metrics.get("misclassified", [])[:24]:
+        try:
+            path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(m["name"]).split("/"))
+            img, _, _ = data.read_rgb(path, draft_side=160, max_side=640)
+        except (ValueError, data.DataError):
+            continue
+        img.thumbnail((160, 160))
+        wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
+    return table, picture, wrong
+
+
+def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
+    """Cancel, resume or delete the selected run; the message says what happened."""
+    if not run_id:
+        raise gr.Error("Pick a run first.")
+    try:
+        return getattr(manager, action)(run_id, owner=owner or None)
+    except jobs.JobError as e:
+        raise gr.Error(str(e))
+
+
+def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
+                   target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
+    """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
+    if image is None:
+        raise gr.Error("Upload an image to classify.")
+    if method not in explain.METHODS:
+        raise gr.Error(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
+    loaded = _load(manager, source, owner)
+    try:
+        layer_index = _whole_number(layer, "Layer", -1)
+        head_number = _whole_number(head, "Head", 0)
+        heads_there = int(getattr(loaded.model.blocks[0].attn, "num_heads", 0) or 0)
+        if method == "attention" and heads_there and not 0 <= head_number <= heads_there:
+            raise ValueError(f"Head {head_number} does not exist: the model has {heads_there} heads per layer "
+                             f"(use 1..{heads_there}, or 0 for their mean).")
+        rgb = predict.read_image(image)
+        t = loaded.labels.index(target) if target in loaded.labels else None
+        with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
+            e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
+                                head=head_number - 1 if head_number else None)
+    except (predict.PredictError, explain.ExplainError, ValueError) as err:
+        raise gr.Error(str(err), duration=None)
+    probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
+    picture = explain.overlay(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
+    notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
+    where = _layer_name(layer_index, len(loaded.model.blocks))
+    heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
+                                         f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
+    chosen = loaded.labels[e.target] if t is not None else None
+    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=loaded.labels, value=chosen)
+
+
+def _map_title(method: str, loaded: predict.LoadedModel, target: int, layer: int, head: int) -> str:
+    """What the map shows, in words: the class only where the method depends on it, the layer and head
+    that were asked for."""
+    if method == "attention":
+        depth = len(loaded.model.blocks)
+        which = f"head {head}" if head else "the mean of its heads"
+        return (f"**Raw attention of {_layer_name(layer, depth)}** ({which}), from the classifier token. "
+                "Attention, not an explanation: it is the same whatever the class, and by the last layers every "
+                "token carries information from the whole image, so it often points at background.")
+    text = f"**{_METHOD_TITLES[method]}**"
+    if method in CLASS_SPECIFIC:
+        text += f" for class **{loaded.labels[target]}**"
+    return f"{text}. {explain.METHODS[method]}"
+
+
+def _layer_name(layer: int, depth: int) -> str:
+    index = layer % depth if depth else layer
+    return f"layer {index} (the last)" if index == depth - 1 else f"layer {index} of 0..{depth - 1}"
+
+
+def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private: bool, typed_token: str | None,
+                oauth_token, owner: str | None) -> str:
+    """Push a run; the token typed in, else the signed-in user's (on a Space). Neither is kept."""
+    if not run_id:
+        raise gr.Error("Pick a finished run to push.")
+    if not (repo or "").strip():
+        raise gr.Error("Give the repo a name, e.g. your-name/pets-vit.")
+    token = (typed_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "push")
+        url = hub.push_run(run_dir, repo, token, private=bool(private))
+    except (jobs.JobError, hub.HubError) as e:
+        raise gr.Error(str(e), duration=None)
+    repo_id = url.rstrip("/").split("/", 3)[-1] if "/" in url else repo
+    return (f"Pushed **{run_id}** to [{url}]({url}). Anyone can load it with "
+            f"`timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)`.")
+
+
+def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None, owner: str | None = None) -> str:
+    """The model card a push would write (its text; the pictures go with the push)."""
+    if not run_id:
+        raise gr.Error("Pick a finished run.")
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see")
+        repo = (repo or "").strip().strip("/") or run_id
+        card = hub.model_card(run_dir, repo if "/" in repo else f"your-name/{repo}")
+    except ValueError as e:
+        raise gr.Error(str(e))
+    return card.text
+
+
+def download_run(manager: jobs.JobManager, run_id: str | None, owner: str | None = None) -> str:
+    """A zip of the run (model, config, metrics, health report) to download."""
+    if not run_id:
+        raise gr.Error("Pick a run.")
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "download")
+        return str(runs.archive(run_dir, _download_folder()))
+    except (ValueError, OSError) as e:
+        raise gr.Error(str(e))
+
+
+def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """model.onnx of a run (dynamic batch), checked against PyTorch."""
+    if not run_id:
+        raise gr.Error("Pick a finished run.")
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "export")
+        path, diff = hub.export_onnx(run_dir, _download_folder() / f"{run_id}.onnx")
+    except (jobs.JobError, hub.HubError) as e:
+        raise gr.Error(str(e), duration=None)
+    return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
+
+
+def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None, *,
+                   owner: str | None = None):
+    """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
+    if not paths:
+        raise gr.Error("Add some images first.")
+    if len(paths) > MAX_BATCH:
+        raise gr.Error(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
+    loaded = _load(manager, source, owner)
+    out = []
+    for path in paths:
+        try:
+            with predict.compute_share(manager.web_threads()):
+                (top,) = loaded.classify(predict.read_image(path), topk=1)
+            out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
+        except predict.PredictError as e:
+            out.append((_placeholder(), f"{Path(path).name}: {e}"))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+from gradio.events import Dependency
+
+class ImagePath(gr.Image):
+    """gr.Image that hands the handler the uploaded file's path without opening it: the app checks the header
+    itself, with a clear message for a file that is not an image (Gradio's own open fails without one)."""
+
+    is_template = True  # drawn by the frontend as a plain Image
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+            return super().preprocess(payload)
+        return str(payload.path)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _model_picker(ids: list[str], current: str | None):
+    """A picker of the runs with a saved model, newest first, keeping the current choice (or a typed
+    hf-hub id)."""
+    value = current if current and (current in ids or current.startswith("hf-hub:")) else (ids[0] if ids else None)
+    return gr.Dropdown(choices=ids, value=value)
+
+
+def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
+    try:
+        return f"{run_id}:{runs.read_status(runs.run_path(manager.root, run_id)).get('state')}" if run_id else ""
+    except ValueError:
+        return ""
+
+
+def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None) -> predict.LoadedModel:
+    """The model of one of the visitor's runs, or of an hf-hub: id; never a folder named by the visitor."""
+    source = (source or "").strip()
+    if not source:
+        raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
+    try:
+        if source.startswith("hf-hub:"):
+            where = models.check_web_model_name(source)
+        elif ":" in source or "/" in source or "\\" in source:
+            raise gr.Error(f"{source[:80]!r} is not one of your runs or an hf-hub:user/repo id.", duration=None)
+        else:
+            where = manager.own_run(source, owner or None, "use")
+        return predict.load_model(where, max_params_m=HostLimits.from_env().max_model_params_m)
+    except (predict.PredictError, models.ModelError, jobs.JobError, ValueError) as e:
+        raise gr.Error(str(e), duration=None)
+
+
+def _placeholder() -> str:
+    path = Path(tempfile.gettempdir()) / "vit-studio-unreadable.png"
+    if not path.is_file():
+        from PIL import Image
+        Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+    return str(path)
+
+
+def _example_images() -> list[list[str]]:
+    """One generated image per sample shape, for the Classify tab's examples."""
+    import random
+    folder = Path(tempfile.gettempdir()) / "vit-studio-examples"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for k, shape in enumerate(samples.SHAPES):
+        path = folder / f"{shape}.png"
+        if not path.is_file():
+            samples.draw_shape(shape, 160, random.Random(k)).save(path)
+        out.append([str(path)])
+    return out
+
+
+def _class_slots(n: int):
+    """Show n class slots; the hidden ones are emptied, so they never count."""
+    n = max(2, min(MAX_CLASSES, int(n)))
+    keep = [gr.update() if i < n else "" for i in range(MAX_CLASSES)]
+    return ([n] + [gr.Row(visible=i < n) for i in range(MAX_CLASSES)] + keep
+            + [gr.update() if i < n else None for i in range(MAX_CLASSES)])
+
+
+def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None):
+    r = ds.report
+    rows = [{"class": c, "split": split, "images": n}
+            for split, per in r.split_counts.items() for c, n in per.items()]
+    df = pd.DataFrame(rows, columns=["class", "split", "images"])
+    if r.ok:
+        state = {"path": path, "name": name, "classes": classes}
+        line = f"Dataset: **{name}**: {r.total} images in {len(ds.classes)} classes ({', '.join(ds.classes)})."
+    else:
+        state, line = None, f"The dataset **{name}** cannot be trained on yet; see the Data tab."
+    return r.to_markdown(), df, data.thumbnails(ds), state, line
+
+
+def _manager_getter(manager: jobs.JobManager | None):
+    made: list[jobs.JobManager] = [manager] if manager else []
+
+    def get() -> jobs.JobManager:
+        if not made:
+            made.append(jobs.JobManager())
+        return made[0]
+
+    return get
+
+
+def _ensure_owner(owner: str | None) -> str:
+    return owner or secrets.token_urlsafe(16)
+
+
+def _run_ids(manager: jobs.JobManager, owner: str | None = None) -> list[str]:
+    return [r["id"] for r in manager.list(owner or None)]
+
+
+def _whole_number(value, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
+        raise ValueError(f"{name} must be a whole number (got {str(value)[:20]}).")
+    if abs(value) > 10_000:
+        raise ValueError(f"{name} {value:g} does not exist.")
+    return int(value)
+
+
+def _download_folder() -> Path:
+    """A fresh folder for one file to serve; folders older than the temp age limit are removed first."""
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    max_age = HostLimits.from_env().temp_max_age_s
+    for old in DOWNLOADS.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > max_age:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=DOWNLOADS))
+
+
+def _remove_upload(path: str | None) -> None:
+    """Delete an uploaded file that will not be used (Gradio keeps uploads in its cache otherwise)."""
+    try:
+        if path and Path(path).is_file():
+            Path(path).unlink()
+    except OSError:
+        pass
+
+
+def launch_options() -> dict:
+    """launch() settings that keep a shared app bounded: the upload cap (Gradio refuses larger files,
+    naming the cap) and the theme."""
+    return {"theme": THEME, "css": CSS, "max_file_size": f"{HostLimits.from_env().max_upload_mb}mb"}
+
+
+def _epoch_text(r: dict) -> str:
+    if r["epochs"] is None:
+        return ""
+    done = r["epoch"] or 0
+    return f"{done}/{r['epochs']}" if r["state"] != "queued" else f"0/{r['epochs']}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
