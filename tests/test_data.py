@@ -572,3 +572,12 @@ def test_export_renames_uploads_that_share_a_file_name(tmp_path):
         data.export_dataset(ds, tmp_path / "copy")
     with load_dataset(tmp_path / "copy") as copy:
         assert len(copy.items) == 5 and copy.labels(range(5)).count(0) == 2
+
+
+def test_counts_read_as_english(tmp_path):
+    from vit.data import count
+    assert [count(1, "image"), count(3, "image"), count(1, "class"), count(2, "class")] == [
+        "1 image", "3 images", "1 class", "2 classes"]
+    with load_dataset(write_tree(tmp_path / "one", {"only/a.png": image_bytes(seed=1),
+                                                    "only/b.png": image_bytes(seed=2)})) as ds:
+        assert ds.report.to_text().startswith("Cannot train yet: 2 images in 1 class (class folders)")

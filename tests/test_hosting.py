@@ -131,7 +131,7 @@ def test_another_visitor_can_neither_see_nor_act_on_a_run(shared, tmp_path):
     assert run_id not in json.dumps(table)
     assert "There is no run" in client.predict(run_id, BOB, api_name="/show_run")[0]
     per_class, confusion, mistakes = client.predict(run_id, BOB, api_name="/run_results")
-    assert not per_class["data"] and confusion is None and not mistakes
+    assert not per_class["data"] and confusion is None and not mistakes["value"]
     image = handle_file(_png(tmp_path))
     assert_refused(client.predict(run_id, image, "chefer", 0.5, None, -1, 0, BOB, api_name="/classify"),
                    "no run .* in this session")
@@ -272,7 +272,9 @@ def test_results_show_when_runs_live_outside_the_working_and_temp_dirs(shared):
     assert {row[0] for row in per_class["data"]} == {"circle", "square", "triangle"}
     assert confusion is not None and Image.open(confusion["path"] if isinstance(confusion, dict) else confusion)
     metrics = runs.read_json(shared.manager.root / shared.run_id / runs.METRICS)
-    assert len(mistakes) == min(24, len(metrics["misclassified"]))
+    n = len(metrics["misclassified"])
+    assert len(mistakes["value"]) == min(24, n)
+    assert mistakes["label"].endswith(f"(all {n})" if n <= 24 else f"(the 24 most confident of {n})")  # how many
 
 
 # 5 ------------------------------------------------------------- a full disk
@@ -503,3 +505,9 @@ def test_a_replica_made_while_another_request_explains_does_not_report_into_it(s
     with loaded.borrow() as model:
         alone = explain.explain(model, loaded.preprocess(image), "chefer")
     assert abs(e.heatmap - alone.heatmap).max() < 1e-5
+
+
+def test_a_start_without_a_dataset_says_so_in_plain_text(shared):
+    with pytest.raises(gr.Error) as info:
+        ui.start_training(shared.manager, None, ui.DEFAULT_MODEL, True, 1, 8, 1e-3, ALICE)
+    assert info.value.message == "No dataset yet: upload one or use the sample data in the Data tab."  # no **

@@ -870,7 +870,7 @@ def _render_report(r: HealthReport, markdown: bool) -> str:
     b = (lambda s: f"**{s}**") if markdown else (lambda s: s)
     lines = []
     verdict = "Ready to train" if r.ok else "Cannot train yet"
-    lines.append(f"{'### ' if markdown else ''}{verdict}: {r.total} images in {len(r.classes)} classes "
+    lines.append(f"{'### ' if markdown else ''}{verdict}: {count(r.total, 'image')} in {count(len(r.classes), 'class')} "
                  f"({r.layout})")
     if r.errors:
         lines.append("")
@@ -941,6 +941,11 @@ def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
     if not max_side or max(img.size) <= max_side or img.mode not in _REDUCIBLE_MODES:
         return img
     return img.reduce(math.ceil(max(img.size) / max_side))
+
+
+def count(n: int, noun: str) -> str:
+    """'1 image', '3 images', '1 class', '2 classes'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 def _link_or_copy(src: Path, dst: Path, link: bool) -> None:

@@ -30,6 +30,8 @@ _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": 
 CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
 MAX_CLASSES = 8
 MAX_BATCH = 100  # images in one "classify all"
+MAX_MISTAKES = 24  # misclassified validation images shown for a run
+MISTAKES_LABEL = "Misclassified validation images (true -> predicted)"
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
 DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
 
@@ -121,7 +123,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
                 with gr.Row():
                     confusion = gr.Image(label="Confusion matrix", show_label=False, type="pil", min_width=280)
-                    mistakes = gr.Gallery(label="Misclassified validation images (true -> predicted)", columns=4,
+                    mistakes = gr.Gallery(label=MISTAKES_LABEL, columns=4,
                                           height="auto", min_width=280)
             timer = gr.Timer(2.0)
             run_key = gr.State("")  # "<run id>:<state>" of the selected run
@@ -340,7 +342,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
                    epochs: float, batch_size: float, lr: float, owner: str | None, **advanced):
     """Queue a run on the checked dataset; returns a message and the new run's id (to select it)."""
     if not dataset:
-        raise gr.Error(NO_DATA)
+        raise gr.Error(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
     try:
         name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
         settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
@@ -418,19 +420,20 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
     """A finished run's per-class table, confusion matrix and misclassified validation images."""
     empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
     if not run_id:
-        return empty, None, []
+        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
     try:
         run_dir = manager.own_run(run_id, owner or None, "see")
     except jobs.JobError:
-        return empty, None, []
+        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     if not metrics.get("per_class"):
-        return empty, None, []
+        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
     table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
                           for c, v in metrics["per_class"].items()], columns=list(empty.columns))
     picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))
     wrong = []  # pictures, not paths: the run folder need not be one Gradio may serve (e.g. /data on a Space)
-    for m in metrics.get("misclassified", [])[:24]:
+    misclassified = sorted(metrics.get("misclassified", []), key=lambda m: -m.get("confidence", 0))
+    for m in misclassified[:MAX_MISTAKES]:
         try:
             path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(m["name"]).split("/"))
             img, _, _ = data.read_rgb(path, draft_side=160, max_side=640)
@@ -438,7 +441,10 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
             continue
         img.thumbnail((160, 160))
         wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
-    return table, picture, wrong
+    shown = (f"all {len(misclassified)}" if len(misclassified) <= MAX_MISTAKES
+             else f"the {MAX_MISTAKES} most confident of {len(misclassified)}")
+    return table, picture, gr.Gallery(value=wrong, label=f"Misclassified validation images, true -> predicted "
+                                                         f"({shown})")
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
@@ -659,7 +665,8 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
     if r.ok:
         state = {"path": path, "name": name, "classes": classes}
-        line = f"Dataset: **{name}**: {r.total} images in {len(ds.classes)} classes ({', '.join(ds.classes)})."
+        line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
+                f"({', '.join(ds.classes)}).")
     else:
         state, line = None, f"The dataset **{name}** cannot be trained on yet; see the Data tab."
     return r.to_markdown(), df, data.thumbnails(ds), state, line
