@@ -58,7 +58,7 @@ def main() -> None:
             run_id = picker["value"]
             while True:
                 table, _ = client.predict(run_id, "bench", api_name="/list_runs")
-                row = next(r for r in table["data"] if r[0] == run_id)
+                row = next(r for r in table["data"] if r[-1] == run_id)
                 if row[1] not in ("queued", "running"):
                     break
                 time.sleep(0.5)

@@ -43,11 +43,11 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
     client.predict(10, api_name="/sample_dataset")  # the dataset is kept in this session's state
     message, picker = client.predict(ui.DEFAULT_MODEL, True, 2, 16, 1e-3, "me", api_name="/start_training")
     run_id = picker["value"]
-    assert f"Run **{run_id}** is" in message
+    assert message.startswith("Run **sample shapes (10 per class) · vit_tiny_patch16_224 · ") and f"({run_id}) is" in message
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         table, _ = client.predict(run_id, "me", api_name="/list_runs")
-        row = next(r for r in table["data"] if r[0] == run_id)
+        row = next(r for r in table["data"] if r[-1] == run_id)
         if row[1] not in ("queued", "running"):
             break
         time.sleep(0.5)

@@ -130,7 +130,7 @@ class JobManager:
     # ------------------------------------------------------------------ requests
 
     def submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, *, owner: str | None = None,
-               source_name: str | None = None) -> str:
+               source_name: str | None = None, name: str | None = None) -> str:
         """Queue a training run on `source` (a loaded Dataset or a path); return its run id at once."""
         self._check_open()
         if not isinstance(config, TrainConfig):
@@ -140,10 +140,10 @@ class JobManager:
         except ConfigError as e:
             raise JobError(str(e)) from None
         with self._reserved(owner):
-            return self._submit(source, config, owner, source_name)
+            return self._submit(source, config, owner, source_name, _run_name(name))
 
     def _submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, owner: str | None,
-                source_name: str | None) -> str:
+                source_name: str | None, name: str | None) -> str:
         dataset = source if isinstance(source, Dataset) else load_dataset(
             source, val_fraction=config.val_fraction, seed=config.seed)
         try:
@@ -156,7 +156,9 @@ class JobManager:
                 device = self._device_kind(config.device)
                 runs.write_json(run_dir / JOB, {
                     "config": asdict(config), "owner": owner_hash(owner), "device": device,
-                    "source": source_name or dataset.report.source, "classes": dataset.classes,
+                    "source": source_name or Path(str(dataset.report.source)).name, "classes": dataset.classes,
+                    "name": name or _default_name(source_name or Path(str(dataset.report.source)).name,
+                                                  config),
                     "images": len(dataset.items)})
                 with self._cv:
                     runs.update_status(run_dir, "queued", message="Queued", model=config.model,
@@ -539,6 +541,7 @@ class JobManager:
             "id": run_dir.name, "state": state, "message": status.get("message", ""),
             "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
             "source": job.get("source"), "created_at": status.get("created_at"),
+            "name": job.get("name") or run_dir.name, "recipe": _recipe(job.get("config") or {}),
             "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
             "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
             "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
@@ -647,6 +650,30 @@ class _Child:
     started: float = field(default_factory=time.monotonic)
 
 
+def _recipe(config: dict) -> str:
+    """How a run starts, in two words: 'pretrained', or 'from scratch, 64 px'."""
+    if not config:
+        return ""
+    if config.get("pretrained", True) or config.get("weights"):
+        return "pretrained"
+    return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
+
+
+def _run_name(name: str | None) -> str | None:
+    """A run's display name as typed (it never becomes a path): one line, at most 80 characters."""
+    if name is None or not str(name).strip():
+        return None
+    name = " ".join(str(name).split())
+    if len(name) > 80 or not name.isprintable():
+        raise JobError("A run name is one line of at most 80 printable characters.")
+    return name
+
+
+def _default_name(source: str, config: TrainConfig) -> str:
+    """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05'."""
+    return f"{source[:40]} · {config.model.split('/')[-1].split('.')[0][:40]} · {time.strftime('%H:%M')}"
+
+
 def _hash_owner(run_dir: Path) -> None:
     """Runs recorded before owners were hashed: replace the stored token by its hash."""
     job = runs.read_json(run_dir / JOB)
@@ -749,6 +776,8 @@ def _train_child(run_dir: Path) -> int:
     except DataError as e:
         runs.update_status(run_dir, "failed", message=f"The run's copy of its data cannot be read: {e}")
         return 2
+    if job.get("source"):  # the name the user knows it by, not the run's copy ("data")
+        dataset.report.source = str(job["source"])
     resume = (run_dir / runs.RESUME).is_file()
     with dataset:
         try:

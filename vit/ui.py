@@ -24,7 +24,7 @@ INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks a
 THEME = gr.themes.Soft()
 CSS = ""
 MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
-RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message"]
+RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message", "id"]
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
                   "attention": "Raw attention (pick the layer and head)", "gradcam": "Grad-CAM"}
 CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
@@ -104,6 +104,10 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 with gr.Row():
                     val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
                     seed = gr.Number(d.seed, label="Seed", precision=0)
+            with gr.Row():
+                run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
+                                      max_length=80, scale=3)
+            plan = gr.Markdown()
             start_btn = gr.Button("Start training", variant="primary")
             start_msg = gr.Markdown()
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
@@ -197,12 +201,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     val_fraction, seed]
 
         def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
-            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who,
-                                  **dict(zip(ADVANCED, more)))
+            *values, named = more if len(more) > len(ADVANCED) else (*more, None)
+            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who, named,
+                                  **dict(zip(ADVANCED, values)))
 
         def outcome(run_id, who):
             return run_results(get_manager(), run_id, who)
-
 
         def refresh(choice, who):
             return list_runs(get_manager(), choice, who)
@@ -218,8 +222,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 return run_action(get_manager(), action, run_id, who)
             return handler
 
-        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced], [start_msg, selected],
-                        api_name="start_training").then(refresh, [selected, owner], listing, api_visibility="private")
+        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced, run_name],
+                        [start_msg, selected], api_name="start_training")
+        settings = [model, scratch, epochs, batch_size, lr, *advanced]
+        for field in settings:  # what will actually run, before Start
+            field.change(run_plan, settings, plan, api_visibility="private", show_progress="hidden")
+        app.load(run_plan, settings, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
@@ -246,9 +254,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 return [], f"**Cannot classify:** {e.message}"
             return gallery, ""
 
-        def model_lists(for_share, for_classify, who):  # one listing of the runs for both pickers
-            ids = [r["id"] for r in get_manager().list(who or None) if r["has_model"]]
-            return _model_picker(ids, for_share), _model_picker(ids, for_classify)
+        def model_lists(for_share, for_classify, known, who):  # one listing of the runs for both pickers
+            rows = get_manager().list(who or None)
+            finished = [r["id"] for r in rows if r["state"] == "completed"]
+            new = [i for i in finished if known is not None and i not in known]  # finished since the last look
+            follow = new[0] if new else None
+            return _model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished
 
         def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
             return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
@@ -272,8 +283,10 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                         api_name="classify_batch",
                         concurrency_limit=limits.concurrency, concurrency_id="classify")
         pickers = [share_run, model_source]
-        app.load(model_lists, [*pickers, owner], pickers, api_visibility="private")
-        timer.tick(model_lists, [*pickers, owner], pickers, api_visibility="private", show_progress="hidden")
+        finished_seen = gr.State(None)  # finished runs the pickers know of: a new one is followed
+        app.load(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen], api_visibility="private")
+        timer.tick(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen],
+                   api_visibility="private", show_progress="hidden")
     return app
 
 
@@ -339,10 +352,31 @@ ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "ear
 
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
-                   epochs: float, batch_size: float, lr: float, owner: str | None, **advanced):
-    """Queue a run on the checked dataset; returns a message and the new run's id (to select it)."""
+                   epochs: float, batch_size: float, lr: float, owner: str | None, run_name: str | None = None,
+                   **advanced):
+    """Queue a run on the checked dataset; returns a message and the run picker (on the new run, unless the
+    view is on a run that is training: it stays there)."""
     if not dataset:
         raise gr.Error(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
+    config = planned_config(model_name, scratch, epochs, batch_size, lr, **advanced)
+    try:
+        if dataset.get("classes"):  # built class by class in the Data tab
+            with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
+                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"], name=run_name)
+        else:
+            run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"],
+                                    name=run_name)
+    except (jobs.JobError, data.DataError) as e:
+        raise gr.Error(str(e), duration=None)
+    state = manager.progress(run_id, owner)
+    rows = manager.list(owner or None)
+    return (f"Run **{state['name']}** ({run_id}) is {state['state']}: {state['message']}",
+            _run_picker(rows, _live_choice(rows, None, new=run_id)))
+
+
+def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, **advanced) -> TrainConfig:
+    """The TrainConfig the form describes, exactly as it will run (from scratch changes some settings), or
+    gr.Error saying which setting is wrong."""
     try:
         name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
         settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
@@ -360,28 +394,42 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
             config.check()
     except (models.ModelError, ConfigError) as e:
         raise gr.Error(str(e), duration=None)
+    return config
+
+
+def describe_config(config: TrainConfig, asked_lr: float | None = None) -> str:
+    """What will run, in one line: the model as built, its start, the image size and the schedule."""
+    entry = models.catalog_entry(config.model)
+    arch = config.model.split(".")[0]
+    if config.pretrained or config.weights:
+        model = f"{entry.title if entry else config.model}, pretrained weights"
+    else:
+        shape = [f"{config.model_args['depth']} blocks" if "depth" in config.model_args else None,
+                 f"patch {config.patch_size}" if config.patch_size else None]
+        model = f"{arch} from scratch (random weights{', ' + ', '.join(p for p in shape if p) if any(shape) else ''})"
+    size = f"{config.img_size} px images" if config.img_size else "the model's own image size"
+    lr = f"lr {config.lr:g}"
+    if asked_lr is not None and abs(config.lr - asked_lr) > 1e-12:
+        lr += f" (raised from {asked_lr:g}: training from scratch needs a higher one)"
+    return f"{model}; {size}; {config.epochs} epochs, batch {config.batch_size}, {lr}."
+
+
+def run_plan(model_name, scratch, epochs, batch_size, lr, *more) -> str:
+    """The 'will run' line under the settings, updated as they change (an error says what to fix)."""
     try:
-        if dataset.get("classes"):  # built class by class in the Data tab
-            with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
-                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"])
-        else:
-            run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"])
-    except (jobs.JobError, data.DataError) as e:
-        raise gr.Error(str(e), duration=None)
-    state = manager.progress(run_id, owner)
-    return f"Run **{run_id}** is {state['state']}: {state['message']}", gr.Dropdown(
-        choices=_run_ids(manager, owner), value=run_id)
+        config = planned_config(model_name, scratch, epochs, batch_size, lr, **dict(zip(ADVANCED, more)))
+    except gr.Error as e:
+        return f"**Cannot start:** {e.message}"
+    return f"**Will train:** {describe_config(config, asked_lr=lr if isinstance(lr, (int, float)) else None)}"
 
 
 def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
     """The runs table and the run picker (keeping the current choice)."""
     rows = manager.list(owner or None)
-    table = pd.DataFrame([[r["id"], r["state"], (r["model"] or "").split(".")[0], _epoch_text(r),
-                           "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"]]
+    table = pd.DataFrame([[r["name"], r["state"], _model_text(r), _epoch_text(r),
+                           "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"], r["id"]]
                           for r in rows], columns=RUN_COLUMNS)
-    ids = [r["id"] for r in rows]
-    value = selected if selected in ids else (ids[0] if ids else None)
-    return table, gr.Dropdown(choices=ids, value=value)
+    return table, _run_picker(rows, _live_choice(rows, selected))
 
 
 def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
@@ -597,11 +645,53 @@ class ImagePath(gr.Image):
         return str(payload.path)
 
 
-def _model_picker(ids: list[str], current: str | None):
-    """A picker of the runs with a saved model, newest first, keeping the current choice (or a typed
-    hf-hub id)."""
-    value = current if current and (current in ids or current.startswith("hf-hub:")) else (ids[0] if ids else None)
-    return gr.Dropdown(choices=ids, value=value)
+def _live_choice(rows: list[dict], current: str | None, new: str | None = None) -> str | None:
+    """The run the live view shows: it stays on a run that is training; else a new run just started, the
+    current choice, a training run, and last the newest."""
+    ids = [r["id"] for r in rows]
+    running = [r["id"] for r in rows if r["state"] == "running"]
+    if current in running:
+        return current
+    if new in ids:
+        return new
+    if current in ids:
+        return current
+    return running[0] if running else (ids[0] if ids else None)
+
+
+def _run_picker(rows: list[dict], value: str | None):
+    """The Train tab's run picker: runs by name and state, their id as the value."""
+    return gr.Dropdown(choices=[(f"{r['name']} ({r['state']})", r["id"]) for r in rows], value=value)
+
+
+def _model_picker(rows: list[dict], current: str | None, follow: str | None = None):
+    """A picker of the runs with a saved model, by name, model and accuracy, newest first. It moves to
+    `follow` (a run that has just finished), else keeps the current choice (or a typed hf-hub id), else
+    takes the newest finished run."""
+    done = [r for r in rows if r["has_model"]]
+    ids = [r["id"] for r in done]
+    finished = [r["id"] for r in done if r["state"] == "completed"]
+    if follow in ids:
+        value = follow
+    elif current and (current in ids or current.startswith("hf-hub:")):
+        value = current
+    else:
+        value = finished[0] if finished else (ids[0] if ids else None)
+    choices = [(_model_label(r), r["id"]) for r in done]
+    if value and value.startswith("hf-hub:"):
+        choices.append((value, value))
+    return gr.Dropdown(choices=choices, value=value)
+
+
+def _model_text(r: dict) -> str:
+    model = (r["model"] or "").split(".")[0]
+    return f"{model} ({r['recipe']})" if r.get("recipe") else model
+
+
+def _model_label(r: dict) -> str:
+    acc = "" if r["best_val_acc"] is None else f" · {r['best_val_acc']:.0%}"
+    state = "" if r["state"] == "completed" else f" ({r['state']})"
+    return f"{r['name']} · {_model_text(r)}{acc}{state}"
 
 
 def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
@@ -685,10 +775,6 @@ def _manager_getter(manager: jobs.JobManager | None):
 
 def _ensure_owner(owner: str | None) -> str:
     return owner or secrets.token_urlsafe(16)
-
-
-def _run_ids(manager: jobs.JobManager, owner: str | None = None) -> list[str]:
-    return [r["id"] for r in manager.list(owner or None)]
 
 
 def _whole_number(value, name: str, default: int) -> int:

@@ -44,9 +44,9 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
         page.get_by_role("tab", name="Train").click()
         page.get_by_role("slider", name="Epochs").fill("2")
         page.get_by_role("button", name="Start training").click()
-        started = page.get_by_text(re.compile(r"Run \*?\*?\S+ is (queued|running):")).filter(visible=True).first
+        started = page.get_by_text(re.compile(r"\(\S+\) is (queued|running):")).filter(visible=True).first
         started.wait_for()
-        run_id = re.search(r"Run (\S+) is", started.inner_text()).group(1).strip("*")
+        run_id = re.search(r"\((\S+)\) is", started.inner_text()).group(1)
         visible_text(page, "Finished: best validation accuracy", timeout=120_000)
         visible_text(page, "Per class (validation)")
         page.screenshot(path=str(ARTIFACTS / "shared-alice-train.png"), full_page=True)
