@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from vit import data, explain, hub, jobs, predict, runs, samples
-from vit import models, safety
+from vit import models, safety, sessions
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.safety import HostLimits
 from vit.train import ConfigError, TrainConfig, from_scratch
@@ -186,14 +186,20 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             card_view = gr.Markdown()
 
         shown = [report, counts, grid, dataset, data_line]
-        upload.upload(check_dataset, upload, shown, api_name="check_dataset")
-        sample_btn.click(sample_dataset, sample_count, shown, api_name="sample_dataset")
+
+        def keep_dataset(ds, who):  # a reload or a return visit finds it again
+            sessions.remember(get_manager().root, who, dataset=ds)
+
+        kept = dict(fn=keep_dataset, inputs=[dataset, owner], outputs=None, api_visibility="private")
+        upload.upload(check_dataset, upload, shown, api_name="check_dataset").then(**kept)
+        sample_btn.click(sample_dataset, sample_count, shown, api_name="sample_dataset").then(**kept)
         slots = [class_count, *class_rows, *class_names, *class_files]
         add_class.click(lambda n: _class_slots(n + 1), class_count, slots, api_visibility="private")
         remove_class.click(lambda n: _class_slots(n - 1), class_count, slots, api_visibility="private")
-        check_classes_btn.click(check_classes, [*class_names, *class_files], shown, api_name="check_classes")
+        check_classes_btn.click(check_classes, [*class_names, *class_files], shown,
+                                api_name="check_classes").then(**kept)
 
-        app.load(_ensure_owner, owner, owner, api_visibility="private")
+        welcome = app.load(_ensure_owner, owner, owner, api_visibility="private")
         listing = [runs_table, selected]
         view = [progress, loss_plot, acc_plot]
         results = [per_class, confusion, mistakes]
@@ -225,9 +231,18 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced, run_name],
                         [start_msg, selected], api_name="start_training")
         settings = [model, scratch, epochs, batch_size, lr, *advanced]
-        for field in settings:  # what will actually run, before Start
+
+        def keep_settings(who, *values):
+            sessions.remember(get_manager().root, who, settings=dict(zip(SETTINGS, values)))
+
+        def restore(who):
+            return restore_session(get_manager(), who)
+
+        for field in settings:  # what will actually run, before Start; and remembered for the next visit
             field.change(run_plan, settings, plan, api_visibility="private", show_progress="hidden")
-        app.load(run_plan, settings, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
+            field.input(keep_settings, [owner, *settings], None, api_visibility="private", show_progress="hidden")
+        welcome.then(restore, owner, [*shown, *settings], api_visibility="private").then(
+            run_plan, settings, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
@@ -304,7 +319,7 @@ def check_dataset(path: str | None):
     except data.DataError as e:
         _remove_upload(path)
         raise gr.Error(str(e), duration=None)
-    if shown[3] is None:  # cannot be trained on: nothing will use the upload again
+    if shown[3].get("problem"):  # cannot be trained on: nothing will use the upload again
         _remove_upload(path)
     return shown
 
@@ -347,8 +362,35 @@ def sample_dataset(per_class: float = 40):
         return _show(ds, str(folder), f"sample shapes ({n} per class)")
 
 
+SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
 ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
             "cutmix", "ema_decay", "val_fraction", "seed")
+
+
+def restore_session(manager: jobs.JobManager, owner: str | None):
+    """What the visitor had on their last visit: the dataset (checked again, with its report) and the
+    Train settings, as updates for the Data tab's outputs and the Train form (unchanged where none)."""
+    record = sessions.recall(manager.root, owner)
+    names = SETTINGS + ADVANCED
+    saved = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    form = [gr.update(value=saved[k]) if k in saved else gr.update() for k in names]
+    ds = record.get("dataset")
+    if not isinstance(ds, dict) or not ds.get("name"):
+        return (*[gr.update()] * 5, *form)
+    if ds.get("problem"):
+        line = f"The dataset **{ds['name']}** cannot be trained on: {ds['problem']} Fix it and upload it again."
+        return (line, gr.update(), gr.update(), ds, line, *form)
+    try:
+        source = ds.get("classes") or ds.get("path")
+        if not source or (isinstance(source, str) and not Path(source).exists()):
+            raise data.DataError("gone")
+        with data.load_dataset(source) as loaded:
+            shown = _show(loaded, ds.get("path"), ds["name"], classes=ds.get("classes"))
+    except data.DataError:
+        gone = (f"Your dataset from last time, **{ds['name']}**, is no longer on the server (uploads are kept for "
+                f"{_duration(HostLimits.from_env().temp_max_age_s)}). Upload it again.")
+        shown = (gone, pd.DataFrame(columns=["class", "split", "images"]), [], None, gone)
+    return (*shown, *form)
 
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
@@ -358,6 +400,9 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     view is on a run that is training: it stays there)."""
     if not dataset:
         raise gr.Error(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
+    if dataset.get("problem"):
+        raise gr.Error(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
+                       "it again in the Data tab.", duration=None)
     config = planned_config(model_name, scratch, epochs, batch_size, lr, **advanced)
     try:
         if dataset.get("classes"):  # built class by class in the Data tab
@@ -370,8 +415,9 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
         raise gr.Error(str(e), duration=None)
     state = manager.progress(run_id, owner)
     rows = manager.list(owner or None)
+    training = next((r["id"] for r in rows if r["state"] == "running" and r["id"] != run_id), None)
     return (f"Run **{state['name']}** ({run_id}) is {state['state']}: {state['message']}",
-            _run_picker(rows, _live_choice(rows, None, new=run_id)))
+            _run_picker(rows, _live_choice(rows, training, new=run_id)))
 
 
 def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, **advanced) -> TrainConfig:
@@ -757,8 +803,10 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
         state = {"path": path, "name": name, "classes": classes}
         line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
                 f"({', '.join(ds.classes)}).")
-    else:
-        state, line = None, f"The dataset **{name}** cannot be trained on yet; see the Data tab."
+    else:  # kept, so that Start can say why not
+        problem = " ".join(r.errors)
+        state = {"path": None, "name": name, "classes": None, "problem": problem}
+        line = f"The dataset **{name}** cannot be trained on: {problem} Fix it and upload it again (Data tab)."
     return r.to_markdown(), df, data.thumbnails(ds), state, line
 
 
