@@ -131,11 +131,20 @@ def test_classify_a_layer_and_head_and_a_batch(app_url, app_manager, tmp_path):
                    "Layer 3 does not exist")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    gallery, message = client.predict(run_id, [handle_file(str(img)), handle_file(str(bad))],
-                                      api_name="/classify_batch")
+    gallery, message, table = client.predict(run_id, [handle_file(str(img)), handle_file(str(bad))],
+                                             api_name="/classify_batch")
     assert message == ""
     captions = [g["caption"] for g in gallery]
-    assert re.match(r"(circle|square|triangle) \d+%", captions[0]) and "bad.png" in captions[1]
+    assert re.match(r"(circle|square|triangle) \d+%", captions[0])
+    assert captions[1].startswith("bad.png: ") and captions[1].count("bad.png") == 1  # named once
+    import csv
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "problem", "label1", "probability1", "label2", "probability2", "label3",
+                       "probability3"]
+    assert rows[1][0] == "a.png" and rows[1][1] == "" and rows[1][2] == captions[0].split()[0]
+    assert abs(sum(float(p) for p in rows[1][3::2]) - 1) < 1e-3  # all 3 classes of 3
+    assert rows[2][0] == "bad.png" and rows[2][1].startswith("bad.png: ")
 
 
 def assert_refused(outputs, message: str) -> None:
@@ -143,3 +152,12 @@ def assert_refused(outputs, message: str) -> None:
     label, overlay, notes, heads, _ = outputs
     assert not label and overlay is None and not heads
     assert notes.startswith("**Cannot classify:**") and re.search(message, notes), notes
+
+
+def test_a_user_error_logs_one_line_not_a_traceback(app_url, capfd):
+    client = Client(app_url, verbose=False)  # a fresh session: no dataset
+    capfd.readouterr()
+    with pytest.raises(Exception, match="No dataset yet"):
+        client.predict(ui.DEFAULT_MODEL, True, 1, 8, 1e-3, "me", api_name="/start_training")
+    err = capfd.readouterr().err
+    assert "vit.ui: refused: No dataset yet" in err and "Traceback" not in err

@@ -225,7 +225,7 @@ def hub_failure(error: BaseException, what: str) -> str:
 def _weights_message(spec: ModelSpec, error: Exception) -> str:
     where = spec.weights or spec.name
     reason = hub_failure(error, where)
-    return (f"Could not load pretrained weights for {where}. {reason} To supply them: (1) give a local weights "
-            "file or timm-format folder (--weights PATH; a .safetensors from the model's Hub page), (2) download the "
-            "model once on a machine with internet into the Hugging Face cache (HF_HOME) and copy the cache here, "
-            "or (3) train from scratch instead (--no-pretrained; needs more data and epochs).")
+    return (f"Could not load pretrained weights for {where}. {reason} Either train from scratch (tick From scratch "
+            "in the app, or --no-pretrained on the command line; it needs more data and epochs), or supply the "
+            "weights: download the model once where there is internet into the Hugging Face cache (HF_HOME) and "
+            "copy the cache here, or on the command line give a weights file (--weights PATH).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": 
 CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
 MAX_CLASSES = 8
 MAX_BATCH = 100  # images in one "classify all"
+PREDICTED = "the predicted class"  # the first choice of "Explain class"
 MAX_MISTAKES = 24  # misclassified validation images shown for a run
 MISTAKES_LABEL = "Misclassified validation images (true -> predicted)"
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
@@ -108,7 +110,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
                                       max_length=80, scale=3)
             plan = gr.Markdown()
-            start_btn = gr.Button("Start training", variant="primary")
+            start_btn = gr.Button("Start training", variant="primary", interactive=False)
             start_msg = gr.Markdown()
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
                                       wrap=True)
@@ -145,7 +147,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                       value=explain.DEFAULT_METHOD, label="Heatmap")
                     with gr.Row():
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity")
-                        target = gr.Dropdown([], label="Explain class (default: the predicted one)",
+                        target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class",
                                              allow_custom_value=False)
                     with gr.Row():
                         layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
@@ -158,6 +160,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                         batch_btn = gr.Button("Classify all")
                         batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
                         batch_msg = gr.Markdown()
+                        batch_csv = gr.File(label="Predictions as CSV (file, top 3 classes and probabilities)")
                 with gr.Column():
                     labels_out = gr.Label(label="Prediction", num_top_classes=5)
                     overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
@@ -182,7 +185,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 export_btn = gr.Button("Export ONNX")
                 zip_btn = gr.Button("Download the run (.zip)")
             share_msg = gr.Markdown()
-            onnx_file = gr.File(label="Download", visible=True)
+            with gr.Row():
+                onnx_file = gr.File(label="ONNX model (one file, weights inside)")
+                zip_file = gr.File(label="The run (.zip: model, config, metrics)")
             card_view = gr.Markdown()
 
         shown = [report, counts, grid, dataset, data_line]
@@ -200,6 +205,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                 api_name="check_classes").then(**kept)
 
         welcome = app.load(_ensure_owner, owner, owner, api_visibility="private")
+        dataset.change(lambda ds: gr.Button(interactive=bool(ds) and not ds.get("problem")), dataset, start_btn,
+                       api_visibility="private")
         listing = [runs_table, selected]
         view = [progress, loss_plot, acc_plot]
         results = [per_class, confusion, mistakes]
@@ -250,7 +257,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         # results are drawn once per state (e.g. when the run completes), not on every tick
         run_key.change(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
         for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
-            btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run").then(
+            # Delete asks first in the page; a declined confirmation sends no run, and nothing is deleted
+            ask = CONFIRM_DELETE if action == "delete" else None
+            btn.click(act(action), [selected, owner], run_msg, api_name=f"{action}_run", js=ask).then(
                 refresh, [selected, owner], listing, api_visibility="private")
         app.load(refresh, [selected, owner], listing, api_visibility="private")
 
@@ -263,11 +272,11 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
 
         def classify_many(source, paths, who=None):
             try:
-                gallery = classify_batch(get_manager(), source, paths, owner=who)
+                gallery, table = classify_batch(get_manager(), source, paths, owner=who)
             except gr.Error as e:
                 gr.Warning(e.message)
-                return [], f"**Cannot classify:** {e.message}"
-            return gallery, ""
+                return [], f"**Cannot classify:** {e.message}", None
+            return gallery, "", table
 
         def model_lists(for_share, for_classify, known, who):  # one listing of the runs for both pickers
             rows = get_manager().list(who or None)
@@ -288,13 +297,24 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         push_btn.click(push, [share_run, repo_name, private, token, owner], share_msg, api_name="push")
         preview_btn.click(preview, [share_run, repo_name, owner], card_view, api_name="preview_card")
         export_btn.click(export, [share_run, owner], [onnx_file, share_msg], api_name="export_onnx")
-        zip_btn.click(lambda run_id, who: download_run(get_manager(), run_id, who), [share_run, owner], onnx_file,
+        zip_btn.click(lambda run_id, who: download_run(get_manager(), run_id, who), [share_run, owner], zip_file,
                       api_name="download_run")
         # Several classifications at once, each on its own replica of the model with its share of the cores.
-        classify_btn.click(classify, [model_source, image, method, opacity, target, layer, head, owner],
-                           [labels_out, overlay_out, explain_notes, heads_out, target], api_name="classify",
+        asked = [model_source, image, method, opacity, target, layer, head, owner]
+        shown_map = [labels_out, overlay_out, explain_notes, heads_out, target]
+        classify_btn.click(classify, asked, shown_map, api_name="classify",
                            concurrency_limit=limits.concurrency, concurrency_id="classify")
-        batch_btn.click(classify_many, [model_source, batch_files, owner], [batch_out, batch_msg],
+
+        def redraw(source, img, *rest):  # a changed method, class, layer, head or opacity: draw it again
+            if not source or not img:
+                return (gr.update(),) * len(shown_map)
+            return classify(source, img, *rest)
+
+        for control, event in ((method, "input"), (target, "input"), (layer, "submit"), (head, "submit"),
+                               (opacity, "release")):
+            getattr(control, event)(redraw, asked, shown_map, api_visibility="private",
+                                    concurrency_limit=limits.concurrency, concurrency_id="classify")
+        batch_btn.click(classify_many, [model_source, batch_files, owner], [batch_out, batch_msg, batch_csv],
                         api_name="classify_batch",
                         concurrency_limit=limits.concurrency, concurrency_id="classify")
         pickers = [share_run, model_source]
@@ -312,13 +332,13 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
 def check_dataset(path: str | None):
     """Validate an uploaded zip and show its health report, class counts and sample images."""
     if not path:
-        raise gr.Error("No file received. Upload a .zip with one folder per class.")
+        raise refused("No file received. Upload a .zip with one folder per class.")
     try:
         with data.load_dataset(path) as ds:
             shown = _show(ds, path, Path(path).name)
     except data.DataError as e:
         _remove_upload(path)
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
     if shown[3].get("problem"):  # cannot be trained on: nothing will use the upload again
         _remove_upload(path)
     return shown
@@ -333,15 +353,15 @@ def check_classes(*names_and_files):
         if not (name or "").strip() and not paths:
             continue
         if not (name or "").strip():
-            raise gr.Error(f"Class {i + 1} has images but no name. Type a name for it.")
+            raise refused(f"Class {i + 1} has images but no name. Type a name for it.")
         mapping[name.strip()] = mapping.get(name.strip(), []) + list(paths or [])
     if not mapping:
-        raise gr.Error("Name at least two classes and drop images into each.")
+        raise refused("Name at least two classes and drop images into each.")
     try:
         with data.load_dataset(mapping) as ds:
             return _show(ds, None, f"{len(mapping)} classes built here", classes=mapping)
     except data.DataError as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
 
 
 def sample_dataset(per_class: float = 40):
@@ -399,9 +419,9 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     """Queue a run on the checked dataset; returns a message and the run picker (on the new run, unless the
     view is on a run that is training: it stays there)."""
     if not dataset:
-        raise gr.Error(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
+        raise refused(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
     if dataset.get("problem"):
-        raise gr.Error(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
+        raise refused(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
                        "it again in the Data tab.", duration=None)
     config = planned_config(model_name, scratch, epochs, batch_size, lr, **advanced)
     try:
@@ -412,7 +432,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
             run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"],
                                     name=run_name)
     except (jobs.JobError, data.DataError) as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
     state = manager.progress(run_id, owner)
     rows = manager.list(owner or None)
     training = next((r["id"] for r in rows if r["state"] == "running" and r["id"] != run_id), None)
@@ -439,7 +459,7 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, **adv
                 config.img_size = settings["img_size"]
             config.check()
     except (models.ModelError, ConfigError) as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
     return config
 
 
@@ -541,23 +561,29 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
                                                          f"({shown})")
 
 
+CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model and results? This cannot be "
+                  "undone.')) ? [run, who] : [null, who]")
+
+
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
     """Cancel, resume or delete the selected run; the message says what happened."""
+    if not run_id and action == "delete":
+        return "Nothing was deleted."
     if not run_id:
-        raise gr.Error("Pick a run first.")
+        raise refused("Pick a run first.")
     try:
         return getattr(manager, action)(run_id, owner=owner or None)
     except jobs.JobError as e:
-        raise gr.Error(str(e))
+        raise refused(str(e))
 
 
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
                    target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
     """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
     if image is None:
-        raise gr.Error("Upload an image to classify.")
+        raise refused("Upload an image to classify.")
     if method not in explain.METHODS:
-        raise gr.Error(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
+        raise refused(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
     loaded = _load(manager, source, owner)
     try:
         layer_index = _whole_number(layer, "Layer", -1)
@@ -572,15 +598,15 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
             e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
                                 head=head_number - 1 if head_number else None)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
-        raise gr.Error(str(err), duration=None)
+        raise refused(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
     picture = explain.overlay(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
     notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
     where = _layer_name(layer_index, len(loaded.model.blocks))
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
                                          f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
-    chosen = loaded.labels[e.target] if t is not None else None
-    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=loaded.labels, value=chosen)
+    chosen = loaded.labels[e.target] if t is not None else PREDICTED
+    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
 
 
 def _map_title(method: str, loaded: predict.LoadedModel, target: int, layer: int, head: int) -> str:
@@ -607,15 +633,15 @@ def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private
                 oauth_token, owner: str | None) -> str:
     """Push a run; the token typed in, else the signed-in user's (on a Space). Neither is kept."""
     if not run_id:
-        raise gr.Error("Pick a finished run to push.")
+        raise refused("Pick a finished run to push.")
     if not (repo or "").strip():
-        raise gr.Error("Give the repo a name, e.g. your-name/pets-vit.")
+        raise refused("Give the repo a name, e.g. your-name/pets-vit.")
     token = (typed_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
     try:
         run_dir = manager.own_run(run_id, owner or None, "push")
         url = hub.push_run(run_dir, repo, token, private=bool(private))
     except (jobs.JobError, hub.HubError) as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
     repo_id = url.rstrip("/").split("/", 3)[-1] if "/" in url else repo
     return (f"Pushed **{run_id}** to [{url}]({url}). Anyone can load it with "
             f"`timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)`.")
@@ -624,35 +650,35 @@ def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private
 def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None, owner: str | None = None) -> str:
     """The model card a push would write (its text; the pictures go with the push)."""
     if not run_id:
-        raise gr.Error("Pick a finished run.")
+        raise refused("Pick a finished run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "see")
         repo = (repo or "").strip().strip("/") or run_id
         return hub.card_preview(run_dir, repo if "/" in repo else f"your-name/{repo}")
     except ValueError as e:
-        raise gr.Error(str(e))
+        raise refused(str(e))
 
 
 def download_run(manager: jobs.JobManager, run_id: str | None, owner: str | None = None) -> str:
     """A zip of the run (model, config, metrics, health report) to download."""
     if not run_id:
-        raise gr.Error("Pick a run.")
+        raise refused("Pick a run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "download")
         return str(runs.archive(run_dir, _download_folder()))
     except (ValueError, OSError) as e:
-        raise gr.Error(str(e))
+        raise refused(str(e))
 
 
 def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     """model.onnx of a run (dynamic batch), checked against PyTorch."""
     if not run_id:
-        raise gr.Error("Pick a finished run.")
+        raise refused("Pick a finished run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "export")
         path, diff = hub.export_onnx(run_dir, _download_folder() / f"{run_id}.onnx")
     except (jobs.JobError, hub.HubError) as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
     return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
 
 
@@ -660,23 +686,34 @@ def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str
                    owner: str | None = None):
     """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
     if not paths:
-        raise gr.Error("Add some images first.")
+        raise refused("Add some images first.")
     if len(paths) > MAX_BATCH:
-        raise gr.Error(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
+        raise refused(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
     loaded = _load(manager, source, owner)
-    out = []
+    out, table = [], []
+    k = min(3, len(loaded.labels))
     for path in paths:
+        name = Path(path).name
         try:
             with predict.compute_share(manager.web_threads()):
-                (top,) = loaded.classify(predict.read_image(path), topk=1)
+                (top,) = loaded.classify(predict.read_image(path), topk=k)
             out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
+            table.append([name, "", *[v for label, p in top for v in (label, round(p, 4))]])
         except predict.PredictError as e:
-            out.append((_placeholder(), f"{Path(path).name}: {e}"))
-    return out
+            out.append((_placeholder(), str(e)))  # (the message names the file)
+            table.append([name, str(e), *[""] * (2 * k)])
+    return out, _csv(table, ["file", "problem", *[f"{c}{i + 1}" for i in range(k) for c in ("label", "probability")]])
 
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+def refused(message: str, **options) -> gr.Error:
+    """A request the app turns down for the visitor's own reasons: a toast with the message, one line in the
+    log, no traceback (tracebacks are for bugs)."""
+    print(f"vit.ui: refused: {message.splitlines()[0][:300] if message else ''}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False, **options)
 
 
 class ImagePath(gr.Image):
@@ -751,17 +788,28 @@ def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None
     """The model of one of the visitor's runs, or of an hf-hub: id; never a folder named by the visitor."""
     source = (source or "").strip()
     if not source:
-        raise gr.Error("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
+        raise refused("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
     try:
         if source.startswith("hf-hub:"):
             where = models.check_web_model_name(source)
         elif ":" in source or "/" in source or "\\" in source:
-            raise gr.Error(f"{source[:80]!r} is not one of your runs or an hf-hub:user/repo id.", duration=None)
+            raise refused(f"{source[:80]!r} is not one of your runs or an hf-hub:user/repo id.", duration=None)
         else:
             where = manager.own_run(source, owner or None, "use")
         return predict.load_model(where, max_params_m=HostLimits.from_env().max_model_params_m)
     except (predict.PredictError, models.ModelError, jobs.JobError, ValueError) as e:
-        raise gr.Error(str(e), duration=None)
+        raise refused(str(e), duration=None)
+
+
+def _csv(rows: list[list], header: list[str]) -> str:
+    """rows as a CSV file to download (in a fresh downloads folder, swept like the others)."""
+    import csv
+    path = _download_folder() / "predictions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
 
 
 def _placeholder() -> str:

@@ -44,9 +44,10 @@ def test_classify_errors_clear_stale_results_and_raw_attention_names_its_layer(p
     image_input(page).set_input_files(str(photo))
     page.get_by_role("button", name="Classify", exact=True).click()
     visible_text(page, "for class")
-    page.get_by_text("Raw attention (pick the layer and head)").click()
+    page.get_by_text("Attention rollout").first.click()  # a new method is drawn at once, no second click
+    visible_text(page, "Rollout is the same for every class")
     page.get_by_label("Head, for raw attention (0: mean of all)").fill("2")
-    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("Raw attention (pick the layer and head)").click()
     visible_text(page, "Raw attention of layer 0 (the last)")
     visible_text(page, "(head 2)")
     assert "for class" not in page.locator(".prose").filter(visible=True).all_inner_texts()[-1]
@@ -92,3 +93,20 @@ def test_card_preview_pictures_load_and_onnx_is_one_file(page, app_url, finished
     assert session.run(None, {"pixel_values": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 3)
     assert [p.name for p in tmp_path.iterdir()] == [saved.name]
     page.screenshot(path=str(ARTIFACTS / "truth-share.png"), full_page=True)
+
+
+def test_start_waits_for_a_dataset_and_delete_asks_first(page, app_url, app_manager, finished_run):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Train").click()
+    assert page.get_by_role("button", name="Start training").is_disabled()  # no dataset yet
+    page.get_by_label("Run", exact=True).first.fill(finished_run)
+    page.keyboard.press("Enter")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete").click()
+    visible_text(page, "Nothing was deleted.")
+    assert finished_run in [r["id"] for r in app_manager.list()]
+    page.get_by_role("tab", name="Data").click()
+    page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
+    visible_text(page, "Ready to train")
+    page.get_by_role("tab", name="Train").click()
+    assert page.get_by_role("button", name="Start training").is_enabled()
