@@ -76,7 +76,8 @@ def test_classify_endpoint_gives_probabilities_a_heatmap_and_clear_errors(app_ur
                                                               api_name="/classify")
         assert {c["label"] for c in label["confidences"]} == {"circle", "square", "triangle"}
         from PIL import Image
-        assert Image.open(overlay).size == (64, 48)
+        picture = Image.open(overlay)  # the 64x48 image and its map side by side at 360 px high, a colour bar
+        assert picture.size == (2 * 480 + 12, 360 + 14 + 22 + 8)
         if method == "chefer":
             assert f"for class **{label['label']}**" in notes
         else:  # raw attention does not depend on the class, and says which layer it shows

@@ -300,3 +300,15 @@ def test_a_failed_hub_download_says_why_not_just_offline(tmp_path):
     disk = hub_failure(OSError(28, "No space left on device"), "hf-hub:a/b")
     assert "network" not in disk and "No space left on device" in disk
     assert not hub._is_network_error(OSError(28, "No space left on device"))
+
+
+def test_the_figure_shows_the_image_and_its_map_side_by_side_with_a_colour_bar():
+    image = Image.new("RGB", (100, 50), (0, 200, 0))
+    heat = np.zeros((2, 4), np.float32)
+    heat[0, 0] = 1.0
+    fig = explain.figure(image, heat, box=(10.0, 0.0, 60.0, 50.0), height=100)
+    assert fig.size == (2 * 200 + 12, 100 + 14 + 22 + 8)
+    assert fig.getpixel((100, 50)) == (0, 200, 0)  # the left panel is the image itself
+    assert fig.getpixel((20, 0)) in ((0, 0, 0), (255, 255, 255))  # with the seen region outlined
+    low, high = fig.getpixel((213, 110)), fig.getpixel((410, 110))
+    assert low[2] > low[0] and high[0] > high[2]  # turbo: blue for less, red for more

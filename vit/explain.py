@@ -168,6 +168,39 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, box: tuple[float, float,
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
+def figure(image: Image.Image, heatmap: np.ndarray, *, box: tuple[float, float, float, float] | None = None,
+           opacity: float = 0.5, colormap: str = "turbo", height: int = 360) -> Image.Image:
+    """The image and its overlay side by side at a readable size, the region the model saw outlined on the
+    image, and a colour bar below that says which end of the colours means more."""
+    from PIL import ImageDraw, ImageFont
+    image = image.convert("RGB")
+    shown = overlay(image, heatmap, box=box, opacity=opacity, colormap=colormap)
+    scale = height / image.height
+    w = max(1, round(image.width * scale))
+    left, right = image.resize((w, height), Image.BILINEAR), shown.resize((w, height), Image.BILINEAR)
+    gap, bar_h, text_h = 12, 14, 22
+    out = Image.new("RGB", (2 * w + gap, height + bar_h + text_h + 8), "white")
+    out.paste(left, (0, 0))
+    out.paste(right, (w + gap, 0))
+    if box:
+        d = ImageDraw.Draw(out)
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        for inset, colour in ((0, "black"), (1, "white"), (2, "black")):
+            d.rectangle([x0 + inset, y0 + inset, x1 - 1 - inset, y1 - 1 - inset], outline=colour)
+    ramp = np.linspace(0, 1, w)[None, :].repeat(bar_h, 0)
+    out.paste(Image.fromarray((_colour(ramp, colormap) * 255).astype(np.uint8)), (w + gap, height + 4))
+    d = ImageDraw.Draw(out)
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:
+        font = ImageFont.load_default()
+    d.text((w + gap, height + bar_h + 6), "less", fill="#333", font=font)
+    d.text((2 * w + gap, height + bar_h + 6), "more relevant", fill="#333", font=font, anchor="ra")
+    d.text((0, height + 4), "the model saw the outlined region" if box else "the whole image", fill="#333",
+           font=font)
+    return out
+
+
 def colour_heatmap(heatmap: np.ndarray, size: tuple[int, int], colormap: str = "turbo") -> Image.Image:
     """The heatmap alone, in colour, resized to size (w, h): for per-head galleries."""
     heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]

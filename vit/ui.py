@@ -142,7 +142,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     # would decode any size first)
                     image = ImagePath(type="filepath", label="Image", image_mode=None,
                                       sources=["upload", "webcam", "clipboard"])
-                    gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
+                    examples = gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
                     method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
                                       value=explain.DEFAULT_METHOD, label="Heatmap")
                     with gr.Row():
@@ -163,7 +163,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                         batch_csv = gr.File(label="Predictions as CSV (file, top 3 classes and probabilities)")
                 with gr.Column():
                     labels_out = gr.Label(label="Prediction", num_top_classes=5)
-                    overlay_out = gr.Image(label="What the model looked at", type="pil", format="png")
+                    overlay_out = gr.Image(label="What the model looked at (left: your image, right: the map)",
+                                           type="pil", format="png", height=420)
                     explain_notes = gr.Markdown()
                     heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
                                            visible=True)
@@ -317,6 +318,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         batch_btn.click(classify_many, [model_source, batch_files, owner], [batch_out, batch_msg, batch_csv],
                         api_name="classify_batch",
                         concurrency_limit=limits.concurrency, concurrency_id="classify")
+        model_source.change(lambda run_id, who: run_examples(get_manager(), run_id, who), [model_source, owner],
+                            examples.dataset, api_visibility="private", show_progress="hidden")
         pickers = [share_run, model_source]
         finished_seen = gr.State(None)  # finished runs the pickers know of: a new one is followed
         app.load(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen], api_visibility="private")
@@ -600,7 +603,7 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise refused(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
-    picture = explain.overlay(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
+    picture = explain.figure(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
     notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
     where = _layer_name(layer_index, len(loaded.model.blocks))
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
@@ -772,9 +775,11 @@ def _model_text(r: dict) -> str:
 
 
 def _model_label(r: dict) -> str:
+    """'pets.zip · vit_small_patch16_224 · 14:05 · 93%' (the default name already names the model)."""
     acc = "" if r["best_val_acc"] is None else f" · {r['best_val_acc']:.0%}"
     state = "" if r["state"] == "completed" else f" ({r['state']})"
-    return f"{r['name']} · {_model_text(r)}{acc}{state}"
+    model = "" if (r["model"] or "").split(".")[0] in r["name"] else f" · {_model_text(r)}"
+    return f"{r['name']}{model}{acc}{state}"
 
 
 def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
@@ -818,6 +823,46 @@ def _placeholder() -> str:
         from PIL import Image
         Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
     return str(path)
+
+
+def run_examples(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """The Classify examples for a run: a few of its own validation images, one or two per class (copied
+    small where Gradio may serve them); the sample shapes when the run has none to offer."""
+    picked: list[tuple[str, Path]] = []
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "use") if run_id and ":" not in run_id else None
+        manifest = run_dir / jobs.DATA_DIR / data.MANIFEST_NAME if run_dir else None
+        rows = list(csv_rows(manifest)) if manifest and manifest.is_file() else []
+    except (jobs.JobError, OSError, ValueError):
+        rows = []
+    labels = sorted({r.get("label") for r in rows if r.get("split") == "val"} - {None})
+    per_class = 1 if len(labels) > 4 else 2
+    for label in labels[:8]:
+        names = [r["path"] for r in rows if r.get("split") == "val" and r.get("label") == label][:per_class]
+        for name in names:
+            try:
+                picked.append((label, safety.safe_join(run_dir / jobs.DATA_DIR, *name.split("/"))))
+            except ValueError:
+                continue
+    if not picked:
+        return gr.Dataset(samples=_example_images(), label="Examples (sample shapes)")
+    folder, samples_ = _download_folder(), []
+    for i, (label, path) in enumerate(picked):
+        try:
+            img, _, _ = data.read_rgb(path, draft_side=256, max_side=1024)
+        except data.DataError:
+            continue
+        img.thumbnail((320, 320))
+        out = folder / f"{i:02d}.png"
+        img.save(out)
+        samples_.append([str(out)])
+    return gr.Dataset(samples=samples_, label="Examples: validation images of this run (try them)")
+
+
+def csv_rows(path: Path):
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        yield from csv.DictReader(f)
 
 
 def _example_images() -> list[list[str]]:
