@@ -162,3 +162,17 @@ def test_a_user_error_logs_one_line_not_a_traceback(app_url, capfd):
         client.predict(ui.DEFAULT_MODEL, True, 1, 8, 1e-3, "me", api_name="/start_training")
     err = capfd.readouterr().err
     assert "vit.ui: refused: No dataset yet" in err and "Traceback" not in err
+
+
+def test_finished_runs_are_compared_best_first(app_url, app_manager, tmp_path):
+    from vit.samples import make_shapes_dataset
+    from helpers import tiny
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32)
+    for name in ("first", "second"):
+        assert app_manager.wait(app_manager.submit(data, tiny(), name=name), 120) == "completed"
+    table = Client(app_url, verbose=False).predict("me", api_name="/compare_runs")
+    rows = table["data"]
+    accs = [float(r[7].rstrip("%")) for r in rows]
+    assert rows[0][0] == "★" and not any(r[0] for r in rows[1:]) and accs == sorted(accs, reverse=True)
+    assert {"first", "second"} <= {r[1] for r in rows} and rows[0][-1] == ui.best_run(app_manager, "me")
+    assert all(r[3] == 2 and r[4] == 8 and r[5] == "0.001" and r[6] == 32 for r in rows if r[1] in ("first", "second"))

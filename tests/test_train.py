@@ -335,3 +335,18 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
     log = runs.read_metrics_log(out)
     assert [r["epoch"] for r in log] == [1, 2]
     assert timm.create_model(f"local-dir:{out}", pretrained=True).num_classes == 3
+
+
+def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path):
+    from vit import hub
+    for split, n, seed in (("train", 10, 1), ("val", 4, 2), ("test", 5, 3)):
+        make_shapes_dataset(tmp_path / "d" / split, per_class=n, size=32, seed=seed)
+    with load_dataset(tmp_path / "d") as ds:
+        assert len(ds.test) == 15
+        m = train(ds, tiny(), tmp_path / "run")
+    assert m["test"]["images"] == 15 and 0.0 <= m["test"]["acc"] <= 1.0
+    assert sum(v["support"] for v in m["test"]["per_class"].values()) == 15
+    assert sum(v["support"] for v in m["per_class"].values()) == 12  # validation stays validation
+    assert "held-out images" in runs.read_status(tmp_path / "run")["message"]
+    card = hub.model_card(tmp_path / "run", "alice/x").text
+    assert f"Test accuracy **{m['test']['acc']:.1%}** on 15 held-out test images" in card

@@ -310,6 +310,11 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
         lines += [f"Validation accuracy **{acc:.1%}** on {n_val} images (95% interval {lo:.1%} to {hi:.1%}), "
                   f"best at epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}"
                   + (" (stopped early)." if metrics.get("stopped_early") else "."), ""]
+        test = metrics.get("test")
+        if test:
+            lo_t, hi_t = _wilson(test["acc"], test["images"])
+            lines += [f"Test accuracy **{test['acc']:.1%}** on {test['images']} held-out test images (95% interval "
+                      f"{lo_t:.1%} to {hi_t:.1%}); they played no part in training or in choosing the epoch.", ""]
         lines += ["| class | precision | recall | F1 | validation images |", "|---|---|---|---|---|"]
         for c, v in metrics.get("per_class", {}).items():
             lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")

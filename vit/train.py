@@ -387,11 +387,19 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     eval_model.load_state_dict(load_file(run_dir / runs.WEIGHTS))
     _, _, predictions = _evaluate(eval_model, val_set, config, device, autocast, keep=True)
     metrics = _final_metrics(predictions, dataset, classes, best, history, stopped_early)
+    if dataset.test:  # a held-out test split: measured once, on the chosen model, reported apart
+        test_set = _Images(cache, dataset.test, labels, _eval_transform(dcfg))
+        _, _, on_test = _evaluate(eval_model, test_set, config, device, autocast, keep=True)
+        held_out = _final_metrics(on_test, dataset, classes, best, history, stopped_early)
+        metrics["test"] = {"acc": held_out["val_acc"], "images": len(test_set), "per_class": held_out["per_class"],
+                           "confusion_matrix": held_out["confusion_matrix"]}
     if ddp.is_main:
         runs.write_json(run_dir / runs.METRICS, metrics)
     message = (f"Finished: best validation accuracy {best['val_acc']:.1%} at epoch {best['epoch']}"
                + (f" (stopped early after {len(history)} epochs: no improvement in {config.early_stopping})"
-                  if stopped_early else ""))
+                  if stopped_early else "")
+               + (f"; test accuracy {metrics['test']['acc']:.1%} on {metrics['test']['images']} held-out images"
+                  if "test" in metrics else ""))
     emit.status("completed", message=message, epoch=len(history))
     emit.event(type="end", metrics=metrics)
     return metrics

@@ -125,6 +125,10 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss", min_width=280)
                 acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1],
                                        min_width=280)
+            with gr.Accordion("Compare finished runs", open=False):
+                compare_table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
+                                             label="Finished runs, best first (click a column to sort)")
+                use_best = gr.Button("Use the best run in Classify and Share")
             with gr.Accordion("Results of the selected run", open=True):
                 per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
                 with gr.Row():
@@ -257,6 +261,12 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         selected.change(outcome, [selected, owner], results, api_name="run_results", show_progress="hidden")
         # results are drawn once per state (e.g. when the run completes), not on every tick
         run_key.change(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
+
+        def comparison(who):
+            return compare_runs(get_manager(), who)
+
+        run_key.change(comparison, owner, compare_table, api_visibility="private", show_progress="hidden")
+        welcome.then(comparison, owner, compare_table, api_name="compare_runs")
         for btn, action in ((cancel_btn, "cancel"), (resume_btn, "resume"), (delete_btn, "delete")):
             # Delete asks first in the page; a declined confirmation sends no run, and nothing is deleted
             ask = CONFIRM_DELETE if action == "delete" else None
@@ -321,6 +331,14 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         model_source.change(lambda run_id, who: run_examples(get_manager(), run_id, who), [model_source, owner],
                             examples.dataset, api_visibility="private", show_progress="hidden")
         pickers = [share_run, model_source]
+
+        def best_everywhere(who):
+            best = best_run(get_manager(), who)
+            if best is None:
+                raise refused("No finished run with a model yet.")
+            return gr.Dropdown(value=best), gr.Dropdown(value=best)
+
+        use_best.click(best_everywhere, owner, pickers, api_visibility="private")
         finished_seen = gr.State(None)  # finished runs the pickers know of: a new one is followed
         app.load(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen], api_visibility="private")
         timer.tick(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen],
@@ -566,6 +584,40 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
 
 CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model and results? This cannot be "
                   "undone.')) ? [run, who] : [null, who]")
+
+
+COMPARE_COLUMNS = ["best", "run", "model", "epochs", "batch", "lr", "image size", "val acc", "test acc", "time",
+                   "id"]
+
+
+def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
+    """The visitor's finished runs side by side: model, settings, accuracy and training time, best first."""
+    rows = []
+    for r in _finished(manager, owner):
+        run_dir = manager.root / r["id"]
+        config = runs.read_json(run_dir / jobs.JOB, {}).get("config", {})
+        metrics = runs.read_json(run_dir / runs.METRICS, {})
+        took = (r["finished_at"] or 0) - (r["created_at"] or 0)
+        test = metrics.get("test", {}).get("acc")
+        rows.append(["", r["name"], _model_text(r), r["epoch"] or "", config.get("batch_size", ""),
+                     f"{config['lr']:g}" if config.get("lr") else "", config.get("img_size") or "model's",
+                     f"{r['best_val_acc']:.1%}", "" if test is None else f"{test:.1%}",
+                     _duration(took) if took > 0 else "", r["id"]])
+    rows.sort(key=lambda row: -float(row[7].rstrip("%")))
+    if rows:
+        rows[0][0] = "★"
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
+    """The visitor's finished run with the best validation accuracy (the newest among equals)."""
+    done = _finished(manager, owner)
+    return max(done, key=lambda r: (r["best_val_acc"], r["created_at"] or 0))["id"] if done else None
+
+
+def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
+    return [r for r in manager.list(owner or None)
+            if r["state"] == "completed" and r["has_model"] and r["best_val_acc"] is not None]
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
