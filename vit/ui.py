@@ -171,7 +171,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                            type="pil", format="png", height=420)
                     explain_notes = gr.Markdown()
                     heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
-                                           visible=True)
+                                           visible=explain.DEFAULT_METHOD == "attention")
 
         with gr.Tab("Share"):
             gr.Markdown("Push a finished run to the Hugging Face Hub as a timm model with a model card, or "
@@ -315,6 +315,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         shown_map = [labels_out, overlay_out, explain_notes, heads_out, target]
         classify_btn.click(classify, asked, shown_map, api_name="classify",
                            concurrency_limit=limits.concurrency, concurrency_id="classify")
+        # per-head maps exist for raw attention only: their box shows with it
+        method.change(lambda how: gr.Gallery(visible=how == "attention"), method, heads_out,
+                      api_visibility="private", show_progress="hidden")
 
         def redraw(source, img, *rest):  # a changed method, class, layer, head or opacity: draw it again
             if not source or not img:
