@@ -176,3 +176,22 @@ def test_finished_runs_are_compared_best_first(app_url, app_manager, tmp_path):
     assert rows[0][0] == "★" and not any(r[0] for r in rows[1:]) and accs == sorted(accs, reverse=True)
     assert {"first", "second"} <= {r[1] for r in rows} and rows[0][-1] == ui.best_run(app_manager, "me")
     assert all(r[3] == 2 and r[4] == 8 and r[5] == "0.001" and r[6] == 32 for r in rows if r[1] in ("first", "second"))
+
+
+def test_a_new_opacity_is_drawn_from_the_map_already_made(app_manager, tmp_path, monkeypatch):
+    from vit import explain
+    from vit.samples import make_shapes_dataset
+    from helpers import tiny
+    run_id = app_manager.submit(make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32), tiny())
+    assert app_manager.wait(run_id, 120) == "completed"
+    img = tmp_path / "a.png"
+    img.write_bytes(image_bytes(seed=11, size=(48, 48)))
+    calls = []
+    real = explain.explain
+    monkeypatch.setattr(explain, "explain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = ui.classify_image(app_manager, run_id, str(img), "chefer", 0.2, None)
+    again = ui.classify_image(app_manager, run_id, str(img), "chefer", 0.9, None)
+    assert len(calls) == 1 and first[0] == again[0]  # one forward and backward for both
+    assert first[1].tobytes() != again[1].tobytes()  # drawn anew with the other opacity
+    ui.classify_image(app_manager, run_id, str(img), "rollout", 0.9, None)
+    assert len(calls) == 2

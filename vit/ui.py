@@ -7,6 +7,7 @@ import secrets
 import sys
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,8 +113,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             plan = gr.Markdown()
             start_btn = gr.Button("Start training", variant="primary", interactive=False)
             start_msg = gr.Markdown()
+            # the name stays in view on a phone while the other columns scroll; long cells are cut
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
-                                      wrap=True)
+                                      wrap=False, max_chars=40, pinned_columns=1)
             with gr.Row():
                 selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
                 cancel_btn = gr.Button("Cancel", scale=1)
@@ -652,9 +654,14 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
                              f"(use 1..{heads_there}, or 0 for their mean).")
         rgb = predict.read_image(image)
         t = loaded.labels.index(target) if target in loaded.labels else None
-        with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
-            e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
-                                head=head_number - 1 if head_number else None)
+        weights = loaded.folder / runs.WEIGHTS
+        key = (str(weights), weights.stat().st_mtime_ns, str(image), method, t, layer_index, head_number)
+        e = _explained.get(key)
+        if e is None:  # (a new opacity, or a method seen before, is drawn from the map already made)
+            with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
+                e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
+                                    head=head_number - 1 if head_number else None)
+            _explained.put(key, e)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise refused(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
@@ -765,6 +772,30 @@ def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+class _Recent:
+    """A small thread-safe LRU of recent explanations (a heatmap is a few KB; the image is not kept)."""
+
+    def __init__(self, size: int = 64):
+        from collections import OrderedDict
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_explained = _Recent()
 
 
 def refused(message: str, **options) -> gr.Error:
