@@ -146,8 +146,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                                allow_custom_value=True)
                     # a file path: the app checks the image's header before decoding it (Gradio's "pil"
                     # would decode any size first)
-                    image = ImagePath(type="filepath", label="Image", image_mode=None,
-                                      sources=["upload", "webcam", "clipboard"])
+                    image = gr.Image(type="filepath", label="Image", image_mode=None,
+                                     sources=["upload", "webcam", "clipboard"])
+                    image.preprocess = _unopened_path(image)
                     examples = gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
                     method = gr.Radio([(_METHOD_TITLES[m], m) for m in explain.METHODS],
                                       value=explain.DEFAULT_METHOD, label="Heatmap")
@@ -805,16 +806,19 @@ def refused(message: str, **options) -> gr.Error:
     return gr.Error(message, print_exception=False, **options)
 
 
-class ImagePath(gr.Image):
-    """gr.Image that hands the handler the uploaded file's path without opening it: the app checks the header
-    itself, with a clear message for a file that is not an image (Gradio's own open fails without one)."""
+def _unopened_path(component: gr.Image):
+    """A preprocess for gr.Image(type="filepath") that hands the handler the uploaded file's path without
+    opening it: the app checks the header itself, with a clear message for a file that is not an image
+    (Gradio's own open fails without one). Set on the instance: a subclass would make Gradio write a .pyi
+    stub beside this module."""
+    gradio_preprocess = component.preprocess
 
-    is_template = True  # drawn by the frontend as a plain Image
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)
+            return gradio_preprocess(payload)
         return str(payload.path)
+
+    return preprocess
 
 
 def _live_choice(rows: list[dict], current: str | None, new: str | None = None) -> str | None:
