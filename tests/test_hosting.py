@@ -156,6 +156,10 @@ def test_the_owner_token_is_stored_hashed_and_never_downloadable(shared):
     assert ALICE.encode() not in blob and b"sha256:" not in blob
     assert str(shared.store).encode() not in blob and b"/tmp/" not in blob  # no local paths either
     assert ALICE not in (shared.manager.root / shared.run_id / jobs.JOB).read_text()
+    run_dir = shared.manager.root / shared.run_id  # the card names the dataset as its owner knows it, not "data"
+    assert runs.read_json(run_dir / runs.DATA_REPORT)["source"] == "shapes"
+    card = hub.model_card(run_dir, "alice/x").content
+    assert "name: shapes" in card and "name: data\n" not in card
 
 
 def test_the_quota_holds_under_concurrent_starts_and_resumes(tmp_path, shapes):
