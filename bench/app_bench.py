@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from _serve import wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +38,7 @@ def main() -> None:
         app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         try:
-            while True:
-                try:
-                    if urllib.request.urlopen(url, timeout=1).status == 200:
-                        break
-                except OSError:
-                    pass
-                if app.poll() is not None:
-                    raise SystemExit("the app exited before answering")
-                time.sleep(0.05)
+            wait_until_up(url, app)
             started = time.perf_counter() - t0
             print(f"python app.py -> page answers: {started:.1f} s (target < 10 s)")
             from gradio_client import Client

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from _serve import wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +49,7 @@ def main() -> None:
         for label, concurrency in settings:
             results[label] = _measure(root, run_id, images, args.method, concurrency)
     base = results["one at a time"]
-    print(f"\n| serving | concurrency | p50 | p95 | images/s |\n|---|---|---|---|---|")
+    print("\n| serving | concurrency | p50 | p95 | images/s |\n|---|---|---|---|---|")
     for label, r in results.items():
         print(f"| {label} | {r['concurrency']} | {r['p50']:.2f} s | {r['p95']:.2f} s | {r['rate']:.2f} |")
     new = results["concurrent (default)"]
@@ -92,7 +93,7 @@ def _measure(root: Path, run_id: str, images: list[str], method: str, concurrenc
                            stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_until_up(url, app)
+        wait_until_up(url, app)
         client = Client(url, verbose=False)
         for path in images[:2]:  # warm: load the model, first forward
             client.predict(run_id, handle_file(path), method, 0.5, None, -1, 0, "bench", api_name="/classify")
@@ -113,20 +114,6 @@ def _measure(root: Path, run_id: str, images: list[str], method: str, concurrenc
     return {"concurrency": HostLimits.from_env().concurrency, "p50": statistics.median(latencies),
             "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
             "rate": len(images) / wall}
-
-
-def _wait_until_up(url: str, app: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        if app.poll() is not None:
-            raise SystemExit("the app exited before answering")
-        time.sleep(0.1)
-    raise SystemExit("the app did not answer within 2 minutes")
 
 
 def _finished(job) -> float:

@@ -58,3 +58,15 @@ def tiny(**over):
 
 
 ARTIFACTS = Path(__file__).parent / "e2e" / "artifacts"
+
+
+def visible_text(page, text, timeout=30_000):
+    """Wait until `text` (a string or a regex) shows on the page (browser tests)."""
+    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
+
+
+def use_sample_data(page, per_class: int = 20) -> None:
+    """In the Data tab: generate the sample shapes and wait for their health report (browser tests)."""
+    page.get_by_role("slider", name="Images per class (sample data)").fill(str(per_class))
+    page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
+    visible_text(page, f"Ready to train: {3 * per_class} images in 3 classes")

@@ -5,10 +5,8 @@ The shared app here runs in multi-user mode with its runs in a folder outside th
 the temp dir (as /data/checkpoints is on a Space with persistent storage), a 1 MB upload cap and a zero
 temp-file age, so every limit is hit cheaply.
 """
-import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from helpers import image_bytes, tiny
-from vit import cli, explain, hub, predict, runs
+from vit import cli, explain, models, predict, runs
 from vit.data import load_dataset
 from vit.models import CATALOG
 from vit.samples import make_shapes_dataset
@@ -299,7 +299,7 @@ def test_a_failed_hub_download_says_why_not_just_offline(tmp_path):
     assert all("downloads are switched off (HF_HUB_OFFLINE is set)" in a for a in answers["offline"]), answers
     disk = hub_failure(OSError(28, "No space left on device"), "hf-hub:a/b")
     assert "network" not in disk and "No space left on device" in disk
-    assert not hub._is_network_error(OSError(28, "No space left on device"))
+    assert not models.is_network_error(OSError(28, "No space left on device"))
 
 
 def test_the_figure_shows_the_image_and_its_map_side_by_side_with_a_colour_bar():

@@ -104,7 +104,6 @@ class Item:
     width: int           # as displayed (EXIF orientation applied)
     height: int
     mode: str            # Pillow colour mode of the file, before conversion
-    format: str = ""     # Pillow's name of the file format (JPEG, PNG, ...)
 
 
 @dataclass
@@ -261,8 +260,8 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
                 if img.mode in WIDE_MODES:
                     pixels = _eight_bit(img)
                     pixels.info = dict(img.info)  # (its EXIF orientation)
-                rgb = to_rgb(ImageOps.exif_transpose(_reduced(pixels, max_side)))
-                rgb = _reduced(rgb, max_side)
+                rgb = to_rgb(ImageOps.exif_transpose(reduced(pixels, max_side)))
+                rgb = reduced(rgb, max_side)
         except Image.DecompressionBombError:
             raise DataError(f"image has too many pixels (cap max_pixels={limits.max_pixels:,})")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -284,6 +283,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """img shrunk by an integer factor so its longer side is at most max_side, where its mode allows
+    (read_rgb reduces the others after conversion to RGB)."""
+    if not max_side or max(img.size) <= max_side or img.mode not in _REDUCIBLE_MODES:
+        return img
+    return img.reduce(math.ceil(max(img.size) / max_side))
 
 
 def thumbnails(dataset: Dataset, per_class: int = 4, size: int = 128) -> list[tuple[Image.Image, str]]:
@@ -719,8 +726,6 @@ def _probe(entry: _Entry, limits: Limits) -> Item | str:
         # Decoding at 1/8 scale still reads every byte, so truncation is caught, but costs far less.
         _, mode, (w, h) = read_rgb(io.BytesIO(data), limits=limits, draft_side=limits.min_side,
                                    max_side=PROBE_MAX_SIDE)
-        with Image.open(io.BytesIO(data), formats=SAFE_FORMATS) as header:
-            fmt = header.format or ""
     except DataError as e:
         reason = str(e)
         if reason.startswith("not an image") and entry.path.suffix.lower() in IMAGE_SUFFIXES | {""}:
@@ -728,8 +733,7 @@ def _probe(entry: _Entry, limits: Limits) -> Item | str:
         elif reason.startswith("not an image"):
             reason = "not an image file"
         return reason
-    return Item(entry.name, entry.path, entry.label, entry.split, hashlib.sha256(data).hexdigest(), w, h, mode,
-                fmt)
+    return Item(entry.name, entry.path, entry.label, entry.split, hashlib.sha256(data).hexdigest(), w, h, mode)
 
 
 def _deduplicate(items: list[Item]):
@@ -935,14 +939,6 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "L")
 
 
-def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
-    """img shrunk by an integer factor so its longer side is at most max_side, where its mode allows
-    (the others are reduced after conversion to RGB)."""
-    if not max_side or max(img.size) <= max_side or img.mode not in _REDUCIBLE_MODES:
-        return img
-    return img.reduce(math.ceil(max(img.size) / max_side))
-
-
 def count(n: int, noun: str) -> str:
     """'1 image', '3 images', '1 class', '2 classes'."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
@@ -972,11 +968,13 @@ def _plain_image_name(name: str) -> bool:
 
 
 def _image_suffix(item: "Item") -> str:
-    """A suffix for an image written under a new name: its own when it is an image suffix, else its format's."""
+    """A suffix for an image written under a new name: its own when it is an image suffix, else its format's
+    (read from the header here: only a renamed file needs it)."""
     suffix = PurePosixPath(item.name).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return suffix
-    fmt = (item.format or "").upper()
+    with Image.open(item.path, formats=SAFE_FORMATS) as header:
+        fmt = (header.format or "").upper()
     return {"JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif", "HEIF": ".heic", "PPM": ".ppm"}.get(
         fmt, f".{fmt.lower()}" if f".{fmt.lower()}" in IMAGE_SUFFIXES else ".png")
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vit import runs
+from vit.models import is_network_error
 
 CARD = "README.md"
 CONFUSION_PNG, CURVES_PNG = "confusion_matrix.png", "learning_curves.png"
@@ -409,7 +410,7 @@ class _hub_errors:
             message = f"The Hugging Face Hub answered {status}: {self._scrub(str(error)).splitlines()[0]}"
         elif "offline mode is enabled" in str(error):
             message = "Offline mode is on (HF_HUB_OFFLINE is set): unset it to push to the Hub."
-        elif _is_network_error(error):
+        elif is_network_error(error):
             message = (f"Cannot reach the Hugging Face Hub ({type(error).__name__}). "
                        "Check the internet connection and try again; the run is unchanged.")
         else:
@@ -419,10 +420,3 @@ class _hub_errors:
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "hf_***") if self.token else text
 
-
-def _is_network_error(error: BaseException) -> bool:
-    """Connection refused, DNS, timeouts: from the socket or huggingface_hub's HTTP client (httpx or httpx2)."""
-    names = {cls.__name__ for cls in type(error).__mro__}
-    import socket
-    return bool(names & {"TransportError", "NetworkError", "TimeoutException"}) or isinstance(
-        error, (ConnectionError, TimeoutError, socket.gaierror))  # (not any OSError: a full disk is not the network)

@@ -29,7 +29,6 @@ only the runs it submitted; single-user mode (the local default) has no owners.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import signal
@@ -49,8 +48,7 @@ JOB = "job.json"        # what to train: the config, the owner, where the data i
 LOG = "train.log"       # the child's output
 DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
 EXIT_DISK_FULL = 4      # the child's exit code when the disk filled up
-DISK_FULL = ("The disk is full (no space left on device), so the run stopped and is marked failed. "
-             "Free some space (delete runs you no longer need), then resume it.")
+DISK_FULL = runs.DISK_FULL
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,15 +65,11 @@ def _disk_full_refused(request):
         try:
             return request(*args, **kwargs)
         except OSError as e:
-            if not _disk_full(e):
+            if not runs.disk_full(e):
                 raise
             raise JobError("The disk is full (no space left on device), so this cannot be recorded now; nothing "
                            "saved was changed. Delete runs you no longer need, then try again.") from None
     return wrapped
-
-
-def _disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def default_single_user() -> bool:
@@ -147,6 +141,7 @@ class JobManager:
         dataset = source if isinstance(source, Dataset) else load_dataset(
             source, val_fraction=config.val_fraction, seed=config.seed)
         try:
+            source_name = source_name or Path(str(dataset.report.source)).name
             if not dataset.report.ok:
                 raise JobError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
             run_dir = runs.create_run_dir(self.root, config.model)
@@ -156,9 +151,8 @@ class JobManager:
                 device = self._device_kind(config.device)
                 runs.write_json(run_dir / JOB, {
                     "config": asdict(config), "owner": owner_hash(owner), "device": device,
-                    "source": source_name or Path(str(dataset.report.source)).name, "classes": dataset.classes,
-                    "name": name or _default_name(source_name or Path(str(dataset.report.source)).name,
-                                                  config),
+                    "source": source_name, "classes": dataset.classes,
+                    "name": name or _default_name(source_name, config),
                     "images": len(dataset.items)})
                 with self._cv:
                     runs.update_status(run_dir, "queued", message="Queued", model=config.model,
@@ -168,7 +162,7 @@ class JobManager:
                     self._cv.notify_all()
             except BaseException as e:
                 shutil.rmtree(run_dir, ignore_errors=True)
-                if _disk_full(e):
+                if runs.disk_full(e):
                     raise JobError("The disk is full (no space left on device), so the run was not started; "
                                    "nothing already saved was touched. Delete runs you no longer need and try "
                                    "again.") from None
@@ -275,7 +269,7 @@ class JobManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         run_dir = self._run_dir(run_id)
         while True:
-            state = self._pending.get(run_id, {}).get("state") or runs.read_status(run_dir).get("state")
+            state = self._state(run_dir)
             with self._cv:
                 active = run_id in self._queue or self._child_of(run_id) is not None
             if not active and state not in runs.ACTIVE_STATES:
@@ -369,7 +363,7 @@ class JobManager:
                     self._start(run_id, slot)
                 except OSError as e:
                     self._children.pop(slot, None)
-                    self._finish(run_dir, "failed", message=DISK_FULL if _disk_full(e) else
+                    self._finish(run_dir, "failed", message=DISK_FULL if runs.disk_full(e) else
                                  f"The training process could not start: {e}")
         if started:
             self._update_positions()
@@ -749,7 +743,7 @@ def _child_main(run_dir: Path) -> int:
     try:
         return _train_child(run_dir)
     except OSError as e:
-        if not _disk_full(e) and not _disk_full(e.__cause__ or e):
+        if not (runs.disk_full(e) or runs.disk_full(e.__cause__)):
             raise
         print(f"failed: {e}", flush=True)
         with contextlib.suppress(OSError):
@@ -784,7 +778,7 @@ def _train_child(run_dir: Path) -> int:
             result = train(dataset, None if resume else config, run_dir, on_event=_log_event,
                            should_stop=stop, resume=resume)
         except TrainError as e:
-            if _disk_full(e.__cause__):
+            if runs.disk_full(e.__cause__):
                 raise e.__cause__
             print(f"failed: {e}", flush=True)
             return 2

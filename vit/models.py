@@ -111,11 +111,7 @@ def check_web_model_name(name: str) -> str:
     local folder (local-dir: and paths could read any folder on the server, other visitors' runs included)."""
     name = (name or "").strip()
     if name.startswith("hf-hub:"):
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-        try:
-            validate_repo_id(name[len("hf-hub:"):])
-        except HFValidationError:
-            raise ModelError(f"{name[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
+        check_hub_id(name[len("hf-hub:"):])
         return name
     if name.startswith("local-dir:") or "/" in name or "\\" in name or len(name) > 200:
         raise ModelError("The app takes a model from its catalog, any timm name (e.g. vit_small_patch16_224), or "
@@ -198,7 +194,6 @@ def hub_failure(error: BaseException, what: str) -> str:
     while e is not None and len(chain) < 8:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    kinds = {k.__name__ for c in chain for k in type(c).__mro__}
     status = next((getattr(getattr(c, "response", None), "status_code", None) for c in chain
                    if getattr(getattr(c, "response", None), "status_code", None)), None)
     if any(isinstance(c, errors.OfflineModeIsEnabled) for c in chain) or (
@@ -210,8 +205,7 @@ def hub_failure(error: BaseException, what: str) -> str:
         return f"{what} is gated: accept its terms on its Hub page, and use a token of that account."
     if any(isinstance(c, errors.RepositoryNotFoundError) for c in chain):
         return f"There is no model {what} on the Hub, or it is private (a private one needs a token of its owner)."
-    if kinds & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ConnectionError",
-                "TimeoutError", "gaierror", "ProxyError"}:
+    if any(is_network_error(c) for c in chain):
         return (f"Cannot reach the Hugging Face Hub to download {what} (a network problem). Check the connection, "
                 "or copy a Hugging Face cache (HF_HOME) that holds it.")
     if any(isinstance(c, (errors.EntryNotFoundError, errors.RevisionNotFoundError))
@@ -220,6 +214,25 @@ def hub_failure(error: BaseException, what: str) -> str:
     if status:
         return f"The Hugging Face Hub answered {status} for {what}: {str(chain[-1]).splitlines()[0][:200]}"
     return f"Could not download {what}: {type(chain[-1]).__name__}: {str(chain[-1]).splitlines()[0][:200]}"
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Connection refused, DNS, timeouts, proxies: from the socket or huggingface_hub's HTTP client (httpx or
+    httpx2). Not any OSError: a full disk is not the network."""
+    import socket
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"TransportError", "NetworkError", "TimeoutException"}) or isinstance(
+        error, (ConnectionError, TimeoutError, socket.gaierror))
+
+
+def check_hub_id(repo_id: str) -> str:
+    """`repo_id` (user/name) if the Hub would accept it, else ModelError: the one check of a typed Hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelError(f"{repo_id[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
+    return repo_id
 
 
 def _weights_message(spec: ModelSpec, error: Exception) -> str:

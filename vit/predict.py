@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from vit import runs
-from vit.data import DataError, Limits, read_rgb, to_rgb
-from vit.models import ModelError, data_config, hub_failure
+from vit.data import DataError, Limits, read_rgb, reduced, to_rgb
+from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -112,16 +112,21 @@ def load_model(source: str | os.PathLike, device: str = "cpu", *, max_params_m: 
     """A model from a run directory, a timm-format folder, `local-dir:PATH` or `hf-hub:user/repo` (cached).
 
     `max_params_m` refuses (PredictError) a model of more parameters, in millions, before any of it is
-    built: its size is read from config.json on the meta device and from the safetensors header."""
+    built: its size is read from config.json on the meta device and from the safetensors header. A model
+    already in the cache is measured as it is (no file is read again on this path of every request)."""
     folder = _resolve(str(source))
-    if max_params_m:
-        check_size(folder, max_params_m)
     weights = folder / runs.WEIGHTS
     key = (str(folder.resolve()), weights.stat().st_mtime_ns, device)
     with _lock:
-        if key in _cache:
+        cached = _cache.get(key)
+        if cached is not None:
             _cache.move_to_end(key)
-            return _cache[key]
+    if cached is not None:
+        if max_params_m:
+            _refuse_over(count_parameters(cached.model), max_params_m)
+        return cached
+    if max_params_m:
+        check_size(folder, max_params_m)
     loaded = _load_folder(folder, str(source), device)
     with _lock:
         _cache[key] = loaded
@@ -180,11 +185,15 @@ def check_size(folder: Path, max_params_m: float) -> int:
     except Exception as e:
         raise PredictError(f"The model in {folder.name} cannot be built: {type(e).__name__}: {e}") from None
     n = max(counts)
+    _refuse_over(n, max_params_m)
+    return n
+
+
+def _refuse_over(n: int, max_params_m: float) -> None:
     if n > max_params_m * 1e6:
         raise PredictError(f"This model has {n / 1e6:.0f}M parameters, over this app's limit of {max_params_m:g}M "
                            "for models it serves (VIT_MAX_MODEL_PARAMS_M; it keeps memory bounded for every "
                            "visitor). Use it with timm on your own machine, or raise the limit where you host the app.")
-    return n
 
 
 def read_image(image: ImageInput, limits: Limits = Limits(), max_side: int | None = DISPLAY_MAX_SIDE
@@ -195,10 +204,7 @@ def read_image(image: ImageInput, limits: Limits = Limits(), max_side: int | Non
         w, h = image.size
         if w * h > limits.max_pixels:
             raise PredictError(f"The image has too many pixels ({w}x{h}; cap {limits.max_pixels:,}).")
-        rgb = to_rgb(image)
-        if max_side and max(rgb.size) > max_side:
-            rgb = rgb.reduce(math.ceil(max(rgb.size) / max_side))
-        return rgb
+        return reduced(to_rgb(image), max_side)
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise PredictError("The image is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
@@ -282,11 +288,10 @@ def _download(repo_id: str) -> Path:
         return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise PredictError(f"{repo_id[:100]!r} is not a Hub model id; write it as hf-hub:user/name.") from None
+        check_hub_id(repo_id)
+    except ModelError as e:
+        raise PredictError(str(e)) from None
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS]))
     except (HfHubHTTPError, OSError, ValueError) as e:  # (huggingface_hub's errors derive from these)

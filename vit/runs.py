@@ -18,6 +18,7 @@ never sees half a file and a crash never corrupts what was there before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -41,6 +42,8 @@ CONFIG_KEY = "vit_studio"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
+DISK_FULL = ("The disk is full (no space left on device), so the run stopped and is marked failed. "
+             "Free some space (delete runs you no longer need), then resume it.")
 SPACES_PERSISTENT = Path("/data")  # where a Hugging Face Space mounts persistent storage
 
 
@@ -304,6 +307,11 @@ def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
             else:
                 zf.write(p, arcname)
     return out
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether an error is the file system running out of space (or of the user's quota)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def delete_run(run_dir: str | os.PathLike, state: str | None = None) -> None:

@@ -9,11 +9,11 @@ token, never a path, so a visitor cannot point the app at a folder it did not gi
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from vit import runs
+from vit.safety import owner_hash
 
 FOLDER = ".sessions"
 KEYS = ("dataset", "settings")
@@ -44,4 +44,4 @@ def recall(root: str | os.PathLike, owner: str | None) -> dict:
 def _path(root: str | os.PathLike, owner: str | None) -> Path | None:
     if not owner or not isinstance(owner, str):
         return None
-    return Path(root) / FOLDER / f"{hashlib.sha256(owner.encode('utf-8')).hexdigest()}.json"
+    return Path(root) / FOLDER / f"{owner_hash(owner).removeprefix('sha256:')}.json"

@@ -15,7 +15,6 @@ DistributedDataParallel; only rank 0 writes the run directory.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import random
@@ -203,9 +202,7 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
         emit.status("failed", message=str(e))
         raise
     except Exception as e:  # a dataset error, a bug, a full disk: the run records it and the caller sees it
-        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
-        message = ("The disk is full (no space left on device). Free some space, then resume the run; the epochs "
-                   "saved so far are kept." if full else f"{type(e).__name__}: {e}")
+        message = runs.DISK_FULL if runs.disk_full(e) else f"{type(e).__name__}: {e}"
         emit.status("failed", message=message)  # (on a full disk this write may fail too: the caller is told)
         raise TrainError(f"Training failed: {message}") from e
     finally:

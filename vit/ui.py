@@ -560,15 +560,16 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
 def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     """A finished run's per-class table, confusion matrix and misclassified validation images."""
     empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
+    nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL))
     if not run_id:
-        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
+        return nothing
     try:
         run_dir = manager.own_run(run_id, owner or None, "see")
     except jobs.JobError:
-        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
+        return nothing
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     if not metrics.get("per_class"):
-        return empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL)
+        return nothing
     table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
                           for c, v in metrics["per_class"].items()], columns=list(empty.columns))
     picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))

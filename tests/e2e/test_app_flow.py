@@ -6,7 +6,7 @@ import re
 import pytest
 
 from fake_hub import FakeHub
-from helpers import ARTIFACTS
+from helpers import ARTIFACTS, visible_text, use_sample_data
 
 TOKEN = "hf_write_alice"
 
@@ -21,16 +21,10 @@ def fake_hub(monkeypatch):
     hub.close()
 
 
-def visible_text(page, text, timeout=30_000):
-    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
-
-
 def test_sample_data_train_classify_and_share(page, app_url, app_manager, fake_hub):
     page.goto(app_url)
     # Data
-    page.get_by_role("slider", name="Images per class (sample data)").fill("20")
-    page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
-    visible_text(page, "Ready to train: 60 images in 3 classes")
+    use_sample_data(page)
     page.screenshot(path=str(ARTIFACTS / "tab-data.png"), full_page=True)
 
     # Train: offline here, so the banner shows and "From scratch" is already on

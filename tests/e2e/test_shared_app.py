@@ -1,7 +1,6 @@
 """A shared app (a public Space) in a real browser: two visitors, runs stored outside the working and temp
 dirs (as /data is on a Space). Alice trains, sees her results and classifies; Bob, in another browser, sees
 none of it. Screenshots: tests/e2e/artifacts/shared-*.png."""
-import os
 import re
 import shutil
 import tempfile
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ARTIFACTS
+from helpers import ARTIFACTS, visible_text, use_sample_data
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +26,6 @@ def shared_url():
     shutil.rmtree(store, ignore_errors=True)
 
 
-def visible_text(page, text, timeout=30_000):
-    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
-
 
 def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
     alice = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -38,9 +34,7 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
         page = alice.new_page()
         page.set_default_timeout(30_000)
         page.goto(shared_url)
-        page.get_by_role("slider", name="Images per class (sample data)").fill("20")
-        page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
-        visible_text(page, "Ready to train: 60 images in 3 classes")
+        use_sample_data(page)
         page.get_by_role("tab", name="Train").click()
         page.get_by_role("slider", name="Epochs").fill("2")
         page.get_by_role("button", name="Start training").click()

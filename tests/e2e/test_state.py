@@ -3,20 +3,15 @@ settings; the live view stays on the training run when another is queued; the Cl
 follow a run that has just finished. Screenshots: tests/e2e/artifacts/state-*.png."""
 import re
 
-from helpers import ARTIFACTS
+from helpers import ARTIFACTS, visible_text, use_sample_data
 
 MODEL_PICKER = "Model: a finished run, or type hf-hub:user/repo"
 
 
-def visible_text(page, text, timeout=30_000):
-    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
-
 
 def test_a_reload_finds_the_dataset_and_the_settings(page, app_url):
     page.goto(app_url)
-    page.get_by_role("slider", name="Images per class (sample data)").fill("20")
-    page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
-    visible_text(page, "Ready to train: 60 images in 3 classes")
+    use_sample_data(page)
     page.get_by_role("tab", name="Train").click()
     page.get_by_role("slider", name="Epochs").fill("7")
     page.get_by_label("Learning rate (head)").fill("0.002")
@@ -36,9 +31,7 @@ def test_a_reload_finds_the_dataset_and_the_settings(page, app_url):
 
 def test_the_live_view_stays_on_the_training_run_and_pickers_follow_a_finished_one(page, app_url, app_manager):
     page.goto(app_url)
-    page.get_by_role("slider", name="Images per class (sample data)").fill("20")
-    page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
-    visible_text(page, "Ready to train: 60 images in 3 classes")
+    use_sample_data(page)
     page.get_by_role("tab", name="Train").click()
     page.get_by_role("slider", name="Epochs").fill("100")
     page.get_by_label("Run name (optional)").fill("long run")

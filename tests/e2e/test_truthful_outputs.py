@@ -4,7 +4,7 @@ pictures load, the ONNX download is one self-contained file, a failed hf-hub loa
 Screenshots: tests/e2e/artifacts/truth-*.png."""
 import pytest
 
-from helpers import ARTIFACTS, image_bytes, tiny
+from helpers import ARTIFACTS, image_bytes, tiny, visible_text
 
 MODEL_PICKER = "Model: a finished run, or type hf-hub:user/repo"
 
@@ -17,9 +17,6 @@ def finished_run(app_manager, tmp_path_factory):
     assert app_manager.wait(run_id, 120) == "completed"
     return run_id
 
-
-def visible_text(page, text, timeout=30_000):
-    page.get_by_text(text).filter(visible=True).first.wait_for(timeout=timeout)
 
 
 def pick(page, label, value):
