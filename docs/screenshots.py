@@ -1,7 +1,8 @@
 """Redraw the README's screenshots (docs/screenshots/*.png) from a real session: the sample data, a model
-trained from scratch until it gets its examples right, a classification with its heatmap, the model card.
+trained from scratch with the app's defaults (every field left empty: the recipe chooses), a classification
+with its heatmap, the model card.
 
-    .venv/bin/python docs/screenshots.py [--per-class 100] [--epochs 60]
+    .venv/bin/python docs/screenshots.py [--per-class N] [--epochs N]     (default: the app's own)
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package (requirements-test.txt). It refuses
 to write the Classify screenshot when the model gets the example wrong.
@@ -25,8 +26,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--per-class", type=int, help="sample images per class (default: the app's)")
+    ap.add_argument("--epochs", type=int, help="(default: the recipe's)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     from vit.jobs import JobManager
@@ -57,17 +58,19 @@ def main() -> None:
 
 def _session(page, url: str, args, manager) -> None:
     page.goto(url)
-    page.get_by_role("slider", name="Images per class (sample data)").fill(str(args.per_class))
+    if args.per_class:
+        page.get_by_role("slider", name="Images per class (sample data)").fill(str(args.per_class))
     page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
     page.get_by_text("Ready to train").first.wait_for()
     page.screenshot(path=str(OUT / "tab-data.png"), full_page=True)
 
     page.get_by_role("tab", name="Train").click()
-    page.get_by_role("slider", name="Epochs").fill(str(args.epochs))
-    page.get_by_text("Advanced settings").click()
-    page.get_by_label("Early stopping patience (0: off)").fill("0")  # train the full schedule
-    page.get_by_text("Advanced settings").click()
+    if args.epochs:
+        page.get_by_label("Epochs", exact=True).fill(str(args.epochs))
     page.get_by_label("Run name (optional)").fill("shapes, from scratch")
+    page.get_by_text("Chosen for your data").first.wait_for()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(OUT / "train-plan.png"), full_page=True)  # what will run, before Start
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile(r"Finished: best validation accuracy")).filter(visible=True).first.wait_for(
         timeout=900_000)

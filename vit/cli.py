@@ -2,7 +2,9 @@
 
     python -m vit data check PATH [--json]
     python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
-                        [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--out RUN_DIR] [--resume]
+                        [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--progressive]
+                        [--out RUN_DIR] [--resume]
+        (a setting left out is chosen by vit.recipe: from the data, when training from scratch)
     python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
                           [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
     python -m vit push --run RUN_DIR --repo user/name [--private]     (token from HF_TOKEN)
@@ -75,17 +77,8 @@ def train_command(args) -> int:
         if not args.data:
             raise TrainError("--data PATH is required (a .zip or folder of class folders).")
         data_path = args.data
-        config = TrainConfig(
-            model=args.model, pretrained=not args.no_pretrained, weights=args.weights, img_size=args.img_size,
-            patch_size=args.patch_size, model_args=dict(_parse_model_arg(a) for a in args.model_arg),
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            layer_decay=args.layer_decay or None, warmup_epochs=args.warmup_epochs,
-            early_stopping=args.early_stopping or None, label_smoothing=args.label_smoothing,
-            randaugment=args.randaugment, mixup=args.mixup, cutmix=args.cutmix, ema_decay=args.ema,
-            grad_accum=args.grad_accum, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
-            val_fraction=args.val_fraction, device=args.device, threads=args.threads, workers=args.workers,
-            data=str(Path(data_path).resolve()))
-        val_fraction, seed = config.val_fraction, config.seed
+        settings = _given_settings(args, data=str(Path(data_path).resolve()))
+        val_fraction, seed = settings.get("val_fraction", 0.2), settings.get("seed", 0)
     if not data_path:
         raise TrainError("--data PATH is required: the run does not record where its data came from.")
     if not args.resume:
@@ -99,6 +92,9 @@ def train_command(args) -> int:
         raise data.DataError("The dataset cannot be trained on: " + " ".join(ds.report.errors)
                              + f" (python -m vit data check {data_path} shows the full report)")
     if not args.resume:
+        from vit import recipe
+        # what the user left open is chosen by the recipe (from the data, for random weights)
+        config = recipe.choose(TrainConfig(**settings), recipe.DataFacts.of(ds), given=settings)
         run_dir = Path(args.out) if args.out else runs.create_run_dir(None, args.model)
         run_dir.mkdir(parents=True, exist_ok=True)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -201,11 +197,17 @@ class _Progress:
 
     def __init__(self):
         self.bar = None
+        self.recipe_shown = False
 
     def __call__(self, e: dict) -> None:
         from tqdm import tqdm
         kind = e.get("type")
-        if kind == "status" and e.get("message") and e.get("state") != "failed":  # main() prints the error
+        if kind == "recipe":
+            if not self.recipe_shown:
+                print("From scratch: the recipe chose (a flag you give always wins):", file=sys.stderr)
+                self.recipe_shown = True
+            print(f"  {e['text']}", file=sys.stderr)
+        elif kind == "status" and e.get("message") and e.get("state") != "failed":  # main() prints the error
             print(e["message"], file=sys.stderr)
         elif kind == "step":
             if self.bar is None:
@@ -222,6 +224,28 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _given_settings(args, **more) -> dict:
+    """The TrainConfig settings the command line gave: a flag left out is not among them (the recipe
+    chooses it). Flags that are on/off or have a value that means "off" are always given."""
+    settings = {
+        "model": args.model, "pretrained": not args.no_pretrained, "weights": args.weights,
+        "img_size": args.img_size, "patch_size": args.patch_size, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "warmup_epochs": args.warmup_epochs,
+        "label_smoothing": args.label_smoothing, "crop_scale_min": args.crop_scale_min,
+        "progressive": args.progressive, "ema_decay": args.ema, "threads": args.threads, "workers": args.workers,
+        "grad_accum": args.grad_accum, "grad_checkpointing": args.grad_checkpointing, "seed": args.seed,
+        "val_fraction": args.val_fraction, "device": args.device, "randaugment": args.randaugment,
+        "mixup": args.mixup, "cutmix": args.cutmix, **more}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings["layer_decay"] = args.layer_decay or None
+    if args.early_stopping is not None:
+        settings["early_stopping"] = args.early_stopping or None
+    if args.model_arg:
+        settings["model_args"] = dict(_parse_model_arg(a) for a in args.model_arg)
+    return settings
 
 
 def _parse_model_arg(text: str):
@@ -258,19 +282,26 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default=models.DEFAULT_MODEL, help="a timm name, hf-hub:user/repo or local-dir:PATH")
     tr.add_argument("--no-pretrained", action="store_true", help="random init: train from scratch")
     tr.add_argument("--weights", help="weights to start from: a file, a timm-format folder or a run directory")
-    tr.add_argument("--img-size", type=int, help="input size (default: the model's, 224 for the catalog)")
-    tr.add_argument("--patch-size", type=int, help="patch size (e.g. 4 for 32x32 images from scratch)")
+    tr.add_argument("--img-size", type=int, help="input size (default: the model's when fine-tuning, chosen "
+                    "from the images' size from scratch)")
+    tr.add_argument("--patch-size", type=int, help="patch size (default: the model's when fine-tuning; from "
+                    "scratch, a 4x4 grid of tokens, 8x8 from 5,000 images)")
     tr.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="more timm model arguments, e.g. depth=4 embed_dim=96 (repeatable)")
-    tr.add_argument("--epochs", type=int, default=t.epochs)
-    tr.add_argument("--batch-size", type=int, default=t.batch_size)
-    tr.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of the head")
+    auto = "(default: the recipe's: {} when fine-tuning, chosen from the data from scratch)"
+    tr.add_argument("--epochs", type=int, help=auto.format(t.epochs))
+    tr.add_argument("--batch-size", type=int, help=auto.format(t.batch_size))
+    tr.add_argument("--lr", type=float, help="peak learning rate of the head " + auto.format(t.lr))
     tr.add_argument("--weight-decay", type=float, default=t.weight_decay)
     tr.add_argument("--layer-decay", type=float, default=t.layer_decay, help="0 turns it off")
-    tr.add_argument("--warmup-epochs", type=int, default=t.warmup_epochs)
-    tr.add_argument("--early-stopping", type=int, default=t.early_stopping,
-                    help="stop after this many epochs without a better val result (0: never)")
+    tr.add_argument("--warmup-epochs", type=int, help=auto.format(t.warmup_epochs))
+    tr.add_argument("--early-stopping", type=int, help="stop after this many epochs without a better val result "
+                    "(0: never) " + auto.format(t.early_stopping))
     tr.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
+    tr.add_argument("--crop-scale-min", type=float, help="smallest random crop, as a fraction of the image "
+                    + auto.format(t.crop_scale_min))
+    tr.add_argument("--progressive", action=argparse.BooleanOptionalAction, default=None,
+                    help="progressive resizing: train the first epochs at smaller image sizes (patch size fixed)")
     tr.add_argument("--randaugment", action="store_true")
     tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")

@@ -65,6 +65,9 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
 
 
+_POOLS = {"avg": "average", "max": "max", "avgmax": "average and max", "map": "attention"}
+
+
 def token_layout(model: torch.nn.Module, input_hw: tuple[int, int]) -> Layout:
     """The token layout of a timm VisionTransformer for an input of size input_hw."""
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
@@ -80,8 +83,8 @@ def token_layout(model: torch.nn.Module, input_hw: tuple[int, int]) -> Layout:
         readers, note = [0, 1] if distilled else [0], ("class and distillation tokens" if distilled else
                                                        "class token")
     else:
-        readers, note = None, ("no class token read by the head (global average pooling): maps show what "
-                               "the patch tokens, averaged, drew on")
+        readers, note = None, (f"no class token read by the head (global {_POOLS.get(pool, pool)} pooling): maps "
+                               "show what the patch tokens, averaged, drew on")
     if registers:
         note += f"; {registers} register tokens left out"
     return Layout(prefix, readers, grid, note, registers)

@@ -336,13 +336,17 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
               "```", "", f"or type `hf-hub:{repo_id}` in the app's Classify tab to see attention heatmaps.", ""]
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     for key, label in (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
-                       ("epochs", "epochs (max)"), ("batch_size", "batch size"), ("lr", "learning rate (head)"),
+                       ("patch_size", "patch size"), ("model_args", "model arguments"),
+                       ("progressive", "progressive resizing"), ("epochs", "epochs (max)"), ("batch_size", "batch size"), ("lr", "learning rate (head)"),
                        ("weight_decay", "weight decay"), ("layer_decay_used", "layer-wise lr decay"),
                        ("label_smoothing", "label smoothing"), ("crop_scale_min", "random crop scale (min)"),
                        ("randaugment", "RandAugment"), ("mixup", "mixup"), ("cutmix", "cutmix"),
                        ("ema_decay", "EMA decay"), ("seed", "seed")):
-        if key in train:
+        if train.get(key) not in (None, {}, ""):
             lines.append(f"| {label} | `{train[key]}` |")
+    if train.get("recipe"):
+        lines += ["", "Chosen for the data by ViT Studio's from-scratch recipe:", ""]
+        lines += [f"- {note}" for note in train["recipe"]]
     split = report.get("split_counts", {})
     if split:
         lines += ["", "Images per split: " + ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) + "."]

@@ -135,7 +135,9 @@ def data_config(model: nn.Module) -> dict:
     """timm's preprocessing for this model as built (its actual input size): input_size, mean, std,
     interpolation, crop_pct."""
     from timm.data.model_config import resolve_input_data_config
-    return resolve_input_data_config(model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # as built (timm would give a model
+    args = {"input_size": (3, *size)} if size else None                  # with dynamic_img_size its source's)
+    return resolve_input_data_config(model, args=args)
 
 
 def set_fused_attention(model: nn.Module, enabled: bool) -> int:

@@ -75,3 +75,51 @@ def _shape_colour(rng: random.Random) -> tuple[int, ...]:
 def _background(w: int, h: int, base: list[int], rng: random.Random) -> np.ndarray:
     noise = np.random.default_rng(rng.randrange(2 ** 32)).normal(0, 12, (h, w, 3))
     return np.clip(np.array(base, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+DIGITS = tuple("0123456789")
+
+
+def make_glyphs_dataset(dest: str | Path, per_class: int = 180, *, chars: tuple[str, ...] = DIGITS,
+                        scan_size: int = 16, size: int = 32, seed: int = 0) -> Path:
+    """A small-image dataset like low-resolution scans: each character drawn in a random font (the machine's
+    TrueType fonts, else Pillow's own), size, stroke, rotation (up to 15 degrees) and position, reduced to
+    `scan_size` pixels, enlarged back to `size` and given sensor noise; grey ink-on-dark, one folder per
+    character (dest/<char>/<n>.png). Used by the benchmarks; nothing is downloaded."""
+    dest = Path(dest)
+    rng = random.Random(seed)
+    fonts = _fonts()
+    for char in chars:
+        folder = dest / f"char_{char}" if not char.isalnum() else dest / char
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            _draw_glyph(char, rng, fonts, scan_size, size).save(folder / f"{n:04d}.png")
+    return dest
+
+
+def _draw_glyph(char: str, rng: random.Random, fonts: list, scan_size: int, size: int) -> Image.Image:
+    from PIL import ImageFont
+    canvas = 64
+    img = Image.new("L", (canvas, canvas), 0)
+    font_file = rng.choice(fonts) if fonts else None
+    points = rng.randint(34, 50)
+    font = ImageFont.truetype(font_file, points) if font_file else ImageFont.load_default(points)
+    draw = ImageDraw.Draw(img)
+    stroke = rng.choice((0, 0, 1, 2))  # heavier ink now and then
+    box = draw.textbbox((0, 0), char, font=font, stroke_width=stroke)
+    w, h = box[2] - box[0], box[3] - box[1]
+    x = (canvas - w) / 2 - box[0] + rng.uniform(-5, 5)
+    y = (canvas - h) / 2 - box[1] + rng.uniform(-5, 5)
+    ink = rng.randint(170, 255)
+    draw.text((x, y), char, fill=ink, font=font, stroke_width=stroke, stroke_fill=ink)
+    img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+    scan = img.resize((scan_size, scan_size), Image.BOX).resize((size, size), Image.BILINEAR)
+    noise = np.random.default_rng(rng.randrange(2 ** 32)).normal(0, 10, (size, size))
+    return Image.fromarray(np.clip(np.asarray(scan, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _fonts() -> list[str]:
+    """TrueType fonts of the machine (DejaVu, Liberation, ...), regular, bold and italic alike."""
+    roots = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts"]
+    found = sorted({str(p) for root in roots if root.is_dir() for p in root.rglob("*.ttf")})
+    return [f for f in found if "Math" not in f and "ExtraLight" not in f]

@@ -58,6 +58,9 @@ class TrainConfig:
     # regularisation and augmentation
     label_smoothing: float = 0.1
     crop_scale_min: float = 0.25
+    crop_padding: int = 0               # > 0: pad by this many pixels and crop at random instead (small images)
+    crop_pct: float | None = None       # validation's centre crop (None: the model's; 1.0: the whole image)
+    progressive: bool = False           # grow the image size over the first epochs (patch size fixed)
     hflip: float = 0.5
     color_jitter: float = 0.4
     randaugment: bool = False
@@ -76,6 +79,7 @@ class TrainConfig:
     workers: int | None = None          # DataLoader workers (None: 0 on CPU, 4 on GPU)
     cache_max_bytes: int = 2 * 1024 ** 3
     data: str | None = None             # where the dataset came from (recorded, used by resume)
+    recipe: list = field(default_factory=list)  # what vit.recipe chose and why, one line each (recorded)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -115,7 +119,8 @@ _RANGES = {
     "grad_accum": (1, 1024, "int", False), "seed": (0, 2 ** 32 - 1, "int", False),
     "val_fraction": (0.0, 0.9, "float", False), "img_size": (16, 1024, "int", True),
     "patch_size": (1, 256, "int", True), "threads": (1, 1024, "int", True), "workers": (0, 64, "int", True),
-    "cache_max_bytes": (0, 2 ** 40, "int", False),
+    "cache_max_bytes": (0, 2 ** 40, "int", False), "crop_padding": (0, 256, "int", False),
+    "crop_pct": (0.1, 1.0, "float", True),
 }
 
 
@@ -146,14 +151,6 @@ def _checked_number(name: str, value, lo, hi, kind: str, optional: bool):
     if not lo <= value <= hi:
         raise ConfigError(f"{label} must be from {lo:g} to {hi:g} (got {value:g}).")
     return value if kind == "int" else float(value)
-
-
-def from_scratch(config: TrainConfig) -> TrainConfig:
-    """The same run without pretrained weights, made small enough to learn from a few hundred images
-    and to need no download: 64-pixel inputs, 8-pixel patches, 4 blocks, a higher learning rate."""
-    return TrainConfig.from_dict({**asdict(config), "pretrained": False, "weights": None, "img_size": 64,
-                                  "patch_size": 8, "model_args": {"depth": 4, **config.model_args},
-                                  "lr": max(config.lr, 5e-4), "layer_decay": None, "crop_scale_min": 0.6})
 
 
 Event = dict
@@ -222,15 +219,22 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
         runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
 
     # model (a resumed run is rebuilt from its own config.json: no download, same architecture)
+    resizing = {"dynamic_img_size": True} if config.progressive else {}  # smaller inputs, pos. embeddings resampled
     if resume:
-        spec = ModelSpec(f"local-dir:{run_dir}", pretrained=False)
+        spec = ModelSpec(f"local-dir:{run_dir}", pretrained=False, model_args=resizing)
     else:
         spec = ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
-                         img_size=config.img_size, patch_size=config.patch_size, model_args=config.model_args)
+                         img_size=config.img_size, patch_size=config.patch_size,
+                         model_args={**config.model_args, **resizing})
+    for line in ([] if resume else config.recipe):
+        emit.event(type="recipe", text=line)
     emit.status("running", message="Creating the model", epoch=0, epochs=config.epochs, **runs.process_identity())
     model = create_model(spec, num_classes=len(classes))
     dcfg = data_config(model)
+    if config.crop_pct:
+        dcfg["crop_pct"] = config.crop_pct
     img_size = dcfg["input_size"][-1]
+    sizes = progressive_sizes(img_size, _patch_size(model), config.epochs) if config.progressive else None
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -304,6 +308,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     for epoch in range(start_epoch, config.epochs):
         t_epoch = time.perf_counter()
         net.train()
+        if sizes:
+            train_set.transform = _train_transform(config, dcfg, sizes[epoch])
         loader = ddp.loader(train_set, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
                             workers=workers)
         loss_sum = correct = seen = 0.0
@@ -363,6 +369,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "lr": _lr(optimizer),
                "images_per_s": seen * ddp.world / max(train_time, 1e-9), "epoch_time": epoch_times[-1],
+               "img_size": sizes[epoch] if sizes else img_size,
                "eta_s": float(np.mean(epoch_times)) * (config.epochs - epoch - 1), "best_epoch": best["epoch"]}
         history.append(row)
         stopped_early = bool(config.early_stopping) and stale >= config.early_stopping and epoch + 1 < config.epochs
@@ -420,10 +427,41 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.cache.pil(i)), self.labels[i]
 
 
-def _train_transform(config: TrainConfig, dcfg: dict):
+def progressive_sizes(final: int, patch: int, epochs: int) -> list[int]:
+    """Progressive resizing: the training image size of each epoch. It starts at about half the final size
+    (never below a 4x4 grid of patches: smaller ones learn next to nothing, so a 4x4 grid is not shrunk) and
+    grows linearly, a whole number of patches at a time, to the final size at 60% of the epochs; the rest
+    train at the final size. Patch size stays fixed: the token grid grows."""
+    start = min(final, max(4 * patch, (final // 2) // patch * patch))
+    ramp = max(1, round(0.6 * epochs))
+    return [final if e >= ramp else min(final, (start + (final - start) * e // ramp) // patch * patch)
+            for e in range(epochs)]
+
+
+def _patch_size(model: nn.Module) -> int:
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if not patch:
+        raise TrainError("Progressive resizing needs a ViT with a patch embedding; turn it off for this model.")
+    return patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+
+
+def _train_transform(config: TrainConfig, dcfg: dict, size: int | None = None):
+    """timm's training transform at `size` (default: the model's), or for crop_padding > 0 the small-image
+    one: pad and crop at random (the object is never cut away), flip, colour jitter."""
     from timm.data import create_transform
+    size = size or dcfg["input_size"][-1]
+    if config.crop_padding:
+        from torchvision import transforms as T
+        steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                 T.RandomCrop(size, padding=max(1, config.crop_padding * size // dcfg["input_size"][-1]),
+                              pad_if_needed=True, padding_mode="reflect")]
+        if config.hflip:
+            steps.append(T.RandomHorizontalFlip(config.hflip))
+        if config.color_jitter:
+            steps.append(T.ColorJitter(*(config.color_jitter,) * 3))
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(dcfg["mean"], dcfg["std"])])
     return create_transform(
-        input_size=dcfg["input_size"], is_training=True, scale=(config.crop_scale_min, 1.0), hflip=config.hflip,
+        input_size=(3, size, size), is_training=True, scale=(config.crop_scale_min, 1.0), hflip=config.hflip,
         color_jitter=config.color_jitter, auto_augment="rand-m9-mstd0.5-inc1" if config.randaugment else None,
         interpolation=dcfg.get("interpolation", "bicubic"), mean=dcfg["mean"], std=dcfg["std"])
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from vit import data, explain, hub, jobs, predict, runs, samples
+from vit import data, explain, hub, jobs, predict, recipe, runs, samples
 from vit import models, safety, sessions
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.safety import HostLimits
-from vit.train import ConfigError, TrainConfig, from_scratch
+from vit.train import ConfigError, TrainConfig
 
 TITLE = "ViT Studio"
 INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
@@ -35,6 +35,8 @@ MAX_BATCH = 100  # images in one "classify all"
 PREDICTED = "the predicted class"  # the first choice of "Explain class"
 MAX_MISTAKES = 24  # misclassified validation images shown for a run
 MISTAKES_LABEL = "Misclassified validation images (true -> predicted)"
+SAMPLE_PER_CLASS = 500  # a from-scratch run learns them to >= 95% in under a minute on 2 cores (bench/scratch_bench.py)
+SAMPLE_MAX = 1000
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
 DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
 
@@ -52,7 +54,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             with gr.Row():
                 upload = gr.File(label="Dataset (.zip of class folders)", file_types=[".zip"], type="filepath")
                 with gr.Column():
-                    sample_count = gr.Slider(10, 200, value=40, step=10, label="Images per class (sample data)")
+                    sample_count = gr.Slider(10, SAMPLE_MAX, value=SAMPLE_PER_CLASS, step=10,
+                                             label="Images per class (sample data)")
                     sample_btn = gr.Button("Use the sample dataset (generated shapes)")
             with gr.Accordion("Or build it class by class: name each class and drop its images", open=False):
                 class_count = gr.State(2)
@@ -83,22 +86,26 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             with gr.Row():
                 model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
                                     allow_custom_value=True)
-                scratch = gr.Checkbox(offline, label="From scratch (no download; small 64-pixel inputs)",
+                scratch = gr.Checkbox(offline, label="From scratch (no download; settings chosen for your data)",
                                       info="Pretrained weights come from the Hugging Face Hub. Offline, train "
-                                           "from scratch: good enough for simple images, far weaker otherwise.")
+                                           "from scratch: good for simple images (shapes, digits, scans), far "
+                                           "weaker on photos.")
+            d = TrainConfig()
+            auto = "auto"  # an empty field is chosen by the recipe, and the line under the form says how
             with gr.Row():
-                epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs")
-                batch_size = gr.Slider(4, 128, value=32, step=4, label="Batch size")
-                lr = gr.Number(1e-4, label="Learning rate (head)", minimum=1e-7, maximum=1.0)
-                img_size = gr.Number(0, label="Image size (0: the model's)", precision=0, minimum=0, maximum=1024)
+                epochs = gr.Number(None, label="Epochs", placeholder=auto, precision=0, minimum=1, maximum=1000)
+                batch_size = gr.Number(None, label="Batch size", placeholder=auto, precision=0, minimum=1,
+                                       maximum=1024)
+                lr = gr.Number(None, label="Learning rate (head)", placeholder=auto, minimum=1e-7, maximum=1.0)
+                img_size = gr.Number(None, label="Image size (px)", placeholder=auto, precision=0, minimum=0,
+                                     maximum=1024)
             with gr.Accordion("Advanced settings", open=False):
-                d = TrainConfig()
                 with gr.Row():
                     weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
                     label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
-                    warmup = gr.Number(d.warmup_epochs, label="Warm-up epochs", precision=0, minimum=0)
-                    patience = gr.Number(d.early_stopping, label="Early stopping patience (0: off)", precision=0,
-                                         minimum=0)
+                    warmup = gr.Number(None, label="Warm-up epochs", placeholder=auto, precision=0, minimum=0)
+                    patience = gr.Number(None, label="Early stopping patience (0: off)", placeholder=auto,
+                                         precision=0, minimum=0)
                 with gr.Row():
                     randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
                     mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
@@ -107,6 +114,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 with gr.Row():
                     val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
                     seed = gr.Number(d.seed, label="Seed", precision=0)
+                    progressive = gr.Radio(["auto", "on", "off"], value="auto", label="Progressive resizing",
+                                           info="Train the first epochs on smaller images (faster), growing to "
+                                                "the final size.")
             with gr.Row():
                 run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
                                       max_length=80, scale=3)
@@ -219,7 +229,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         view = [progress, loss_plot, acc_plot]
         results = [per_class, confusion, mistakes]
         advanced = [img_size, weight_decay, label_smoothing, warmup, patience, randaugment, mixup, cutmix, ema,
-                    val_fraction, seed]
+                    val_fraction, seed, progressive]
 
         def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
             *values, named = more if len(more) > len(ADVANCED) else (*more, None)
@@ -253,11 +263,13 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         def restore(who):
             return restore_session(get_manager(), who)
 
-        for field in settings:  # what will actually run, before Start; and remembered for the next visit
-            field.change(run_plan, settings, plan, api_visibility="private", show_progress="hidden")
+        planned = [dataset, *settings]
+        for field in planned:  # what will actually run, before Start, as the dataset or a setting changes
+            field.change(run_plan, planned, plan, api_visibility="private", show_progress="hidden")
+        for field in settings:  # remembered for the next visit
             field.input(keep_settings, [owner, *settings], None, api_visibility="private", show_progress="hidden")
         welcome.then(restore, owner, [*shown, *settings], api_visibility="private").then(
-            run_plan, settings, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
+            run_plan, planned, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
@@ -391,9 +403,11 @@ def check_classes(*names_and_files):
         raise refused(str(e), duration=None)
 
 
-def sample_dataset(per_class: float = 40):
+def sample_dataset(per_class: float = SAMPLE_PER_CLASS):
     """Generate the built-in shapes dataset (kept for training) and show its report."""
-    n = int(per_class)
+    n = int(per_class) if isinstance(per_class, (int, float)) and per_class == per_class else 0
+    if not 2 <= n <= SAMPLE_MAX:
+        raise refused(f"The sample data has from 2 to {SAMPLE_MAX} images per class (got {str(per_class)[:20]}).")
     root = Path(tempfile.gettempdir()) / "vit-studio-samples"
     folder = root / f"shapes-{n}"
     if not (folder / "circle").is_dir():
@@ -411,7 +425,7 @@ def sample_dataset(per_class: float = 40):
 
 SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
 ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
-            "cutmix", "ema_decay", "val_fraction", "seed")
+            "cutmix", "ema_decay", "val_fraction", "seed", "progressive")
 
 
 def restore_session(manager: jobs.JobManager, owner: str | None):
@@ -450,7 +464,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     if dataset.get("problem"):
         raise refused(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
                        "it again in the Data tab.", duration=None)
-    config = planned_config(model_name, scratch, epochs, batch_size, lr, **advanced)
+    config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset), **advanced)
     try:
         if dataset.get("classes"):  # built class by class in the Data tab
             with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
@@ -467,53 +481,63 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
             _run_picker(rows, _live_choice(rows, training, new=run_id)))
 
 
-def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, **advanced) -> TrainConfig:
-    """The TrainConfig the form describes, exactly as it will run (from scratch changes some settings), or
-    gr.Error saying which setting is wrong."""
+def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts: dict | None = None,
+                   **advanced) -> TrainConfig:
+    """The TrainConfig the form describes, exactly as it will run: what the form leaves empty is chosen by
+    vit.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting."""
     try:
         name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
-        settings = {k: v for k, v in advanced.items() if v is not None and v != ""}
-        if settings.get("early_stopping") == 0:
-            settings["early_stopping"] = None
-        for key in ("ema_decay", "img_size"):  # 0: off / the model's own
-            if settings.get(key) == 0:
-                settings.pop(key)
-        config = TrainConfig(model=name, epochs=epochs, batch_size=batch_size, lr=1e-4 if lr is None else lr,
-                             **settings).check()
-        if scratch:
-            config = from_scratch(config)
-            if settings.get("img_size"):
-                config.img_size = settings["img_size"]
-            config.check()
+        given = {k: v for k, v in dict(advanced, epochs=epochs, batch_size=batch_size, lr=lr).items()
+                 if v is not None and v != "" and v != "auto"}
+        if given.get("img_size") == 0:  # 0: the recipe's (as older forms said)
+            given.pop("img_size")
+        if given.get("early_stopping") == 0:
+            given["early_stopping"] = None
+        if given.get("ema_decay") == 0:
+            given["ema_decay"] = None
+        if "progressive" in given:
+            given["progressive"] = given["progressive"] == "on"
+        config = TrainConfig(model=name, pretrained=not scratch, **given).check()
+        config = recipe.choose(config, recipe.DataFacts.from_dict(facts), given=given)
     except (models.ModelError, ConfigError) as e:
         raise refused(str(e), duration=None)
     return config
 
 
-def describe_config(config: TrainConfig, asked_lr: float | None = None) -> str:
-    """What will run, in one line: the model as built, its start, the image size and the schedule."""
+def describe_config(config: TrainConfig) -> str:
+    """What will run: the model as built, its start, the image size and the schedule in a line, then each
+    choice the recipe made for the data (an empty field in the form), and why."""
     entry = models.catalog_entry(config.model)
     arch = config.model.split(".")[0]
     if config.pretrained or config.weights:
         model = f"{entry.title if entry else config.model}, pretrained weights"
     else:
-        shape = [f"{config.model_args['depth']} blocks" if "depth" in config.model_args else None,
+        shape = [f"{config.model_args['embed_dim']} wide" if "embed_dim" in config.model_args else None,
+                 f"{config.model_args['depth']} blocks" if "depth" in config.model_args else None,
                  f"patch {config.patch_size}" if config.patch_size else None]
         model = f"{arch} from scratch (random weights{', ' + ', '.join(p for p in shape if p) if any(shape) else ''})"
     size = f"{config.img_size} px images" if config.img_size else "the model's own image size"
-    lr = f"lr {config.lr:g}"
-    if asked_lr is not None and abs(config.lr - asked_lr) > 1e-12:
-        lr += f" (raised from {asked_lr:g}: training from scratch needs a higher one)"
-    return f"{model}; {size}; {config.epochs} epochs, batch {config.batch_size}, {lr}."
+    grow = ", growing from smaller images" if config.progressive else ""
+    line = f"{model}; {size}{grow}; {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}."
+    if not config.recipe:
+        return line
+    return line + "\n\nChosen for your data (fill in a field to set it yourself):\n" + "".join(
+        f"\n- {note}" for note in config.recipe)
 
 
-def run_plan(model_name, scratch, epochs, batch_size, lr, *more) -> str:
-    """The 'will run' line under the settings, updated as they change (an error says what to fix)."""
+def run_plan(dataset: dict | None, model_name, scratch, epochs, batch_size, lr, *more) -> str:
+    """The 'will run' line under the settings, updated as they or the dataset change (an error says what
+    to fix)."""
     try:
-        config = planned_config(model_name, scratch, epochs, batch_size, lr, **dict(zip(ADVANCED, more)))
+        config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset),
+                                **dict(zip(ADVANCED, more)))
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
-    return f"**Will train:** {describe_config(config, asked_lr=lr if isinstance(lr, (int, float)) else None)}"
+    return f"**Will train:** {describe_config(config)}"
+
+
+def _facts(dataset: dict | None) -> dict | None:
+    return dataset.get("facts") if isinstance(dataset, dict) and not dataset.get("problem") else None
 
 
 def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
@@ -984,7 +1008,7 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
             for split, per in r.split_counts.items() for c, n in per.items()]
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
     if r.ok:
-        state = {"path": path, "name": name, "classes": classes}
+        state = {"path": path, "name": name, "classes": classes, "facts": recipe.DataFacts.of(ds).to_dict()}
         line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
                 f"({', '.join(ds.classes)}).")
     else:  # kept, so that Start can say why not

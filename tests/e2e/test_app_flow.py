@@ -31,7 +31,7 @@ def test_sample_data_train_classify_and_share(page, app_url, app_manager, fake_h
     page.get_by_role("tab", name="Train").click()
     visible_text(page, "pretrained weights cannot be downloaded")
     assert page.get_by_label("From scratch (no download; small 64-pixel inputs)").is_checked()
-    page.get_by_role("slider", name="Epochs").fill("3")
+    page.get_by_label("Epochs", exact=True).fill("3")
     page.get_by_role("button", name="Start training").click()
     # the start message says queued or, if the scheduler was quicker than the reply, running
     page.get_by_text(re.compile(r"is (queued|running):")).filter(visible=True).first.wait_for()

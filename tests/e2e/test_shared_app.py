@@ -36,7 +36,7 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
         page.goto(shared_url)
         use_sample_data(page)
         page.get_by_role("tab", name="Train").click()
-        page.get_by_role("slider", name="Epochs").fill("2")
+        page.get_by_label("Epochs", exact=True).fill("2")
         page.get_by_role("button", name="Start training").click()
         started = page.get_by_text(re.compile(r"\(\S+\) is (queued|running):")).filter(visible=True).first
         started.wait_for()

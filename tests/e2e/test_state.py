@@ -13,7 +13,7 @@ def test_a_reload_finds_the_dataset_and_the_settings(page, app_url):
     page.goto(app_url)
     use_sample_data(page)
     page.get_by_role("tab", name="Train").click()
-    page.get_by_role("slider", name="Epochs").fill("7")
+    page.get_by_label("Epochs", exact=True).fill("7")
     page.get_by_label("Learning rate (head)").fill("0.002")
     page.get_by_label("Learning rate (head)").press("Tab")
     visible_text(page, "lr 0.002")
@@ -23,7 +23,7 @@ def test_a_reload_finds_the_dataset_and_the_settings(page, app_url):
     visible_text(page, "Ready to train: 60 images in 3 classes")  # the Data tab's report is back
     page.get_by_role("tab", name="Train").click()
     visible_text(page, "Dataset: sample shapes (20 per class)")
-    assert page.get_by_role("slider", name="Epochs").input_value() == "7"
+    assert page.get_by_label("Epochs", exact=True).input_value() == "7"
     assert page.get_by_label("Learning rate (head)").input_value() == "0.002"
     visible_text(page, "7 epochs")  # the "will train" line follows the restored settings
     page.screenshot(path=str(ARTIFACTS / "state-after-reload.png"), full_page=True)
@@ -33,11 +33,11 @@ def test_the_live_view_stays_on_the_training_run_and_pickers_follow_a_finished_o
     page.goto(app_url)
     use_sample_data(page)
     page.get_by_role("tab", name="Train").click()
-    page.get_by_role("slider", name="Epochs").fill("100")
+    page.get_by_label("Epochs", exact=True).fill("100")
     page.get_by_label("Run name (optional)").fill("long run")
     page.get_by_role("button", name="Start training").click()
     visible_text(page, re.compile(r"Epoch \d+/100"), timeout=60_000)  # it trains
-    page.get_by_role("slider", name="Epochs").fill("1")
+    page.get_by_label("Epochs", exact=True).fill("1")
     page.get_by_label("Run name (optional)").fill("quick run")
     page.get_by_role("button", name="Start training").click()
     visible_text(page, re.compile(r"quick run.* is (queued|running)"))  # started...

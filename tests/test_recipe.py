@@ -1,0 +1,134 @@
+"""The from-scratch recipe (vit.recipe) and progressive resizing: chosen from the data, explained, recorded,
+and always second to what the user set. The accuracy it reaches lives in bench/scratch_bench.py."""
+import json
+
+import pytest
+import torch
+
+from vit import cli, predict, recipe, runs
+from vit.data import load_dataset
+from vit.recipe import DataFacts
+from vit.samples import make_shapes_dataset
+from vit.train import TrainConfig, progressive_sizes, train
+
+SCANS = DataFacts(train_images=1440, classes=10, side=32, grayscale=True)  # digit scans, enlarged to 32 px
+SHAPES = DataFacts(train_images=1200, classes=3, side=96)     # the app's sample data
+PHOTOS = DataFacts(train_images=20000, classes=10, side=375)  # many photos
+
+
+def scratch(**given):
+    return TrainConfig(pretrained=False, **given)
+
+
+def test_small_images_keep_their_size_with_a_4x4_grid_a_small_model_and_a_higher_rate():
+    c = recipe.choose(scratch(), SCANS)
+    assert (c.img_size, c.patch_size) == (32, 8)
+    assert c.model_args == {"embed_dim": 96, "depth": 6, "num_heads": 3, "class_token": False, "global_pool": "max"}
+    assert c.lr >= 1e-3 and c.batch_size == 32 and c.early_stopping is None and c.crop_pct == 1.0
+    assert c.crop_padding == 4  # pad-and-crop: nothing of the object is cut away
+    assert c.hflip == 0  # grey scans: a mirrored digit is another glyph
+    assert c.epochs >= 20 and c.warmup_epochs >= 1
+    text = "\n".join(c.recipe)
+    for said in ("Image size 32 px", "not enlarged", "Patch size 8", "4x4 grid", "96 wide", "lr ",
+                 "max pooling", f"{c.epochs} epochs", "pad 4 px", "No flips", "whole image", "No early stopping"):
+        assert said in text, (said, text)
+
+
+def test_larger_images_are_shrunk_not_kept_and_cropped_gently():
+    c = recipe.choose(scratch(), SHAPES)
+    assert c.img_size == 32 and c.patch_size == 8
+    assert "typically 96 px" in c.recipe[0]
+    assert c.crop_padding == 4  # inputs of 32 px are small: padded and cropped
+    assert c.hflip == 0.5  # colour pictures are flipped
+    big = recipe.choose(scratch(), PHOTOS)
+    assert (big.img_size, big.patch_size) == (64, 8)  # 8x8 tokens, a larger model, for many images
+    assert big.model_args["embed_dim"] > c.model_args["embed_dim"] and big.crop_padding == 0
+    assert big.crop_scale_min >= 0.6 and any("at least 70%" in n for n in big.recipe)
+    assert big.progressive and not c.progressive  # an 8x8 grid grows from 4x4; a 4x4 one is not shrunk
+    assert recipe.choose(scratch(patch_size=4), SCANS, given={"patch_size"}).progressive
+
+
+def test_tiny_images_are_not_enlarged_past_the_smallest_grid():
+    c = recipe.choose(scratch(), DataFacts(train_images=300, classes=4, side=20))
+    assert (c.img_size, c.patch_size) == (20, 5)
+    assert recipe.choose(scratch(), DataFacts(300, 4, 8)).img_size == 16
+
+
+def test_what_the_user_sets_always_wins():
+    given = dict(epochs=3, lr=5e-4, img_size=48, patch_size=6, model_args={"depth": 2}, early_stopping=4)
+    c = recipe.choose(scratch(**given), SCANS, given=given)
+    assert (c.epochs, c.lr, c.img_size, c.patch_size, c.model_args, c.early_stopping) == (3, 5e-4, 48, 6,
+                                                                                         {"depth": 2}, 4)
+    assert not any(n.startswith(("Image size", "Patch size", "A small model")) for n in c.recipe)
+    # a batch size given: the rate follows it
+    assert recipe.choose(scratch(batch_size=64), SCANS, given={"batch_size"}).lr == pytest.approx(
+        2 * recipe.choose(scratch(), SCANS).lr)
+
+
+def test_fine_tuning_keeps_its_recipe_and_no_data_is_said():
+    tuned = recipe.choose(TrainConfig(), SHAPES)
+    assert tuned == TrainConfig() and tuned.recipe == []
+    guessed = recipe.choose(scratch(), None)
+    assert guessed.recipe[0].startswith("No dataset yet") and guessed.img_size == 32
+
+
+def test_the_facts_of_a_dataset(tmp_path):
+    folder = make_shapes_dataset(tmp_path / "d", per_class=5, size=(48, 40))
+    with load_dataset(folder) as ds:
+        facts = DataFacts.of(ds)
+    assert facts == DataFacts(train_images=len(ds.train), classes=3, side=40)
+    assert DataFacts.from_dict(facts.to_dict()) == facts and DataFacts.from_dict({"side": "x"}) is None
+
+
+def test_progressive_sizes_grow_by_whole_patches_to_the_final_size():
+    sizes = progressive_sizes(32, 4, 10)
+    assert sizes[0] == 16 and sizes[-4:] == [32] * 4
+    assert sizes == sorted(sizes) and all(s % 4 == 0 for s in sizes)
+    assert progressive_sizes(64, 8, 5)[0] == 32
+    assert progressive_sizes(32, 8, 5) == [32] * 5  # a 4x4 grid is not shrunk: 2x2 tokens learn next to nothing
+
+
+def test_a_progressive_run_trains_small_then_saves_a_model_for_the_final_size(tmp_path):
+    folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)
+    config = TrainConfig(pretrained=False, img_size=32, patch_size=4, epochs=3, batch_size=8, progressive=True,
+                         crop_padding=4, crop_pct=1.0, model_args={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    with load_dataset(folder) as ds:
+        metrics = train(ds, config, tmp_path / "run")
+    assert [row["img_size"] for row in metrics["history"]] == [16, 24, 32]
+    saved = runs.read_config(tmp_path / "run")
+    assert saved["pretrained_cfg"]["crop_pct"] == 1.0 and saved["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    loaded = predict.load_model(str(tmp_path / "run"))
+    x = loaded.preprocess(predict.read_image(next((folder / "circle").iterdir())))
+    assert x.shape[-1] == 32  # the whole image at the final size (crop_pct 1.0)
+    with loaded.borrow() as model, torch.no_grad():
+        assert model(x).shape == (1, 3)
+
+
+def test_the_cli_prints_and_records_the_recipe_and_keeps_the_flags_given(tmp_path, capsys):
+    folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(folder), "--no-pretrained", "--epochs", "1", "--out", str(out),
+                     "--model-arg", "depth=1", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "From scratch: the recipe chose" in err and "Image size 32 px" in err
+    record = json.loads((out / "config.json").read_text())["vit_studio"]
+    assert record["epochs"] == 1 and record["model_args"] == {"depth": 1}  # given: kept
+    assert record["img_size"] == 32 and record["patch_size"] == 8 and record["lr"] == pytest.approx(1e-3)
+    assert any("Patch size 8" in line for line in record["recipe"])
+
+
+def test_the_app_plans_the_same_recipe_and_shows_it_before_start():
+    from vit import ui
+    facts = SHAPES.to_dict()
+    config = ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts)
+    assert config == recipe.choose(TrainConfig(model=ui.DEFAULT_MODEL, pretrained=False), SHAPES)
+    line = ui.run_plan({"path": "x", "name": "shapes", "facts": facts}, ui.DEFAULT_MODEL, True, None, None, None)
+    assert line.startswith("**Will train:**") and "32 px images" in line
+    assert "Chosen for your data" in line and "- Patch size 8" in line
+    # what the visitor fills in wins, and is no longer listed as chosen
+    mine = ui.planned_config(ui.DEFAULT_MODEL, True, 5, None, 0.002, facts, img_size=48, progressive="on")
+    assert (mine.epochs, mine.lr, mine.img_size, mine.progressive) == (5, 0.002, 48, True)
+    assert not any(n.startswith(("Image size", "AdamW")) for n in mine.recipe)
+    # fine-tuning keeps its defaults, and nothing is said to be chosen
+    tuned = ui.planned_config(ui.DEFAULT_MODEL, False, None, None, None, facts)
+    assert (tuned.epochs, tuned.lr, tuned.recipe) == (TrainConfig().epochs, TrainConfig().lr, [])
