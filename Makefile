@@ -18,6 +18,7 @@ bench: $(VENV)/.app-installed
 	HF_HUB_OFFLINE=1 $(PY) bench/jobs_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/explain_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/app_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/scratch_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -66,9 +66,8 @@ def sample_flow(tmp: Path, repeat: int) -> None:
             *_, state, _ = ui.sample_dataset()  # the Data tab's button, at its default size
             seed = {"seed": k} if k else {}
             t0 = time.perf_counter()
-            message, _ = ui.start_training(manager, state, ui.DEFAULT_MODEL, True, None, None, None, "bench",
-                                           **seed)
-            run_id = message.split("(")[1].split(")")[0]
+            ui.start_training(manager, state, ui.DEFAULT_MODEL, True, None, None, None, "bench", **seed)
+            run_id = manager.list()[0]["id"]  # the newest
             final = manager.wait(run_id, 900)
             seconds = time.perf_counter() - t0
             metrics = runs.read_json(manager.root / run_id / runs.METRICS)

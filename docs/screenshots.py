@@ -68,9 +68,7 @@ def _session(page, url: str, args, manager) -> None:
     if args.epochs:
         page.get_by_label("Epochs", exact=True).fill(str(args.epochs))
     page.get_by_label("Run name (optional)").fill("shapes, from scratch")
-    page.get_by_text("Chosen for your data").first.wait_for()
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(OUT / "train-plan.png"), full_page=True)  # what will run, before Start
+    page.get_by_text("Chosen for your data").first.wait_for()  # what will run is shown before Start
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile(r"Finished: best validation accuracy")).filter(visible=True).first.wait_for(
         timeout=900_000)

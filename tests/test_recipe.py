@@ -132,3 +132,14 @@ def test_the_app_plans_the_same_recipe_and_shows_it_before_start():
     # fine-tuning keeps its defaults, and nothing is said to be chosen
     tuned = ui.planned_config(ui.DEFAULT_MODEL, False, None, None, None, facts)
     assert (tuned.epochs, tuned.lr, tuned.recipe) == (TrainConfig().epochs, TrainConfig().lr, [])
+
+
+def test_the_form_reads_empty_as_auto_and_typed_text_as_given():
+    from vit import ui
+    facts = SHAPES.to_dict()
+    auto = ui.planned_config(ui.DEFAULT_MODEL, True, "", " auto ", "", facts, img_size="", warmup_epochs="")
+    assert auto == ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts)
+    typed = ui.planned_config(ui.DEFAULT_MODEL, True, "7", "16", "2e-3", facts, early_stopping="0")
+    assert (typed.epochs, typed.batch_size, typed.lr, typed.early_stopping) == (7, 16, 0.002, None)
+    with pytest.raises(ui.gr.Error, match=r"Epochs \(epochs\) must be a number from 1 to 1000 \(got 'ten'\)"):
+        ui.planned_config(ui.DEFAULT_MODEL, True, "ten", None, None, facts)

@@ -18,7 +18,7 @@ image, 224-pixel inputs, a 12-block model) barely learns from a few hundred imag
   ones cropped to no less than 70% of the image; no flips for grey images (digits, scans, X-rays have a
   handedness); validation sees the whole image;
 - progressive resizing on a grid of 8x8 tokens or more (a 4x4 grid has nothing to shrink);
-- enough epochs for about 270 updates per class (800 to 4,000 in all, at least 20 epochs: ten digits
+- enough epochs for about 200 updates per class (600 to 4,000 in all, at least 15 epochs: ten digits
   need three times the updates of three shapes), no early stopping (accuracy climbs late from random
   weights, and the cosine schedule needs its last epochs).
 """
@@ -32,8 +32,9 @@ from typing import Iterable
 from vit.train import TrainConfig
 
 LARGE = 5000            # training images from which a from-scratch run gets a larger model and token grid
-UPDATES_PER_CLASS = 270  # optimizer updates a from-scratch run aims for, per class (within UPDATES_RANGE)
-UPDATES_RANGE = (800, 4000)
+UPDATES_PER_CLASS = 200  # optimizer updates a from-scratch run aims for, per class (within UPDATES_RANGE)
+UPDATES_RANGE = (600, 4000)
+MIN_EPOCHS = 15
 BASE_LR, BASE_BATCH = 1e-3, 32
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
 
@@ -95,7 +96,7 @@ def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set
     lr = BASE_LR * batch / BASE_BATCH
     updates_per_epoch = math.ceil(max(facts.train_images, 1) / batch)
     updates = min(max(UPDATES_PER_CLASS * facts.classes, UPDATES_RANGE[0]), UPDATES_RANGE[1])
-    epochs = config.epochs if "epochs" in given else min(300, max(20, math.ceil(updates / updates_per_epoch)))
+    epochs = config.epochs if "epochs" in given else min(300, max(MIN_EPOCHS, math.ceil(updates / updates_per_epoch)))
     small = img <= 32
     size_why = (f"the images are typically {facts.side} px; from random weights small inputs learn fastest"
                 if facts.side > img else f"the images' own size ({facts.side} px), not enlarged")

@@ -91,21 +91,17 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                            "from scratch: good for simple images (shapes, digits, scans), far "
                                            "weaker on photos.")
             d = TrainConfig()
-            auto = "auto"  # an empty field is chosen by the recipe, and the line under the form says how
-            with gr.Row():
-                epochs = gr.Number(None, label="Epochs", placeholder=auto, precision=0, minimum=1, maximum=1000)
-                batch_size = gr.Number(None, label="Batch size", placeholder=auto, precision=0, minimum=1,
-                                       maximum=1024)
-                lr = gr.Number(None, label="Learning rate (head)", placeholder=auto, minimum=1e-7, maximum=1.0)
-                img_size = gr.Number(None, label="Image size (px)", placeholder=auto, precision=0, minimum=0,
-                                     maximum=1024)
+            with gr.Row():  # an empty field is chosen for the data (the "Will train" line says how); typed, it wins
+                epochs = _auto_field("Epochs")
+                batch_size = _auto_field("Batch size")
+                lr = _auto_field("Learning rate (head)")
+                img_size = _auto_field("Image size (px)")
             with gr.Accordion("Advanced settings", open=False):
                 with gr.Row():
                     weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
                     label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
-                    warmup = gr.Number(None, label="Warm-up epochs", placeholder=auto, precision=0, minimum=0)
-                    patience = gr.Number(None, label="Early stopping patience (0: off)", placeholder=auto,
-                                         precision=0, minimum=0)
+                    warmup = _auto_field("Warm-up epochs")
+                    patience = _auto_field("Early stopping patience (0: off)")
                 with gr.Row():
                     randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
                     mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
@@ -268,6 +264,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             field.change(run_plan, planned, plan, api_visibility="private", show_progress="hidden")
         for field in settings:  # remembered for the next visit
             field.input(keep_settings, [owner, *settings], None, api_visibility="private", show_progress="hidden")
+            if isinstance(field, gr.Textbox):  # a pasted or autofilled value sends no input event: leaving does
+                field.blur(keep_settings, [owner, *settings], None, api_visibility="private", show_progress="hidden")
         welcome.then(restore, owner, [*shown, *settings], api_visibility="private").then(
             run_plan, planned, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
@@ -487,8 +485,8 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts
     vit.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting."""
     try:
         name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
-        given = {k: v for k, v in dict(advanced, epochs=epochs, batch_size=batch_size, lr=lr).items()
-                 if v is not None and v != "" and v != "auto"}
+        typed = {k: _typed(v) for k, v in dict(advanced, epochs=epochs, batch_size=batch_size, lr=lr).items()}
+        given = {k: v for k, v in typed.items() if v is not None and v != "auto"}
         if given.get("img_size") == 0:  # 0: the recipe's (as older forms said)
             given.pop("img_size")
         if given.get("early_stopping") == 0:
@@ -534,6 +532,26 @@ def run_plan(dataset: dict | None, model_name, scratch, epochs, batch_size, lr, 
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
     return f"**Will train:** {describe_config(config)}"
+
+
+def _auto_field(label: str) -> gr.Textbox:
+    """A number the recipe chooses when it is left empty: a textbox, since Gradio's Number shows 0 for none."""
+    return gr.Textbox("", label=label, placeholder="auto", max_lines=1, max_length=24, min_width=120)
+
+
+def _typed(value):
+    """A form value as typed: None when empty or 'auto', a number when it reads as one, else the text (which
+    TrainConfig.check refuses, naming the field)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() in ("", "auto"):
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else number
+    return value
 
 
 def _facts(dataset: dict | None) -> dict | None:

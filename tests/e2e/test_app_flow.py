@@ -30,7 +30,8 @@ def test_sample_data_train_classify_and_share(page, app_url, app_manager, fake_h
     # Train: offline here, so the banner shows and "From scratch" is already on
     page.get_by_role("tab", name="Train").click()
     visible_text(page, "pretrained weights cannot be downloaded")
-    assert page.get_by_label("From scratch (no download; small 64-pixel inputs)").is_checked()
+    assert page.get_by_label("From scratch (no download; settings chosen for your data)").is_checked()
+    visible_text(page, "Chosen for your data")  # the recipe, before Start
     page.get_by_label("Epochs", exact=True).fill("3")
     page.get_by_role("button", name="Start training").click()
     # the start message says queued or, if the scheduler was quicker than the reply, running

@@ -17,4 +17,5 @@ def test_upload_zip_shows_health_report(page, app_url, tmp_path):
 def test_sample_dataset_button(page, app_url):
     page.goto(app_url)
     page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
-    page.get_by_text("Ready to train: 120 images in 3 classes").wait_for()
+    from vit.ui import SAMPLE_PER_CLASS
+    page.get_by_text(f"Ready to train: {3 * SAMPLE_PER_CLASS} images in 3 classes").wait_for()
