@@ -11,8 +11,10 @@ image, 224-pixel inputs, a 12-block model) barely learns from a few hundred imag
 - the image size is the images' own typical size, never enlarged, at most 32 px (64 px from 5,000 images);
 - the patch size gives a 4x4 grid of tokens (8x8 from 5,000 images): with a few thousand images, fewer and
   larger tokens learn much faster (the sample shapes: 96% against 71% at the same 20 epochs);
-- a small model (96 wide, 6 blocks; 192 wide, 8 blocks from 5,000 images): a larger one from random
-  weights overfits a few hundred images and is slower;
+- a small model (96 wide, 6 blocks; 192 wide, 8 blocks from 5,000 images; a larger one from random
+  weights overfits a few hundred images and is slower) whose head takes the strongest feature of any
+  patch (global max pooling, no class token): it learns far sooner than one reading a class token (the
+  sample shapes: 97% by epoch 10 against under 70%; drawn digits: 90% against 51% in 20 epochs);
 - AdamW at lr 1e-3 for a batch of 32 (scaled with the batch size), warm-up then cosine, label smoothing;
 - augmentation that keeps the object: inputs of 32 px or less are padded and cropped at random, larger
   ones cropped to no less than 70% of the image; no flips for grey images (digits, scans, X-rays have a
