@@ -78,7 +78,7 @@ def train_command(args) -> int:
             raise TrainError("--data PATH is required (a .zip or folder of class folders).")
         data_path = args.data
         settings = _given_settings(args, data=str(Path(data_path).resolve()))
-        val_fraction, seed = settings.get("val_fraction", 0.2), settings.get("seed", 0)
+        val_fraction, seed = settings["val_fraction"], settings["seed"]  # flags with defaults: always given
     if not data_path:
         raise TrainError("--data PATH is required: the run does not record where its data came from.")
     if not args.resume:

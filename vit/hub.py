@@ -337,7 +337,8 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     for key, label in (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
                        ("patch_size", "patch size"), ("model_args", "model arguments"),
-                       ("progressive", "progressive resizing"), ("epochs", "epochs (max)"), ("batch_size", "batch size"), ("lr", "learning rate (head)"),
+                       ("progressive", "progressive resizing"), ("epochs", "epochs (max)"),
+                       ("batch_size", "batch size"), ("lr", "learning rate (head)"),
                        ("weight_decay", "weight decay"), ("layer_decay_used", "layer-wise lr decay"),
                        ("label_smoothing", "label smoothing"), ("crop_scale_min", "random crop scale (min)"),
                        ("randaugment", "RandAugment"), ("mixup", "mixup"), ("cutmix", "cutmix"),

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -98,7 +98,6 @@ def make_glyphs_dataset(dest: str | Path, per_class: int = 180, *, chars: tuple[
 
 
 def _draw_glyph(char: str, rng: random.Random, fonts: list, scan_size: int, size: int) -> Image.Image:
-    from PIL import ImageFont
     canvas = 64
     img = Image.new("L", (canvas, canvas), 0)
     font_file = rng.choice(fonts) if fonts else None

@@ -267,7 +267,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             if isinstance(field, gr.Textbox):  # a pasted or autofilled value sends no input event: leaving does
                 field.blur(keep_settings, [owner, *settings], None, api_visibility="private", show_progress="hidden")
         welcome.then(restore, owner, [*shown, *settings], api_visibility="private").then(
-            run_plan, planned, plan, api_visibility="private").then(refresh, [selected, owner], listing, api_visibility="private")
+            run_plan, planned, plan, api_visibility="private").then(
+            refresh, [selected, owner], listing, api_visibility="private")
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
@@ -486,7 +487,7 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts
     try:
         name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
         typed = {k: _typed(v) for k, v in dict(advanced, epochs=epochs, batch_size=batch_size, lr=lr).items()}
-        given = {k: v for k, v in typed.items() if v is not None and v != "auto"}
+        given = {k: v for k, v in typed.items() if v is not None}
         if given.get("img_size") == 0:  # 0: the recipe's (as older forms said)
             given.pop("img_size")
         if given.get("early_stopping") == 0:
