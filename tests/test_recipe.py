@@ -143,3 +143,10 @@ def test_the_form_reads_empty_as_auto_and_typed_text_as_given():
     assert (typed.epochs, typed.batch_size, typed.lr, typed.early_stopping) == (7, 16, 0.002, None)
     with pytest.raises(ui.gr.Error, match=r"Epochs \(epochs\) must be a number from 1 to 1000 \(got 'ten'\)"):
         ui.planned_config(ui.DEFAULT_MODEL, True, "ten", None, None, facts)
+
+
+def test_the_sample_data_size_is_bounded():
+    from vit import ui
+    for hostile in (10 ** 9, -5, float("nan"), "500"):
+        with pytest.raises(ui.gr.Error, match=f"from 2 to {ui.SAMPLE_MAX} images per class"):
+            ui.sample_dataset(hostile)
