@@ -1,6 +1,7 @@
 """The from-scratch recipe (vit.recipe) and progressive resizing: chosen from the data, explained, recorded,
 and always second to what the user set. The accuracy it reaches lives in bench/scratch_bench.py."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -65,9 +66,12 @@ def test_what_the_user_sets_always_wins():
         2 * recipe.choose(scratch(), SCANS).lr)
 
 
-def test_fine_tuning_keeps_its_recipe_and_no_data_is_said():
+def test_fine_tuning_keeps_its_recipe_starts_with_lp_ft_and_no_data_is_said():
     tuned = recipe.choose(TrainConfig(), SHAPES)
-    assert tuned == TrainConfig() and tuned.recipe == []
+    assert tuned == replace(TrainConfig(), lp_ft=True, recipe=[recipe.LP_FT_NOTE])
+    # LP-FT is the recipe's unless the user says otherwise, and a quick model has nothing to fine-tune
+    assert recipe.choose(TrainConfig(lp_ft=False), SHAPES, given={"lp_ft"}) == TrainConfig()
+    assert recipe.choose(TrainConfig(weights="run", quick=True), SHAPES) == TrainConfig(weights="run", quick=True)
     guessed = recipe.choose(scratch(), None)
     assert guessed.recipe[0].startswith("No dataset yet") and guessed.img_size == 32
 
@@ -129,9 +133,9 @@ def test_the_app_plans_the_same_recipe_and_shows_it_before_start():
     mine = ui.planned_config(ui.DEFAULT_MODEL, True, 5, None, 0.002, facts, img_size=48, progressive="on")
     assert (mine.epochs, mine.lr, mine.img_size, mine.progressive) == (5, 0.002, 48, True)
     assert not any(n.startswith(("Image size", "AdamW")) for n in mine.recipe)
-    # fine-tuning keeps its defaults, and nothing is said to be chosen
+    # fine-tuning keeps its defaults, and only LP-FT is said to be chosen
     tuned = ui.planned_config(ui.DEFAULT_MODEL, False, None, None, None, facts)
-    assert (tuned.epochs, tuned.lr, tuned.recipe) == (TrainConfig().epochs, TrainConfig().lr, [])
+    assert (tuned.epochs, tuned.lr, tuned.recipe) == (TrainConfig().epochs, TrainConfig().lr, [recipe.LP_FT_NOTE])
 
 
 def test_the_form_reads_empty_as_auto_and_typed_text_as_given():

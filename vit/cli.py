@@ -238,7 +238,8 @@ def _given_settings(args, **more) -> dict:
         "progressive": args.progressive, "ema_decay": args.ema, "threads": args.threads, "workers": args.workers,
         "grad_accum": args.grad_accum, "grad_checkpointing": args.grad_checkpointing, "seed": args.seed,
         "val_fraction": args.val_fraction, "device": args.device, "randaugment": args.randaugment,
-        "mixup": args.mixup, "cutmix": args.cutmix, **more}
+        "mixup": args.mixup, "cutmix": args.cutmix, "quick": args.quick or None, "lp_ft": args.lp_ft,
+        "probe_flip": args.probe_flip or None, **more}
     settings = {k: v for k, v in settings.items() if v is not None}
     settings["layer_decay"] = args.layer_decay or None
     if args.early_stopping is not None:
@@ -302,6 +303,14 @@ def _parser() -> argparse.ArgumentParser:
                     + auto.format(t.crop_scale_min))
     tr.add_argument("--progressive", action=argparse.BooleanOptionalAction, default=None,
                     help="progressive resizing: train the first epochs at smaller image sizes (patch size fixed)")
+    tr.add_argument("--quick", action="store_true",
+                    help="the quick model: fit only the head on the frozen features of the starting weights "
+                         "(pretrained, --weights or an earlier run): seconds instead of minutes")
+    tr.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=None,
+                    help="LP-FT: fine-tune from a head first fitted on the frozen features (default: on when "
+                         "starting from trained weights)")
+    tr.add_argument("--probe-flip", action="store_true",
+                    help="the fitted head also sees each training image's mirror image (twice the features)")
     tr.add_argument("--randaugment", action="store_true")
     tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")

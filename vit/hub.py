@@ -335,6 +335,15 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
               f"python -m vit predict --model hf-hub:{repo_id} --image photo.jpg --explain chefer --out heatmap.png",
               "```", "", f"or type `hf-hub:{repo_id}` in the app's Classify tab to see attention heatmaps.", ""]
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    probe = train.get("probe_head") or train.get("lp_ft_head") or {}
+    if train.get("quick"):
+        lines.append(f"| method | quick model: only the head fitted (logistic regression, C = {probe.get('C')}) on "
+                     "the frozen features of the starting weights |")
+    elif train.get("lp_ft"):
+        lines.append("| method | LP-FT: the head fitted on the frozen features first"
+                     + (f" ({probe['val_acc']:.1%} on validation)" if probe.get("val_acc") is not None else "")
+                     + ", then the whole model fine-tuned from it |")
+    quick_keys = ("model", "pretrained", "img_size_used", "patch_size", "model_args", "seed")
     for key, label in (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
                        ("patch_size", "patch size"), ("model_args", "model arguments"),
                        ("progressive", "progressive resizing"), ("epochs", "epochs (max)"),
@@ -343,10 +352,10 @@ def _card_body(repo_id, arch, base, labels, train, metrics, report, acc, n_val) 
                        ("label_smoothing", "label smoothing"), ("crop_scale_min", "random crop scale (min)"),
                        ("randaugment", "RandAugment"), ("mixup", "mixup"), ("cutmix", "cutmix"),
                        ("ema_decay", "EMA decay"), ("seed", "seed")):
-        if train.get(key) not in (None, {}, ""):
+        if train.get(key) not in (None, {}, "") and (key in quick_keys or not train.get("quick")):
             lines.append(f"| {label} | `{train[key]}` |")
     if train.get("recipe"):
-        lines += ["", "Chosen for the data by ViT Studio's from-scratch recipe:", ""]
+        lines += ["", "Chosen by ViT Studio's recipe (for the data, where training from scratch):", ""]
         lines += [f"- {note}" for note in train["recipe"]]
     split = report.get("split_counts", {})
     if split:

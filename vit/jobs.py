@@ -645,11 +645,12 @@ class _Child:
 
 
 def _recipe(config: dict) -> str:
-    """How a run starts, in two words: 'pretrained', or 'from scratch, 64 px'."""
+    """How a run starts, in a few words: 'pretrained', 'from a run, quick model', 'from scratch, 64 px'."""
     if not config:
         return ""
     if config.get("pretrained", True) or config.get("weights"):
-        return "pretrained"
+        start = "from a run" if config.get("weights") else "pretrained"
+        return start + (", quick model" if config.get("quick") else ", LP-FT" if config.get("lp_ft") else "")
     return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
 
 

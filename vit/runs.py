@@ -38,6 +38,8 @@ ACTIVE_STATES = ("queued", "running")
 CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
     "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
 DATA_REPORT = "data_report.json"
+DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.features)
+FEATURES = ".features"  # under the runs' root: the frozen-feature cache, shared by the runs
 CONFIG_KEY = "vit_studio"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -281,7 +283,7 @@ def remove_partial_files(run_dir: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-ARCHIVED = (WEIGHTS, CONFIG, METRICS, METRICS_LOG, DATA_REPORT, STATUS)
+ARCHIVED = (WEIGHTS, CONFIG, METRICS, METRICS_LOG, DATA_REPORT, DIAGNOSTICS, STATUS)
 
 
 def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:

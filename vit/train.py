@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vit import runs
+from vit import features, probe, runs
 from vit.data import Dataset, DecodeCache
 from vit.models import DEFAULT_MODEL, ModelSpec, create_model, data_config
 
@@ -80,6 +80,10 @@ class TrainConfig:
     cache_max_bytes: int = 2 * 1024 ** 3
     data: str | None = None             # where the dataset came from (recorded, used by resume)
     recipe: list = field(default_factory=list)  # what vit.recipe chose and why, one line each (recorded)
+    # frozen features (vit.features, vit.probe)
+    quick: bool = False                 # the quick model: fit only the head, on the frozen features (seconds)
+    lp_ft: bool = False                 # LP-FT: fine-tune from that fitted head instead of a random one
+    probe_flip: bool = False            # the head also sees the mirror image of each training image
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -97,6 +101,11 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda (got {str(self.device)[:40]!r}).")
         if self.patch_size and self.img_size and self.patch_size > self.img_size:
             raise ConfigError(f"The patch size ({self.patch_size}) is larger than the image size ({self.img_size}).")
+        if (self.quick or self.lp_ft) and not (self.pretrained or self.weights):
+            raise ConfigError(("A quick model fits only the head" if self.quick else "LP-FT first fits the head")
+                              + " on the features of trained weights, and random weights have none worth "
+                              "fitting. Start from pretrained weights, or from an earlier run's (in the app: "
+                              "pick 'Start from your run' as the Model; on the command line: --weights RUN_DIR).")
         if not isinstance(self.model_args, dict):
             raise ConfigError("model_args must be a mapping of timm model arguments.")
         return self
@@ -184,6 +193,8 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
     try:
         while True:
             try:
+                if config.quick:
+                    return _fit_quick(dataset, config, run_dir, emit, should_stop, ddp)
                 return _fit(dataset, config, run_dir, emit, should_stop, resume, ddp)
             except torch.cuda.OutOfMemoryError:
                 if config.batch_size <= 1:
@@ -248,6 +259,14 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     train_set = _Images(cache, dataset.train, labels, _train_transform(config, dcfg))
     val_set = _Images(cache, dataset.val, labels, _eval_transform(dcfg))
     workers = config.workers if config.workers is not None else (0 if device.type == "cpu" else 4)
+    lp_ft = None
+    if config.lp_ft and not resume and (config.pretrained or config.weights):  # LP, then FT from its head
+        lp_ft = _probe_head(model, dcfg, dataset, cache, labels, config, run_dir, emit, device,
+                            _StopFlag(run_dir, should_stop, ddp), ddp.is_main)
+        if lp_ft is None:
+            return _cancelled(emit, 0, 0, [], {"epoch": None})
+        emit.status("running", message=f"LP-FT: the head fitted on frozen features scores {lp_ft['val_acc']:.1%} "
+                                       "on validation; fine-tuning the whole model from it")
     steps_per_epoch = math.ceil(len(train_set) / ddp.world / config.batch_size)
     updates_per_epoch = math.ceil(steps_per_epoch / config.grad_accum)
 
@@ -300,7 +319,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
                 steps_per_epoch=steps_per_epoch, device=str(device), classes=classes,
                 train_images=len(train_set), val_images=len(val_set))
     train_record = {**asdict(config), "classes": classes, "img_size_used": img_size,
-                    "layer_decay_used": layer_decay, "warmup_epochs_used": warmup}
+                    "layer_decay_used": layer_decay, "warmup_epochs_used": warmup,
+                    **({"lp_ft_head": lp_ft} if lp_ft else {})}
     stop = _StopFlag(run_dir, should_stop, ddp)
 
     epoch_times: list[float] = [row["epoch_time"] for row in history]
@@ -407,6 +427,116 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     emit.status("completed", message=message, epoch=len(history))
     emit.event(type="end", metrics=metrics)
     return metrics
+
+
+def _fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
+               should_stop: Callable[[], bool] | None, ddp: "_Distributed") -> dict:
+    """The quick model: the backbone frozen, only the head fitted (logistic regression on the cached
+    features, its penalty chosen on validation). Saved like any run, so everything downstream works."""
+    t0 = time.perf_counter()
+    device = ddp.device(config.device)
+    if config.threads and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    classes = dataset.classes
+    if not dataset.report.ok:
+        raise TrainError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+    runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
+    emit.status("running", message="Creating the model", epoch=0, epochs=1, **runs.process_identity())
+    model = create_model(ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
+                                   img_size=config.img_size, patch_size=config.patch_size,
+                                   model_args=config.model_args), num_classes=len(classes)).to(device)
+    dcfg = data_config(model)
+    if config.crop_pct:
+        dcfg["crop_pct"] = config.crop_pct
+    cache = DecodeCache(dataset.items, short_side=math.ceil(dcfg["input_size"][-1] / dcfg.get("crop_pct", 0.875)),
+                        max_bytes=config.cache_max_bytes)
+    emit.status("running", message=f"Decoding {len(dataset.items)} images")
+    cache.fill(progress=lambda done, total: emit.event(type="cache", done=done, total=total))
+    labels = dataset.labels(range(len(dataset.items)))
+    head = _probe_head(model, dcfg, dataset, cache, labels, config, run_dir, emit, device,
+                       _StopFlag(run_dir, should_stop, ddp), ddp.is_main, keep=True)
+    if head is None:
+        return _cancelled(emit, 0, 0, [], {"epoch": None})
+    x, y = head.pop("features"), torch.tensor(labels)
+    layer = features.classifier(model)
+    logits = x @ layer.weight.detach().cpu().T + layer.bias.detach().cpu()
+    elapsed = time.perf_counter() - t0
+    train_loss, train_acc = _loss_acc(logits[dataset.train], y[dataset.train])
+    val_loss, val_acc = _loss_acc(logits[dataset.val], y[dataset.val])
+    best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": 1}
+    history = [{"epoch": 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": 0.0, "images_per_s": len(labels) / max(elapsed, 1e-9),
+                "epoch_time": elapsed, "img_size": dcfg["input_size"][-1], "eta_s": 0.0, "best_epoch": 1}]
+    record = {**asdict(config), "classes": classes, "img_size_used": dcfg["input_size"][-1], "probe_head": head}
+    if ddp.is_main:
+        runs.save_model(run_dir, model, classes, record, data_config=_export_data_config(dcfg))
+        runs.write_metrics_log(run_dir, history)
+    metrics = _final_metrics(_predicted(logits, dataset.val, labels), dataset, classes, best, history, False)
+    if dataset.test:
+        held_out = _final_metrics(_predicted(logits, dataset.test, labels), dataset, classes, best, history, False)
+        metrics["test"] = {"acc": held_out["val_acc"], "images": len(dataset.test),
+                           "per_class": held_out["per_class"], "confusion_matrix": held_out["confusion_matrix"]}
+    metrics["quick"] = True
+    if ddp.is_main:
+        runs.write_json(run_dir / runs.METRICS, metrics)
+    emit.status("completed", epoch=1, message=f"Quick model: {val_acc:.1%} validation accuracy (a head fitted on "
+                f"frozen features in {elapsed:.0f} s)" + (f"; test accuracy {metrics['test']['acc']:.1%}"
+                                                          if "test" in metrics else ""))
+    emit.event(type="end", metrics=metrics)
+    return metrics
+
+
+def _probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCache, labels: list[int],
+                config: TrainConfig, run_dir: Path, emit: "_Emitter", device, stop, is_main: bool,
+                keep: bool = False) -> dict | None:
+    """Fit the model's head on its frozen features (cached under the runs' root) and put it in the model;
+    write what the features say about the data (diagnostics.json). Returns what was chosen (with the
+    features when `keep`), None when asked to stop."""
+    shas = [it.sha256 for it in dataset.items]
+    emit.status("running", message=f"Computing the frozen features of {len(shas)} images")
+
+    def computed(flip: bool):
+        return features.extract(model, dcfg, cache.pil, shas, cache_dir=run_dir.parent / runs.FEATURES,
+                                device=device, flip=flip, should_stop=stop,
+                                progress=lambda done, total: emit.event(type="features", done=done, total=total))
+    x = computed(False)
+    mirrored = computed(True) if config.probe_flip and x is not None else None
+    if x is None or (config.probe_flip and mirrored is None):
+        return None
+    emit.status("running", message="Fitting the head on the frozen features")
+    y, train, val = torch.tensor(labels), torch.tensor(dataset.train), torch.tensor(dataset.val)
+    x_train, y_train = x[train], y[train]
+    if mirrored is not None:
+        x_train, y_train = torch.cat([x_train, mirrored[train]]), torch.cat([y_train, y_train])
+    head = probe.fit_head(x_train, y_train, x[val] if len(val) else None, y[val] if len(val) else None,
+                          len(dataset.classes), seed=config.seed)
+    with torch.no_grad():
+        layer = features.classifier(model)
+        layer.weight.copy_(head.weight)
+        layer.bias.copy_(head.bias)
+    if is_main:
+        emit.status("running", message="Reading the features for near-duplicates, label errors, a learning curve")
+        splits = {i: s for s, idx in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
+                  for i in idx}
+        report = features.diagnose(x, labels, [it.name for it in dataset.items],
+                                   [splits.get(i, "") for i in range(len(labels))], dataset.classes, head.C,
+                                   config.seed)
+        runs.write_json(run_dir / runs.DIAGNOSTICS, report)
+    chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "flip": config.probe_flip}
+    return {**chosen, "features": x} if keep else chosen
+
+
+def _predicted(logits: torch.Tensor, indices: list[int], labels: list[int]) -> list[tuple]:
+    """(index, true, predicted, confidence) of each image, as _evaluate(keep=True) gives."""
+    conf, pred = logits[indices].softmax(1).max(1)
+    return [(i, labels[i], p, c) for i, p, c in zip(indices, pred.tolist(), conf.tolist())]
+
+
+def _loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if not len(y):
+        return float("nan"), 0.0
+    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,225 @@
+"""Frozen features: what a model's backbone makes of each image, computed once and cached on disk, and what
+they say about the data (near-duplicates, train/validation leakage, likely label errors, a learning curve).
+
+    x = extract(model, dcfg, images, shas, cache_dir=root / ".features")   # (images, features)
+    report = diagnose(x, labels, names, splits, classes, C=1.0)
+
+The cache is keyed by the model as built (its weights and layers, the classifier left out, since a new
+head does not change the features), the preprocessing and the view, then by each image's sha256; so a
+second run on the same images and model, or a quick model after a fine-tune's LP-FT start, computes
+nothing again. Knows nothing of runs or the UI.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vit import probe
+
+CACHE_MAX_BYTES = 512 * 1024 ** 2   # the whole feature cache; the least recently used files go first
+BATCH = 64
+NEAR_DUPLICATE = 0.95               # cosine similarity from which two images count as near-duplicates
+NEAR_SCALE = 0.3                    # ... and only when far closer than images' usual nearest neighbour
+MAX_PAIRS = 100
+MAX_SUSPECTS = 100                  # likely label errors kept in the report (the count says how many in all)
+CURVE = (0.25, 0.5, 0.75, 1.0)
+
+
+class FeatureError(ValueError):
+    """The model cannot give frozen features; the message says why and what to do."""
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer (the head a probe replaces); FeatureError for a model without one."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear) or not hasattr(model, "forward_head"):
+        raise FeatureError(f"{type(model).__name__} has no single linear classifier head, so a head cannot be "
+                           "fitted on its frozen features. Use a ViT from the catalog, or full training.")
+    return head
+
+
+def fingerprint(model: nn.Module, dcfg: dict, view: str = "") -> str:
+    """What the features depend on: the weights and layers as built (the classifier left out), the
+    preprocessing and the view."""
+    head = classifier(model)
+    skip = {p.data_ptr() for p in head.parameters()}
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([type(model).__name__, str(getattr(model, "global_pool", "")), view,
+                         {k: v for k, v in sorted(dcfg.items())}], default=str).encode())
+    for name, child in model.named_children():
+        if child is not head:
+            h.update(f"{name}:{child!r}".encode())
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in skip:
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def extract(model: nn.Module, dcfg: dict, images: Callable[[int], "object"], shas: list[str], *,
+            cache_dir: Path | None = None, device: torch.device | str = "cpu", flip: bool = False,
+            progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """The frozen features (the pre-logits the classifier sees) of each image: `images(k)` gives the k-th
+    as a PIL image, `shas[k]` its sha256. Cached ones are read, the rest computed in eval mode and added to
+    the cache. `flip`: of the mirror image. None when `should_stop` asked to stop."""
+    from timm.data import create_transform
+    classifier(model)
+    transform = create_transform(**dcfg, is_training=False)
+    key = fingerprint(model, dcfg, "hflip" if flip else "")
+    known = _read(cache_dir, key)
+    todo = [k for k, s in enumerate(shas) if s not in known]
+    firsts = list({shas[k]: k for k in reversed(todo)}.values())  # one computation per distinct image
+    was_training = model.training
+    model.eval()
+    new: dict[str, torch.Tensor] = {}
+    try:
+        for start in range(0, len(firsts), BATCH):
+            if should_stop is not None and should_stop():
+                return None
+            chunk = firsts[start:start + BATCH]
+            pictures = [images(k) for k in chunk]
+            if flip:
+                pictures = [p.transpose(0) for p in pictures]  # PIL's FLIP_LEFT_RIGHT
+            x = torch.stack([transform(p) for p in pictures]).to(device)
+            out = model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
+            new.update({shas[k]: row for k, row in zip(chunk, out)})
+            if progress is not None:
+                progress(min(start + BATCH, len(firsts)), len(firsts))
+    finally:
+        model.train(was_training)
+    if new and cache_dir is not None:
+        _write(cache_dir, key, {**known, **new})
+    every = {**known, **new}
+    return torch.stack([every[s] for s in shas]) if shas else torch.zeros(0, classifier(model).in_features)
+
+
+def diagnose(x: torch.Tensor, labels: list[int], names: list[str], splits: list[str], classes: list[str],
+             C: float = 1.0, seed: int = 0) -> dict:
+    """What the features say about a dataset: near-duplicate pairs (with those that cross from train into
+    validation or test), likely label errors by a cross-validated probe, and a learning curve."""
+    y = torch.tensor(labels, dtype=torch.long)
+    train = torch.tensor([s == "train" for s in splits])
+    val = torch.tensor([s == "val" for s in splits])
+    suspects = label_errors(x, y, names, classes, C, seed)
+    return {"near_duplicates": near_duplicates(x, names, splits),
+            "label_errors": suspects[:MAX_SUSPECTS], "suspects": len(suspects),
+            "learning_curve": learning_curve(x[train], y[train], x[val], y[val], len(classes), C, seed),
+            "images": len(names), "C": C}
+
+
+def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str]) -> list[dict]:
+    """Pairs of images whose features are nearly the same: cosine similarity at least NEAR_DUPLICATE and
+    the pair far closer than images' usual nearest neighbour (so a dataset of look-alikes is not all
+    flagged). Most similar first; `leak` when one is in train and the other in validation or test."""
+    n = len(x)
+    if n < 2:
+        return []
+    z = nn.functional.normalize(x.float(), dim=1)
+    nearest = torch.empty(n)
+    pairs = []
+    for start in range(0, n, 1024):  # blocks: memory stays (1024 x n)
+        sim = z[start:start + 1024] @ z.T
+        rows = torch.arange(start, min(start + 1024, n))
+        sim[rows - start, rows] = -1.0
+        nearest[rows] = sim.max(1).values
+        hits = torch.nonzero(sim >= NEAR_DUPLICATE)
+        pairs += [(float(sim[i, j]), int(rows[i]), int(j)) for i, j in hits.tolist() if rows[i] < j]
+    usual = 1.0 - float(nearest.median())  # the typical distance to a nearest neighbour
+    found = sorted((p for p in pairs if 1.0 - p[0] <= NEAR_SCALE * usual), reverse=True)[:MAX_PAIRS]
+    return [{"a": names[i], "b": names[j], "similarity": round(s, 4), "splits": [splits[i], splits[j]],
+             "leak": "train" in (splits[i], splits[j]) and splits[i] != splits[j]} for s, i, j in found]
+
+
+def label_errors(x: torch.Tensor, y: torch.Tensor, names: list[str], classes: list[str], C: float,
+                 seed: int = 0) -> list[dict]:
+    """Images the probe, fitted without them (5-fold), finds more like another class than their own, ranked
+    by the probability of the label given (lowest first: cleanlab's self-confidence). A threshold on the
+    other class's probability lost recall in bench/probe_bench.py (0.75 against 0.80 in the top 2x ranks)."""
+    if len(torch.unique(y)) < 2:
+        return []
+    probs = probe.cross_val_proba(x, y, len(classes), C, folds=5, seed=seed)
+    given = probs[torch.arange(len(y)), y]
+    other = probs.clone()
+    other[torch.arange(len(y)), y] = -1.0
+    best_p, best = other.max(1)
+    order = torch.argsort(given)
+    return [{"name": names[i], "label": classes[y[i]], "suggested": classes[best[i]],
+             "p_suggested": round(float(best_p[i]), 4), "p_label": round(float(given[i]), 4)}
+            for i in order.tolist() if best_p[i] > given[i]]
+
+
+def label_error_ranking(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, seed: int = 0) -> list[int]:
+    """Every image, most suspect first (the probability of its label under a head fitted without it)."""
+    probs = probe.cross_val_proba(x, y, n_classes, C, folds=5, seed=seed)
+    return torch.argsort(probs[torch.arange(len(y)), y]).tolist()
+
+
+def learning_curve(x_train, y_train, x_val, y_val, n_classes: int, C: float, seed: int = 0) -> dict:
+    """Validation accuracy of the probe on 25/50/75/100% of the training images, and what it means."""
+    if not len(x_val) or len(torch.unique(y_train)) < 2:
+        return {"points": [], "verdict": "No validation images, so no learning curve."}
+    points = []
+    for fraction in CURVE:
+        idx = probe.subset(y_train, fraction, seed)
+        head = probe.fit(x_train[idx], y_train[idx], n_classes, C)
+        acc = float((head.logits(x_val).argmax(1) == y_val).float().mean())
+        points.append({"fraction": fraction, "images": len(idx), "val_acc": round(acc, 4)})
+    gain = points[-1]["val_acc"] - points[-2]["val_acc"]
+    if points[-1]["val_acc"] >= 0.99:
+        verdict = "The probe is already near perfect: more images of the same kind would change little."
+    elif gain >= 0.02:
+        verdict = (f"Still rising ({gain:+.1%} from 75% to all of the images): more images would likely help, "
+                   "most in the classes the probe confuses.")
+    else:
+        verdict = (f"Flat at the end ({gain:+.1%} from 75% to all): more of the same images would help little; "
+                   "fine-tuning the whole model, cleaner labels or more varied images would help more.")
+    return {"points": points, "verdict": verdict}
+
+
+def _path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"{key}.safetensors"
+
+
+def _read(cache_dir: Path | None, key: str) -> dict[str, torch.Tensor]:
+    if cache_dir is None or not _path(cache_dir, key).is_file():
+        return {}
+    from safetensors.torch import load_file
+    try:
+        stored = load_file(_path(cache_dir, key))
+        os.utime(_path(cache_dir, key))  # recently used: trimmed last
+    except Exception:  # a damaged cache file is only a cache miss
+        return {}
+    return {bytes(s.tolist()).hex(): row for s, row in zip(stored["sha"], stored["x"])}
+
+
+def _write(cache_dir: Path, key: str, rows: dict[str, torch.Tensor]) -> None:
+    """Store atomically, then trim the cache to CACHE_MAX_BYTES (oldest first). A cache that cannot be
+    written (a full or read-only disk) only costs the next run the same computation."""
+    from safetensors.torch import save_file
+    tmp = None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        sha = torch.tensor([list(bytes.fromhex(s)) for s in rows], dtype=torch.uint8)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        save_file({"sha": sha, "x": torch.stack(list(rows.values())).contiguous()}, tmp)
+        os.replace(tmp, _path(cache_dir, key))
+        files = sorted(cache_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+        total = 0
+        for p in files:
+            total += p.stat().st_size
+            if total > CACHE_MAX_BYTES and p != _path(cache_dir, key):
+                p.unlink(missing_ok=True)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
