@@ -33,7 +33,7 @@ import weakref
 import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -127,6 +127,7 @@ class HealthReport:
     leakage: list[list[str]]
     errors: list[str]
     warnings: list[str]
+    reviewed: dict[str, int] = field(default_factory=dict)  # the label review's edits: relabelled, dropped
 
     @property
     def ok(self) -> bool:
@@ -182,8 +183,11 @@ class Dataset:
 def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.PathLike]], *,
                  val_fraction: float = 0.2, seed: int = 0, limits: Limits = Limits(),
                  workspace_root: str | os.PathLike | None = None,
-                 workers: int | None = None) -> Dataset:
+                 workers: int | None = None, edits: Mapping[str, str | None] | None = None) -> Dataset:
     """Read a dataset from a zip file, a directory, or a {class name: [image files]} mapping.
+
+    `edits` (the label review: image name -> its class, or None to leave it out) are applied as the
+    images are read; a name not in the dataset, or a class it does not have, is ignored.
 
     Raises DataError when the input cannot be read at all (missing, not a zip,
     over a cap); problems a dataset can have (one class, too few images) are
@@ -212,7 +216,10 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
                 raise DataError(f"{path.name} is neither a folder nor a .zip archive. "
                                 "Zip the class folders (cat/..., dog/...) and upload the .zip.")
             entries, skipped, layout = _assign_labels(raw, limits)
-        return _build(entries, skipped, layout, label, declared, val_fraction, seed, limits, workspace, workers)
+        entries, reviewed = _reviewed(entries, skipped, edits or {}, declared)
+        dataset = _build(entries, skipped, layout, label, declared, val_fraction, seed, limits, workspace, workers)
+        dataset.report.reviewed = reviewed
+        return dataset
     except BaseException:
         if workspace is not None:
             shutil.rmtree(workspace, ignore_errors=True)
@@ -714,6 +721,26 @@ def _build(entries: list[_Entry], skipped: list[Skipped], layout: str, source: s
     return dataset
 
 
+def _reviewed(entries: list[_Entry], skipped: list[Skipped], edits: Mapping[str, str | None],
+              declared: list[str]) -> tuple[list[_Entry], dict[str, int]]:
+    """The entries after the label review: relabelled to a class the dataset has, or dropped (skipped,
+    saying so); how many of each."""
+    if not edits:
+        return entries, {}
+    classes = {e.label for e in entries} | set(declared)
+    kept, counts = [], {"relabelled": 0, "dropped": 0}
+    for e in entries:
+        if e.name not in edits or (edits[e.name] is not None and edits[e.name] not in classes):
+            kept.append(e)
+        elif edits[e.name] is None:
+            skipped.append(Skipped(e.name, "dropped in the label review (Train tab)"))
+            counts["dropped"] += 1
+        else:
+            counts["relabelled"] += edits[e.name] != e.label
+            kept.append(replace(e, label=edits[e.name]))
+    return kept, counts
+
+
 def _probe(entry: _Entry, limits: Limits) -> Item | str:
     """Validate one file by decoding it fully; return an Item or the reason it is skipped."""
     try:
@@ -906,6 +933,9 @@ def _render_report(r: HealthReport, markdown: bool) -> str:
         facts.append(f"Image size (w x h): min {w['min']}x{h['min']}, median {w['median']:g}x{h['median']:g}, "
                      f"max {w['max']}x{h['max']}")
         facts.append("Colour modes: " + ", ".join(f"{m} {n}" for m, n in sorted(r.modes.items())))
+    if any(r.reviewed.values()):
+        facts.append(f"Label review: {r.reviewed.get('relabelled', 0)} relabelled, {r.reviewed.get('dropped', 0)} "
+                     "dropped")
     if r.duplicates:
         facts.append(f"Exact duplicates: {len(r.duplicates)} group(s), e.g. {' = '.join(r.duplicates[0][:3])}")
     lines += [f"- {f}" for f in facts]

@@ -38,6 +38,9 @@ MISTAKES_LABEL = "Misclassified validation images (true -> predicted)"
 SAMPLE_PER_CLASS = 500  # a from-scratch run learns them to >= 95% in under a minute on 2 cores (bench/scratch_bench.py)
 SAMPLE_MAX = 1000
 NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
+RUN_START = "run:"  # a Model choice that starts from one of the visitor's runs: "run:<id>"
+MAX_SUSPECTS = 24  # likely label errors shown for a run
+MAX_PAIRS = 12     # near-duplicate pairs shown
 DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
 
 
@@ -117,7 +120,13 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
                                       max_length=80, scale=3)
             plan = gr.Markdown()
-            start_btn = gr.Button("Start training", variant="primary", interactive=False)
+            with gr.Row():
+                start_btn = gr.Button("Start training", variant="primary", interactive=False, scale=2)
+                quick_btn = gr.Button("Quick model (seconds)", interactive=False, scale=1)
+            gr.Markdown("*Quick model*: only the head is fitted, on the frozen features of the starting weights "
+                        "(pretrained, or one of your runs picked as the Model). Its results also show what "
+                        "those features say about your data: near-duplicates, likely label errors, and whether "
+                        "more images would help.")
             start_msg = gr.Markdown()
             # the name stays in view on a phone while the other columns scroll; long cells are cut
             runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False,
@@ -129,7 +138,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 delete_btn = gr.Button("Delete", variant="stop", scale=1)
             run_msg = gr.Markdown()
             progress = gr.Markdown()
-            with gr.Row():
+            with gr.Row() as curves:
                 loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss", min_width=280)
                 acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1],
                                        min_width=280)
@@ -143,6 +152,20 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     confusion = gr.Image(label="Confusion matrix", show_label=False, type="pil", min_width=280)
                     mistakes = gr.Gallery(label=MISTAKES_LABEL, columns=4,
                                           height="auto", min_width=280)
+                features_md = gr.Markdown()
+                with gr.Column(visible=False) as features_box:  # shown for a run with diagnostics
+                    with gr.Row():
+                        curve_plot = gr.LinePlot(x="images", y="accuracy", y_lim=[0, 1],
+                                                 title="Learning curve (the head alone, on part of the data)",
+                                                 min_width=280)
+                        pairs = gr.Gallery(label="Near-duplicates, side by side", columns=2, height="auto",
+                                           object_fit="contain", min_width=280)
+                    suspects = gr.Gallery(label="Likely label errors", columns=6, height="auto")
+                    with gr.Row():
+                        suspect = gr.Dropdown([], label="Review an image", scale=3)
+                        verdict = gr.Dropdown([], label="Action", scale=2)
+                        review_btn = gr.Button("Apply to my dataset", scale=1)
+                    review_msg = gr.Markdown()
             timer = gr.Timer(2.0)
             run_key = gr.State("")  # "<run id>:<state>" of the selected run
         with gr.Tab("Classify"):
@@ -219,18 +242,20 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                                 api_name="check_classes").then(**kept)
 
         welcome = app.load(_ensure_owner, owner, owner, api_visibility="private")
-        dataset.change(lambda ds: gr.Button(interactive=bool(ds) and not ds.get("problem")), dataset, start_btn,
-                       api_visibility="private")
+        dataset.change(lambda ds: [gr.Button(interactive=bool(ds) and not ds.get("problem"))] * 2, dataset,
+                       [start_btn, quick_btn], api_visibility="private")
         listing = [runs_table, selected]
         view = [progress, loss_plot, acc_plot]
         results = [per_class, confusion, mistakes]
         advanced = [img_size, weight_decay, label_smoothing, warmup, patience, randaugment, mixup, cutmix, ema,
                     val_fraction, seed, progressive]
 
-        def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
-            *values, named = more if len(more) > len(ADVANCED) else (*more, None)
-            return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who, named,
-                                  **dict(zip(ADVANCED, values)))
+        def starter(quick: bool):
+            def start(ds, model_name, from_zero, n_epochs, batch, rate, who, *more):
+                *values, named = more if len(more) > len(ADVANCED) else (*more, None)
+                return start_training(get_manager(), ds, model_name, from_zero, n_epochs, batch, rate, who, named,
+                                      quick=quick, **dict(zip(ADVANCED, values)))
+            return start
 
         def outcome(run_id, who):
             return run_results(get_manager(), run_id, who)
@@ -249,8 +274,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 return run_action(get_manager(), action, run_id, who)
             return handler
 
-        start_btn.click(start, [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced, run_name],
-                        [start_msg, selected], api_name="start_training")
+        form = [dataset, model, scratch, epochs, batch_size, lr, owner, *advanced, run_name]
+        start_btn.click(starter(False), form, [start_msg, selected], api_name="start_training")
+        quick_btn.click(starter(True), form, [start_msg, selected], api_name="quick_model")
         settings = [model, scratch, epochs, batch_size, lr, *advanced]
 
         def keep_settings(who, *values):
@@ -272,9 +298,30 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         timer.tick(refresh, [selected, owner], listing, api_name="list_runs", show_progress="hidden")
         timer.tick(show_live, [selected, owner], [*view, run_key], api_visibility="private", show_progress="hidden")
         selected.change(show, [selected, owner], view, api_name="show_run", show_progress="hidden")
+        for event in (selected.change, run_key.change):
+            event(lambda run_id, who: curves_shown(get_manager(), run_id, who), [selected, owner], curves,
+                  api_visibility="private", show_progress="hidden")
         selected.change(outcome, [selected, owner], results, api_name="run_results", show_progress="hidden")
         # results are drawn once per state (e.g. when the run completes), not on every tick
         run_key.change(outcome, [selected, owner], results, api_visibility="private", show_progress="hidden")
+        diagnosed = [features_md, curve_plot, pairs, suspects, suspect, verdict, features_box]
+
+        def read_features(run_id, ds, who):
+            return run_features(get_manager(), run_id, ds, who)
+
+        selected.change(read_features, [selected, dataset, owner], diagnosed, api_name="run_features",
+                        show_progress="hidden")
+        run_key.change(read_features, [selected, dataset, owner], diagnosed, api_visibility="private",
+                       show_progress="hidden")
+        suspect.change(lambda run_id, name, who: review_choices(get_manager(), run_id, name, who),
+                       [selected, suspect, owner], verdict, api_visibility="private", show_progress="hidden")
+
+        def review(ds, run_id, name, action, who):
+            return review_image(get_manager(), ds, run_id, name, action, who)
+
+        review_btn.click(review, [dataset, selected, suspect, verdict, owner], [*shown, review_msg],
+                         api_name="review_image").then(**kept).then(
+            read_features, [selected, dataset, owner], diagnosed, api_visibility="private")
 
         def comparison(who):
             return compare_runs(get_manager(), who)
@@ -308,7 +355,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             finished = [r["id"] for r in rows if r["state"] == "completed"]
             new = [i for i in finished if known is not None and i not in known]  # finished since the last look
             follow = new[0] if new else None
-            return _model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished
+            starts = gr.update() if finished == known else gr.Dropdown(choices=_start_choices(rows))
+            return (_model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished,
+                    starts)
 
         def push(run_id, repo, is_private, typed, who, oauth_token: gr.OAuthToken | None = None):
             return push_to_hub(get_manager(), run_id, repo, is_private, typed, oauth_token, who)
@@ -357,8 +406,9 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
 
         use_best.click(best_everywhere, owner, pickers, api_visibility="private")
         finished_seen = gr.State(None)  # finished runs the pickers know of: a new one is followed
-        app.load(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen], api_visibility="private")
-        timer.tick(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen],
+        app.load(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen, model],
+                 api_visibility="private")
+        timer.tick(model_lists, [*pickers, finished_seen, owner], [*pickers, finished_seen, model],
                    api_visibility="private", show_progress="hidden")
     return app
 
@@ -444,8 +494,9 @@ def restore_session(manager: jobs.JobManager, owner: str | None):
         source = ds.get("classes") or ds.get("path")
         if not source or (isinstance(source, str) and not Path(source).exists()):
             raise data.DataError("gone")
-        with data.load_dataset(source) as loaded:
-            shown = _show(loaded, ds.get("path"), ds["name"], classes=ds.get("classes"))
+        edits = ds.get("edits") if isinstance(ds.get("edits"), dict) else None
+        with data.load_dataset(source, edits=edits) as loaded:
+            shown = _show(loaded, ds.get("path"), ds["name"], classes=ds.get("classes"), edits=edits)
     except data.DataError:
         gone = (f"Your dataset from last time, **{ds['name']}**, is no longer on the server (uploads are kept for "
                 f"{_duration(HostLimits.from_env().temp_max_age_s)}). Upload it again.")
@@ -455,18 +506,26 @@ def restore_session(manager: jobs.JobManager, owner: str | None):
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
                    epochs: float, batch_size: float, lr: float, owner: str | None, run_name: str | None = None,
-                   **advanced):
-    """Queue a run on the checked dataset; returns a message and the run picker (on the new run, unless the
-    view is on a run that is training: it stays there)."""
+                   quick: bool = False, **advanced):
+    """Queue a run on the checked dataset (`quick`: the quick model); returns a message and the run picker
+    (on the new run, unless the view is on a run that is training: it stays there)."""
     if not dataset:
         raise refused(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
     if dataset.get("problem"):
         raise refused(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
                        "it again in the Data tab.", duration=None)
-    config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset), **advanced)
+    config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset), quick=quick, **advanced)
     try:
-        if dataset.get("classes"):  # built class by class in the Data tab
-            with data.load_dataset(dataset["classes"], val_fraction=config.val_fraction, seed=config.seed) as ds:
+        if config.weights:  # "run:<id>": the weights of one of the visitor's own runs
+            run_dir = manager.own_run(config.weights[len(RUN_START):], owner or None, "start from")
+            if not (run_dir / runs.WEIGHTS).is_file():
+                raise jobs.JobError(f"The run {run_dir.name} has no saved model yet: wait for it to finish.")
+            config.model = runs.read_config(run_dir).get(runs.CONFIG_KEY, {}).get("model", config.model)
+            config.weights = str(run_dir)
+        if dataset.get("classes") or dataset.get("edits"):  # built class by class, or reviewed, in the app
+            source = dataset.get("classes") or dataset["path"]
+            with data.load_dataset(source, val_fraction=config.val_fraction, seed=config.seed,
+                                   edits=dataset.get("edits")) as ds:
                 run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"], name=run_name)
         else:
             run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"],
@@ -481,11 +540,14 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
 
 
 def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts: dict | None = None,
-                   **advanced) -> TrainConfig:
+                   quick: bool = False, **advanced) -> TrainConfig:
     """The TrainConfig the form describes, exactly as it will run: what the form leaves empty is chosen by
-    vit.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting."""
+    vit.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting. A
+    model "run:<id>" starts from one of the visitor's runs: weights "run:<id>", which start_training
+    resolves (and checks is theirs)."""
     try:
-        name = models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
+        start = (model_name or "").strip() if str(model_name or "").startswith(RUN_START) else None
+        name = DEFAULT_MODEL if start else models.check_web_model_name((model_name or DEFAULT_MODEL).strip())
         typed = {k: _typed(v) for k, v in dict(advanced, epochs=epochs, batch_size=batch_size, lr=lr).items()}
         given = {k: v for k, v in typed.items() if v is not None}
         if given.get("img_size") == 0:  # 0: the recipe's (as older forms said)
@@ -496,7 +558,7 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts
             given["ema_decay"] = None
         if "progressive" in given:
             given["progressive"] = given["progressive"] == "on"
-        config = TrainConfig(model=name, pretrained=not scratch, **given).check()
+        config = TrainConfig(model=name, pretrained=not scratch, weights=start, quick=bool(quick), **given).check()
         config = recipe.choose(config, recipe.DataFacts.from_dict(facts), given=given)
     except (models.ModelError, ConfigError) as e:
         raise refused(str(e), duration=None)
@@ -508,7 +570,9 @@ def describe_config(config: TrainConfig) -> str:
     choice the recipe made for the data (an empty field in the form), and why."""
     entry = models.catalog_entry(config.model)
     arch = config.model.split(".")[0]
-    if config.pretrained or config.weights:
+    if config.weights:
+        model = f"the model of your run {Path(config.weights).name.removeprefix(RUN_START)}"
+    elif config.pretrained:
         model = f"{entry.title if entry else config.model}, pretrained weights"
     else:
         shape = [f"{config.model_args['embed_dim']} wide" if "embed_dim" in config.model_args else None,
@@ -518,6 +582,11 @@ def describe_config(config: TrainConfig) -> str:
     size = f"{config.img_size} px images" if config.img_size else "the model's own image size"
     grow = ", growing from smaller images" if config.progressive else ""
     line = f"{model}; {size}{grow}; {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}."
+    if config.quick:
+        line = (f"a quick model from {model}: its head fitted on the frozen features of your images (seconds; "
+                "the other settings do not apply).")
+    elif config.lp_ft:
+        line += " LP-FT: the head is first fitted on the frozen features, then the whole model fine-tuned from it."
     if not config.recipe:
         return line
     return line + "\n\nChosen for your data (fill in a field to set it yourself):\n" + "".join(
@@ -560,11 +629,14 @@ def _facts(dataset: dict | None) -> dict | None:
 
 
 def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None):
-    """The runs table and the run picker (keeping the current choice)."""
+    """The runs table and the run picker. A choice that is still a run is left alone (the value is not sent
+    back: a poll sent before a click on Start would otherwise undo the move to the new run)."""
     rows = manager.list(owner or None)
     table = pd.DataFrame([[r["name"], r["state"], _model_text(r), _epoch_text(r),
                            "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"], r["id"]]
                           for r in rows], columns=RUN_COLUMNS)
+    if selected in {r["id"] for r in rows}:
+        return table, gr.update(choices=_run_choices(rows))
     return table, _run_picker(rows, _live_choice(rows, selected))
 
 
@@ -584,7 +656,11 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         lines.append(f"<progress value='{done:.3f}' max='1' style='width:100%'></progress> {done:.0%}")
         lines.append(f"Epoch {min((p['epoch'] or 0) + 1, epochs)}/{epochs}, step {p['step'] or 0}/{steps}"
                      + (f", about {_duration(p['eta_s'])} left" if p.get("eta_s") else ""))
-    if p["history"]:
+    if p["history"] and "quick model" in (p.get("recipe") or ""):
+        last = p["history"][-1]
+        lines.append(f"Quick model: the head alone, fitted in {last['epoch_time']:.1f} s: train accuracy "
+                     f"{last['train_acc']:.1%}, validation accuracy {last['val_acc']:.1%}.")
+    elif p["history"]:
         last = p["history"][-1]
         lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, val acc {last['val_acc']:.1%}, "
                      f"lr {last['lr']:.2e}, {last['images_per_s']:.0f} images/s")
@@ -598,6 +674,15 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
     return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
             pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+
+
+def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """The loss and accuracy curves are hidden for a quick model: one fit, nothing to draw."""
+    try:
+        quick = bool(run_id) and "quick model" in (manager.progress(run_id, owner or None).get("recipe") or "")
+    except jobs.JobError:
+        quick = False
+    return gr.Row(visible=not quick)
 
 
 def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
@@ -619,17 +704,145 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
     wrong = []  # pictures, not paths: the run folder need not be one Gradio may serve (e.g. /data on a Space)
     misclassified = sorted(metrics.get("misclassified", []), key=lambda m: -m.get("confidence", 0))
     for m in misclassified[:MAX_MISTAKES]:
-        try:
-            path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(m["name"]).split("/"))
-            img, _, _ = data.read_rgb(path, draft_side=160, max_side=640)
-        except (ValueError, data.DataError):
-            continue
-        img.thumbnail((160, 160))
-        wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
+        img = _run_image(run_dir, m["name"])
+        if img is not None:
+            wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
     shown = (f"all {len(misclassified)}" if len(misclassified) <= MAX_MISTAKES
              else f"the {MAX_MISTAKES} most confident of {len(misclassified)}")
     return table, picture, gr.Gallery(value=wrong, label=f"Misclassified validation images, true -> predicted "
                                                          f"({shown})")
+
+
+def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None):
+    """What a run's frozen features say about its data (diagnostics.json): a summary, the learning curve,
+    near-duplicate pairs side by side, and the likely label errors not yet reviewed in the visitor's
+    dataset, with the picker to review them."""
+    curve = pd.DataFrame(columns=["images", "accuracy"])  # training images, validation accuracy
+    empty = ("", curve, [], [], gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[], value=None),
+             gr.Column(visible=False))
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see") if run_id else None
+    except jobs.JobError:
+        return empty
+    found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
+    if not isinstance(found, dict):
+        if run_dir and runs.read_json(run_dir / runs.METRICS, {}).get("per_class"):
+            return ("*What the features say about the data (near-duplicates, likely label errors, a learning "
+                    "curve) is shown for a Quick model, or a fine-tune with LP-FT.*", *empty[1:])
+        return empty
+    reviewed = set((dataset or {}).get("edits") or {})
+    errors = [e for e in found.get("label_errors", []) if e["name"] not in reviewed]
+    doubted = found.get("suspects", 0) - len(reviewed & {e["name"] for e in found.get("label_errors", [])})
+    points = found.get("learning_curve", {}).get("points", [])
+    pairs_ = found.get("near_duplicates", [])
+    leaks = sum(p["leak"] for p in pairs_)
+    lines = ["### What the features say about the data",
+             f"- **Would more images help?** {found.get('learning_curve', {}).get('verdict', '')} "
+             + ", ".join(f"{p['images']} images: {p['val_acc']:.0%}" for p in points) + ".",
+             f"- **Near-duplicates:** {data.count(len(pairs_), 'pair')} of images that look the same to the model"
+             + (f", {leaks} across train and validation or test (validation accuracy is flattered: remove one "
+                "of each)" if leaks else "") + ".",
+             f"- **Likely label errors:** {data.count(doubted, 'image')} that a head fitted without them finds "
+             "more like another class" + (", the most doubtful first (review them below: relabel, keep or "
+                                                 "drop; the changes go to your dataset in the Data tab)."
+                                                 if errors else ".")]
+    table = pd.DataFrame([(p["images"], p["val_acc"]) for p in points], columns=list(curve.columns))
+    side_by_side = [(pic, caption) for pic, caption in (_pair_picture(run_dir, p) for p in pairs_[:MAX_PAIRS])
+                    if pic is not None]
+    gallery = []
+    for e in errors[:MAX_SUSPECTS]:
+        pic = _run_image(run_dir, e["name"])
+        if pic is not None:
+            gallery.append((pic, f"{e['label']} -> {e['suggested']}? ({e['p_suggested']:.0%}) {e['name']}"))
+    names = [e["name"] for e in errors[:MAX_SUSPECTS]]
+    return ("\n".join(lines), table, side_by_side, gallery,
+            gr.Dropdown(choices=names, value=names[0] if names else None),
+            review_choices(manager, run_id, names[0] if names else None, owner), gr.Column(visible=True))
+
+
+def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):
+    """What can be done with a likely label error: relabel as the class suggested (first), keep, relabel
+    as another class, or drop it."""
+    suspect = _suspect(manager, run_id, name, owner)
+    if suspect is None:
+        return gr.Dropdown(choices=[], value=None)
+    classes = runs.read_json(manager.own_run(run_id, owner or None, "see") / runs.METRICS, {}).get("classes", [])
+    choices = [(f"Relabel as {suspect['suggested']} (suggested)", suspect["suggested"]),
+               (f"Keep it as {suspect['label']}", "keep"), ("Drop it from the dataset", "drop")]
+    choices += [(f"Relabel as {c}", c) for c in classes if c not in (suspect["label"], suspect["suggested"])]
+    return gr.Dropdown(choices=choices, value=suspect["suggested"])
+
+
+def review_image(manager: jobs.JobManager, dataset: dict | None, run_id: str | None, name: str | None,
+                 action: str | None, owner: str | None):
+    """Apply a review of a likely label error to the visitor's dataset (relabel, keep or drop), and show
+    the Data tab again with its report. Only images the run flagged, and classes the run has, are taken."""
+    if not dataset or dataset.get("problem") or not (dataset.get("path") or dataset.get("classes")):
+        raise refused("Load the dataset in the Data tab first: the review changes it.")
+    suspect = _suspect(manager, run_id, name, owner)
+    if suspect is None:
+        raise refused("Pick one of the run's likely label errors to review.")
+    classes = runs.read_json(manager.own_run(run_id, owner or None, "see") / runs.METRICS, {}).get("classes", [])
+    if action not in ("keep", "drop", *classes):
+        raise refused("Pick what to do with it: relabel, keep or drop.")
+    edits = dict(dataset.get("edits") or {})
+    edits[name] = suspect["label"] if action == "keep" else None if action == "drop" else action
+    source = dataset.get("classes") or dataset["path"]
+    try:
+        with data.load_dataset(source, edits=edits) as ds:
+            if name not in {it.name for it in ds.items} | {s.name for s in ds.report.skipped}:
+                raise refused(f"{name} is not in your dataset {dataset['name']}: this run was trained on other "
+                              "data. Load that dataset in the Data tab to review it.")
+            shown = _show(ds, dataset.get("path"), dataset["name"], classes=dataset.get("classes"), edits=edits)
+    except data.DataError as e:
+        raise refused(str(e), duration=None)
+    done = {"keep": f"kept as {suspect['label']}", "drop": "dropped from the dataset"}.get(action,
+                                                                                       f"relabelled as {action}")
+    return (*shown, f"**{name}**: {done}. The Data tab's report shows the change; train again (a Quick model "
+                    "takes seconds) to see its effect.")
+
+
+def _suspect(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None) -> dict | None:
+    if not run_id or not name:
+        return None
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see")
+    except jobs.JobError:
+        return None
+    found = runs.read_json(run_dir / runs.DIAGNOSTICS, {})
+    return next((e for e in found.get("label_errors", []) if e.get("name") == name), None) \
+        if isinstance(found, dict) else None
+
+
+def _run_image(run_dir: Path, name: str, side: int = 160):
+    """A small copy of one image of the run's own data (None when it cannot be read)."""
+    try:
+        path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(name).split("/"))
+        img, _, _ = data.read_rgb(path, draft_side=side, max_side=640)
+    except (ValueError, data.DataError):
+        return None
+    img.thumbnail((side, side))
+    return img
+
+
+def _pair_picture(run_dir: Path, pair: dict):
+    """Two near-duplicates side by side, and a caption with their names, splits and similarity."""
+    from PIL import Image
+    a, b = _run_image(run_dir, pair["a"], 128), _run_image(run_dir, pair["b"], 128)
+    if a is None or b is None:
+        return None, ""
+    both = Image.new("RGB", (a.width + b.width + 8, max(a.height, b.height)), (128, 128, 128))
+    both.paste(a, (0, 0))
+    both.paste(b, (a.width + 8, 0))
+    splits = pair.get("splits", ["", ""])
+    return both, (f"{pair['a']} ({splits[0]}) and {pair['b']} ({splits[1]}): similarity {pair['similarity']:.3f}"
+                  + (" - across train and validation" if pair.get("leak") else ""))
+
+
+def _start_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    """The Model picker: the catalog, then the visitor's finished runs to start from."""
+    return MODEL_CHOICES + [(f"Start from your run: {_model_label(r)}", f"{RUN_START}{r['id']}")
+                            for r in rows if r["has_model"] and r["state"] == "completed"]
 
 
 CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model and results? This cannot be "
@@ -881,7 +1094,11 @@ def _live_choice(rows: list[dict], current: str | None, new: str | None = None) 
 
 def _run_picker(rows: list[dict], value: str | None):
     """The Train tab's run picker: runs by name and state, their id as the value."""
-    return gr.Dropdown(choices=[(f"{r['name']} ({r['state']})", r["id"]) for r in rows], value=value)
+    return gr.Dropdown(choices=_run_choices(rows), value=value)
+
+
+def _run_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{r['name']} ({r['state']})", r["id"]) for r in rows]
 
 
 def _model_picker(rows: list[dict], current: str | None, follow: str | None = None):
@@ -1021,20 +1238,23 @@ def _class_slots(n: int):
             + [gr.update() if i < n else None for i in range(MAX_CLASSES)])
 
 
-def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None):
+def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None, edits: dict | None = None):
     r = ds.report
     rows = [{"class": c, "split": split, "images": n}
             for split, per in r.split_counts.items() for c, n in per.items()]
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
     if r.ok:
-        state = {"path": path, "name": name, "classes": classes, "facts": recipe.DataFacts.of(ds).to_dict()}
+        state = {"path": path, "name": name, "classes": classes, "facts": recipe.DataFacts.of(ds).to_dict(),
+                 **({"edits": edits} if edits else {})}
         line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
                 f"({', '.join(ds.classes)}).")
     else:  # kept, so that Start can say why not
         problem = " ".join(r.errors)
         state = {"path": None, "name": name, "classes": None, "problem": problem}
         line = f"The dataset **{name}** cannot be trained on: {problem} Fix it and upload it again (Data tab)."
-    return r.to_markdown(), df, data.thumbnails(ds), state, line
+    hint = ("\n\n*Near-duplicates, likely label errors and whether more images would help: make a **Quick "
+            "model** in the Train tab; its results read them from the model's features.*" if r.ok else "")
+    return r.to_markdown() + hint, df, data.thumbnails(ds), state, line
 
 
 def _manager_getter(manager: jobs.JobManager | None):

@@ -1,0 +1,196 @@
+"""Frozen features (vit.features), the linear probe (vit.probe), the quick model, LP-FT and the label review.
+Tiny models only; the accuracy and speed they reach live in bench/probe_bench.py."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny
+from vit import cli, features, hub, jobs, predict, probe, runs, ui
+from vit.data import load_dataset
+from vit.samples import make_shapes_dataset
+from vit.train import ConfigError, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ALICE, BOB = "alice-visitor-token-0001", "bob-visitor-token-00002"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("probe") / "shapes", per_class=12, size=32)
+
+
+@pytest.fixture(scope="module")
+def source(shapes, tmp_path_factory):
+    """Weights to start from: a tiny ViT trained for 2 epochs (a run directory)."""
+    run = tmp_path_factory.mktemp("source") / "runs" / "source"
+    with load_dataset(shapes) as ds:
+        train(ds, tiny(), run)
+    return run
+
+
+def _clusters(n=30, d=16, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g) * 4
+    y = torch.arange(n) % k
+    return centres[y] + torch.randn(n, d, generator=g) + 7.0, y  # far from the origin: the folding matters
+
+
+def test_the_probe_learns_folds_its_scaling_and_chooses_the_penalty_on_validation():
+    x, y = _clusters(60)
+    head = probe.fit_head(x[:45], y[:45], x[45:], y[45:], 3)
+    assert head.val_acc == 1.0 and head.C in probe.C_GRID and len(head.grid) == len(probe.C_GRID)
+    assert (head.logits(x).argmax(1) == y).all()  # the weights apply to the raw features
+    # a stronger penalty (smaller C) gives smaller weights
+    assert probe.fit(x, y, 3, C=0.01).weight.norm() < probe.fit(x, y, 3, C=10).weight.norm()
+    # no validation: chosen by cross-validation instead, and says it has no validation score
+    alone = probe.fit_head(x, y, None, None, 3)
+    assert alone.val_acc is None and (alone.logits(x).argmax(1) == y).all()
+
+
+def test_cross_validation_never_judges_an_image_by_a_head_fitted_on_it():
+    x, y = _clusters(60)
+    y_noisy = y.clone()
+    y_noisy[7] = (y[7] + 1) % 3  # one wrong label
+    fitted_on_all = probe.fit(x, y_noisy, 3, C=1000.0)  # weak penalty: it memorises the wrong label
+    assert fitted_on_all.logits(x[7:8]).argmax() == y_noisy[7]
+    out_of_fold = probe.cross_val_proba(x, y_noisy, 3, C=1000.0)
+    assert out_of_fold[7].argmax() == y[7] and out_of_fold[7, y_noisy[7]] < 0.1
+    assert features.label_error_ranking(x, y_noisy, 3, C=1.0)[0] == 7
+    folds = probe.stratified_folds(y, 5)
+    assert all(torch.bincount(y[folds == k], minlength=3).tolist() == [4, 4, 4] for k in range(5))
+
+
+def test_the_features_say_near_duplicates_leakage_label_errors_and_a_learning_curve():
+    x, y = _clusters(90)
+    x[1] = x[0] * 1.001  # a near-copy of image 0, in another split
+    y_noisy = y.clone()
+    y_noisy[5] = (y[5] + 1) % 3
+    names = [f"{int(c)}/{i}.png" for i, c in enumerate(y)]
+    splits = ["val" if i % 5 == 1 else "train" for i in range(90)]
+    found = features.diagnose(x, y_noisy.tolist(), names, splits, ["a", "b", "c"], C=1.0)
+    assert [(p["a"], p["b"], p["leak"]) for p in found["near_duplicates"]] == [(names[0], names[1], True)]
+    first = found["label_errors"][0]
+    assert (first["name"], first["label"], first["suggested"]) == (names[5], "abc"[y_noisy[5]], "abc"[y[5]])
+    curve = found["learning_curve"]
+    assert [p["fraction"] for p in curve["points"]] == [0.25, 0.5, 0.75, 1.0] and curve["verdict"]
+    assert curve["points"][-1]["images"] == splits.count("train")
+
+
+def test_quick_model_is_a_normal_run_and_its_features_are_cached(shapes, source):
+    root = source.parent
+    computed = {}
+    with load_dataset(shapes) as ds:
+        for name in ("quick", "again"):  # the second run reads every feature from the cache
+            events = []
+            metrics = train(ds, TrainConfig(weights=str(source), quick=True), root / name, on_event=events.append)
+            computed[name] = [e["done"] for e in events if e.get("type") == "features"]
+    assert computed["quick"][-1] == len(ds.items) and computed["again"] == []
+    assert len(list((root / runs.FEATURES).glob("*.safetensors"))) == 1
+    record = runs.read_config(root / "quick")[runs.CONFIG_KEY]
+    assert record["quick"] and record["probe_head"]["C"] in probe.C_GRID
+    assert metrics["quick"] and metrics["per_class"] and len(metrics["history"]) == 1
+    assert runs.read_status(root / "quick")["message"].startswith("Quick model: ")
+    # Classify loads it as any run and agrees with the accuracy the run reports
+    loaded = predict.load_model(root / "quick")
+    with load_dataset(shapes) as ds:
+        right = sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val)
+        assert right / len(ds.val) == pytest.approx(metrics["val_acc"])
+    found = runs.read_json(root / "quick" / runs.DIAGNOSTICS)
+    assert set(found) >= {"near_duplicates", "label_errors", "learning_curve"}
+    assert "quick model: only the head fitted" in hub.model_card(root / "quick", "alice/q").text
+
+
+def test_lp_ft_starts_fine_tuning_from_the_fitted_head(shapes, source):
+    with load_dataset(shapes) as ds:
+        # a learning rate too small to move anything: the result is the head LP-FT fitted
+        metrics = train(ds, TrainConfig(weights=str(source), lp_ft=True, epochs=1, lr=1e-10, min_lr=0.0,
+                                        warmup_epochs=0), source.parent / "lpft")
+    record = runs.read_config(source.parent / "lpft")[runs.CONFIG_KEY]
+    assert record["lp_ft"] and metrics["val_acc"] == pytest.approx(record["lp_ft_head"]["val_acc"])
+    assert metrics["best_val_loss"] == pytest.approx(record["lp_ft_head"]["val_loss"], rel=1e-4)
+    assert "LP-FT" in hub.model_card(source.parent / "lpft", "alice/l").text
+
+
+def test_quick_and_lp_ft_need_trained_weights():
+    for flag in ("quick", "lp_ft"):
+        with pytest.raises(ConfigError, match="random weights have none worth fitting"):
+            TrainConfig(pretrained=False, **{flag: True}).check()
+
+
+def test_the_command_line_makes_a_quick_model(shapes, source, tmp_path, capsys):
+    assert cli.main(["train", "--data", str(shapes), "--weights", str(source), "--quick",
+                     "--out", str(tmp_path / "q")]) == 0
+    assert "Quick model: " in capsys.readouterr().err
+    assert (tmp_path / "q" / runs.WEIGHTS).is_file() and (tmp_path / "q" / runs.DIAGNOSTICS).is_file()
+
+
+def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_it(shapes, source, tmp_path):
+    manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0, single_user=False)
+    try:
+        with load_dataset(shapes) as ds:
+            *_, state, _ = ui._show(ds, str(shapes), "shapes")
+        # Alice starts a quick model from one of her runs, picked as the Model
+        alice_source = manager.submit(str(shapes), tiny(), owner=ALICE)
+        assert manager.wait(alice_source, 300) == "completed"
+        ui.start_training(manager, state, f"{ui.RUN_START}{alice_source}", True, None, None, None, ALICE,
+                          quick=True)
+        quick = manager.list(ALICE)[0]["id"]
+        assert manager.wait(quick, 300) == "completed", manager.log_tail(quick)
+        assert runs.read_config(manager.root / quick)[runs.CONFIG_KEY]["quick"]
+        # Bob may not start from Alice's run
+        with pytest.raises(Exception, match="no run"):
+            ui.start_training(manager, state, f"{ui.RUN_START}{alice_source}", True, None, None, None, BOB,
+                              quick=True)
+        summary, curve, pairs, suspects, picker, action, box = ui.run_features(manager, quick, state, ALICE)
+        assert "What the features say" in summary and len(curve) == 4 and box.visible
+        flagged = runs.read_json(manager.root / quick / runs.DIAGNOSTICS)["label_errors"]
+        assert flagged, "a 2-epoch tiny model finds something to doubt"
+        name, suggested = flagged[0]["name"], flagged[0]["suggested"]
+        assert picker.value == name and action.value == suggested
+        # relabel the first, drop the second: the Data tab's report and the dataset state change
+        report, _, _, state, _, said = ui.review_image(manager, state, quick, name, suggested, ALICE)
+        assert state["edits"] == {name: suggested} and "1 relabelled" in report and "relabelled as" in said
+        if len(flagged) > 1:
+            report, _, _, state, _, _ = ui.review_image(manager, state, quick, flagged[1]["name"], "drop", ALICE)
+            assert "1 dropped" in report
+        # a name the run did not flag, or a class it does not have, is refused
+        with pytest.raises(Exception, match="Pick one of the run's likely label errors"):
+            ui.review_image(manager, state, quick, "../../etc/passwd", "drop", ALICE)
+        with pytest.raises(Exception, match="Pick what to do"):
+            ui.review_image(manager, state, quick, name, "dragon", ALICE)
+        # the reviewed image is no longer listed, and the next run trains on the reviewed labels
+        assert name not in ui.run_features(manager, quick, state, ALICE)[4].choices
+        ui.start_training(manager, state, ui.DEFAULT_MODEL, True, 1, 8, 1e-3, ALICE)
+        newest = manager.list(ALICE)[0]["id"]
+        with open(manager.root / newest / jobs.DATA_DIR / "labels.csv", newline="") as f:
+            labels = {row["path"]: row["label"] for row in csv.DictReader(f)}
+        assert labels[name] == suggested
+        manager.cancel(newest, owner=ALICE)
+    finally:
+        manager.shutdown(grace_s=2)
+
+
+def test_a_quick_model_from_hub_weights(shapes, tmp_path):
+    """`--model hf-hub:user/repo --quick`: the pretrained download path, through the fake Hub."""
+    from fake_hub import FakeHub
+    hub_ = FakeHub()
+    try:
+        with load_dataset(shapes) as ds:
+            train(ds, tiny(), tmp_path / "pushed")
+        env = {"HF_ENDPOINT": hub_.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+               "HF_TOKEN": "hf_write_alice", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        pushed = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(tmp_path / "pushed"), "--repo",
+                                 "alice/tiny"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert pushed.returncode == 0, pushed.stderr
+        quick = subprocess.run([sys.executable, "-m", "vit", "train", "--data", str(shapes), "--model",
+                                "hf-hub:alice/tiny", "--quick", "--out", str(tmp_path / "q")],
+                               env={**env, "HF_TOKEN": ""}, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert quick.returncode == 0, quick.stderr
+        assert json.loads((tmp_path / "q" / runs.CONFIG).read_text())[runs.CONFIG_KEY]["model"] == "hf-hub:alice/tiny"
+    finally:
+        hub_.close()
