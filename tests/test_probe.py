@@ -148,6 +148,10 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
                               quick=True)
         summary, curve, pairs, suspects, picker, action, box = ui.run_features(manager, quick, state, ALICE)
         assert "What the features say" in summary and len(curve) == 4 and box.visible
+        # the Data tab says it too, under the health report of the same dataset, and only to its owner
+        assert "Likely label errors" in ui.data_features(manager, quick, state, ALICE)
+        assert ui.data_features(manager, quick, state, BOB) == ""
+        assert ui.data_features(manager, quick, {**state, "name": "other.zip"}, ALICE) == ""
         flagged = runs.read_json(manager.root / quick / runs.DIAGNOSTICS)["label_errors"]
         assert flagged, "a 2-epoch tiny model finds something to doubt"
         name, suggested = flagged[0]["name"], flagged[0]["suggested"]
@@ -155,6 +159,8 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
         # relabel the first, drop the second: the Data tab's report and the dataset state change
         report, _, _, state, _, said = ui.review_image(manager, state, quick, name, suggested, ALICE)
         assert state["edits"] == {name: suggested} and "1 relabelled" in report and "relabelled as" in said
+        total = runs.read_json(manager.root / quick / runs.DIAGNOSTICS)["suspects"]
+        assert f"**Likely label errors:** {total - 1} image" in ui.data_features(manager, quick, state, ALICE)
         if len(flagged) > 1:
             report, _, _, state, _, _ = ui.review_image(manager, state, quick, flagged[1]["name"], "drop", ALICE)
             assert "1 dropped" in report

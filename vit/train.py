@@ -480,9 +480,9 @@ def _fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emi
     metrics["quick"] = True
     if ddp.is_main:
         runs.write_json(run_dir / runs.METRICS, metrics)
-    emit.status("completed", epoch=1, message=f"Quick model: {val_acc:.1%} validation accuracy (a head fitted on "
-                f"frozen features in {elapsed:.0f} s)" + (f"; test accuracy {metrics['test']['acc']:.1%}"
-                                                          if "test" in metrics else ""))
+    measured = f"{val_acc:.1%} validation accuracy" if dataset.val else "no validation images to measure it on"
+    emit.status("completed", epoch=1, message=f"Quick model: {measured} (a head fitted on frozen features in "
+                f"{elapsed:.0f} s)" + (f"; test accuracy {metrics['test']['acc']:.1%}" if "test" in metrics else ""))
     emit.event(type="end", metrics=metrics)
     return metrics
 

@@ -75,6 +75,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                     remove_class = gr.Button("Remove the last class")
                     check_classes_btn = gr.Button("Check these classes", variant="primary")
             report = gr.Markdown("Upload a dataset or use the sample data to see its health report.")
+            report_features = gr.Markdown()  # what a run's frozen features say about this data
             counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
             grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
         with gr.Tab("Train"):
@@ -322,6 +323,13 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         review_btn.click(review, [dataset, selected, suspect, verdict, owner], [*shown, review_msg],
                          api_name="review_image").then(**kept).then(
             read_features, [selected, dataset, owner], diagnosed, api_visibility="private")
+
+        def for_data_tab(run_id, ds, who):
+            return data_features(get_manager(), run_id, ds, who)
+
+        for event in (selected.change, run_key.change, dataset.change):
+            event(for_data_tab, [selected, dataset, owner], report_features, api_visibility="private",
+                  show_progress="hidden")
 
         def comparison(who):
             return compare_runs(get_manager(), who)
@@ -732,20 +740,12 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
         return empty
     reviewed = set((dataset or {}).get("edits") or {})
     errors = [e for e in found.get("label_errors", []) if e["name"] not in reviewed]
-    doubted = found.get("suspects", 0) - len(reviewed & {e["name"] for e in found.get("label_errors", [])})
     points = found.get("learning_curve", {}).get("points", [])
     pairs_ = found.get("near_duplicates", [])
-    leaks = sum(p["leak"] for p in pairs_)
-    lines = ["### What the features say about the data",
-             f"- **Would more images help?** {found.get('learning_curve', {}).get('verdict', '')} "
-             + ", ".join(f"{p['images']} images: {p['val_acc']:.0%}" for p in points) + ".",
-             f"- **Near-duplicates:** {data.count(len(pairs_), 'pair')} of images that look the same to the model"
-             + (f", {leaks} across train and validation or test (validation accuracy is flattered: remove one "
-                "of each)" if leaks else "") + ".",
-             f"- **Likely label errors:** {data.count(doubted, 'image')} that a head fitted without them finds "
-             "more like another class" + (", the most doubtful first (review them below: relabel, keep or "
-                                                 "drop; the changes go to your dataset in the Data tab)."
-                                                 if errors else ".")]
+    lines = ["### What the features say about the data", *_features_summary(found, reviewed)]
+    if errors:
+        lines[-1] = lines[-1][:-1] + (", the most doubtful first (review them below: relabel, keep or drop; the "
+                                      "changes go to your dataset in the Data tab).")
     table = pd.DataFrame([(p["images"], p["val_acc"]) for p in points], columns=list(curve.columns))
     side_by_side = [(pic, caption) for pic, caption in (_pair_picture(run_dir, p) for p in pairs_[:MAX_PAIRS])
                     if pic is not None]
@@ -758,6 +758,38 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
     return ("\n".join(lines), table, side_by_side, gallery,
             gr.Dropdown(choices=names, value=names[0] if names else None),
             review_choices(manager, run_id, names[0] if names else None, owner), gr.Column(visible=True))
+
+
+def _features_summary(found: dict, reviewed: set) -> list[str]:
+    """A run's diagnostics in three lines: the learning curve's verdict, near-duplicates, likely label errors
+    (those not yet reviewed)."""
+    points = found.get("learning_curve", {}).get("points", [])
+    pairs_ = found.get("near_duplicates", [])
+    leaks = sum(bool(p.get("leak")) for p in pairs_)
+    doubted = found.get("suspects", 0) - len(reviewed & {e["name"] for e in found.get("label_errors", [])})
+    return [f"- **Would more images help?** {found.get('learning_curve', {}).get('verdict', '')} "
+            + ", ".join(f"{p['images']} images: {p['val_acc']:.0%}" for p in points) + ".",
+            f"- **Near-duplicates:** {data.count(len(pairs_), 'pair')} of images that look the same to the model"
+            + (f", {leaks} across train and validation or test (validation accuracy is flattered: remove one "
+               "of each)" if leaks else "") + ".",
+            f"- **Likely label errors:** {data.count(max(doubted, 0), 'image')} that a head fitted without them "
+            "finds more like another class."]
+
+
+def data_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None) -> str:
+    """For the Data tab, under the health report: what the selected run's features say, when that run was
+    trained on the dataset shown there."""
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see") if run_id and dataset else None
+    except jobs.JobError:
+        return ""
+    found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
+    if not isinstance(found, dict) or runs.read_json(run_dir / jobs.JOB, {}).get("source") != dataset.get("name"):
+        return ""
+    name = runs.read_json(run_dir / jobs.JOB, {}).get("name") or run_dir.name
+    return "\n".join([f"### What the features say about this data (run {name})",
+                      *_features_summary(found, set(dataset.get("edits") or {})),
+                      "", "*The pairs and the images to review are in the Train tab, under that run's results.*"])
 
 
 def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):
