@@ -24,8 +24,9 @@ bench: $(VENV)/.app-installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.app-installed: requirements.txt | $(PY)
+$(VENV)/.app-installed: requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.test-installed: requirements-test.txt $(VENV)/.app-installed

@@ -12,12 +12,10 @@ import argparse
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402,F401  (imported before timing: the training process has it loaded already)
 from PIL import Image  # noqa: E402

@@ -29,7 +29,6 @@ from vit import data, hub, jobs, predict, runs, ui
 from vit.jobs import JobError, JobManager
 from vit.samples import make_shapes_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 ALICE, BOB = "alice-visitor-token-0001", "bob-visitor-token-00002"
 LIMITS = {"VIT_MAX_UPLOAD_MB": "1", "VIT_TEMP_MAX_AGE_S": "0", "VIT_CLASSIFY_CONCURRENCY": "2"}
 
@@ -219,7 +218,7 @@ def test_a_small_file_of_huge_16bit_images_costs_bounded_memory(tmp_path):
                for k, c in enumerate("ab") for i in range(2)}
     bombs = write_zip(tmp_path / "bombs.zip", members)
     assert bombs.stat().st_size < 1_000_000
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     for what, path, limit_mb in (("classify", big, 600), ("dataset", bombs, 800)):
         out = subprocess.run([sys.executable, "-c", PEAK, what, str(path)], env=env, capture_output=True, text=True,
                              timeout=120)
@@ -255,7 +254,7 @@ def test_the_web_process_refuses_a_model_over_the_size_cap(tmp_path):
                 "except predict.PredictError as e:\n    print(e)\nimport resource\n"
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
+        env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     finally:
         fake.close()

@@ -47,8 +47,7 @@ def online(monkeypatch):
 
 def _env(fake: FakeHub, tmp_path: Path, token: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    return dict(env, HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=token,
-                PYTHONPATH=str(ROOT))
+    return dict(env, HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=token)
 
 
 STOCK_TIMM = """

@@ -247,7 +247,7 @@ def test_a_child_stops_by_itself_when_its_app_is_killed(shapes, tmp_path):
     root = tmp_path / "checkpoints"
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        sys.path[:0] = [{str(ROOT / 'tests')!r}]  # the test helpers (the package itself is installed)
         from helpers import tiny
         from vit.jobs import JobManager
         m = JobManager({str(root)!r}, gpus=0)

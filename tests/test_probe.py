@@ -189,7 +189,7 @@ def test_a_quick_model_from_hub_weights(shapes, tmp_path):
         with load_dataset(shapes) as ds:
             train(ds, tiny(), tmp_path / "pushed")
         env = {"HF_ENDPOINT": hub_.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
-               "HF_TOKEN": "hf_write_alice", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+               "HF_TOKEN": "hf_write_alice", "PATH": "/usr/bin:/bin"}
         pushed = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(tmp_path / "pushed"), "--repo",
                                  "alice/tiny"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert pushed.returncode == 0, pushed.stderr

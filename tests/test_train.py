@@ -319,7 +319,7 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
            "-m", "vit", "train", "--data", str(shapes), "--model", "vit_tiny_patch16_224", "--no-pretrained",
            "--img-size", "32", "--patch-size", "8", "--model-arg", "depth=1", "--model-arg", "embed_dim=32",
            "--model-arg", "num_heads=2", "--epochs", "2", "--batch-size", "4", "--threads", "1", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # its own session, so that on a timeout torchrun's worker processes are killed with it
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

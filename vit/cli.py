@@ -89,8 +89,7 @@ def train_command(args) -> int:
     ds = data.load_dataset(data_path, val_fraction=val_fraction, seed=seed)
     if not ds.report.ok:
         ds.close()
-        raise data.DataError("The dataset cannot be trained on: " + " ".join(ds.report.errors)
-                             + f" (python -m vit data check {data_path} shows the full report)")
+        raise data.DataError(f"{ds.report.refusal()} (python -m vit data check {data_path} shows the full report)")
     if not args.resume:
         from vit import recipe
         # what the user left open is chosen by the recipe (from the data, for random weights)
@@ -216,9 +215,8 @@ class _Progress:
             self.bar.set_postfix(loss=f"{e['loss']:.3f}", lr=f"{e['lr']:.2e}")
         elif kind == "epoch":
             self.close()
-            print(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f} acc {e['train_acc']:.1%}  "
-                  f"val loss {e['val_loss']:.4f} acc {e['val_acc']:.1%}  lr {e['lr']:.2e}  "
-                  f"{e['images_per_s']:.0f} img/s  {e['epoch_time']:.1f}s  eta {e['eta_s']:.0f}s", flush=True)
+            from vit.train import epoch_line
+            print(epoch_line(e), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -229,6 +227,7 @@ class _Progress:
 def _given_settings(args, **more) -> dict:
     """The TrainConfig settings the command line gave: a flag left out is not among them (the recipe
     chooses it). Flags that are on/off or have a value that means "off" are always given."""
+    from vit.train import zero_means_off
     settings = {
         "model": args.model, "pretrained": not args.no_pretrained, "weights": args.weights,
         "img_size": args.img_size, "patch_size": args.patch_size, "epochs": args.epochs,
@@ -241,9 +240,10 @@ def _given_settings(args, **more) -> dict:
         "mixup": args.mixup, "cutmix": args.cutmix, "quick": args.quick or None, "lp_ft": args.lp_ft,
         "probe_flip": args.probe_flip or None, **more}
     settings = {k: v for k, v in settings.items() if v is not None}
-    settings["layer_decay"] = args.layer_decay or None
+    settings["layer_decay"] = args.layer_decay  # has a default: always given
     if args.early_stopping is not None:
-        settings["early_stopping"] = args.early_stopping or None
+        settings["early_stopping"] = args.early_stopping
+    settings = zero_means_off(settings)  # --early-stopping 0, --layer-decay 0, --ema 0: off
     if args.model_arg:
         settings["model_args"] = dict(_parse_model_arg(a) for a in args.model_arg)
     return settings

@@ -138,6 +138,10 @@ class HealthReport:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def refusal(self) -> str:
+        """Why the dataset cannot be trained on, as every caller says it ("" when it can)."""
+        return "The dataset cannot be trained on: " + " ".join(self.errors) if self.errors else ""
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ok"] = self.ok

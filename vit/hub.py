@@ -123,7 +123,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
 
     `repo_id` may be a bare name: it then goes under the token's user.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
     from huggingface_hub.utils import validate_repo_id
 
     run_dir = Path(run_dir)
@@ -154,17 +154,14 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
             raise HubError(f"{repo_id} would belong to '{owner}', but this token is {user}'s. Push to "
                            f"{user}/{repo_id.split('/')[1]} instead, or use a token of {owner}.")
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:
-            files = write_card(run_dir, tmp, repo_id)
+        with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:  # exactly what the repo gets
+            write_card(run_dir, tmp, repo_id)
             runs.write_json(Path(tmp) / runs.CONFIG, runs.public_config(run_dir))  # no local paths
-            files.append(Path(tmp) / runs.CONFIG)
             for name in (runs.WEIGHTS, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, Path(tmp) / name)
-                    files.append(Path(tmp) / name)
-            operations = [CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)) for f in files]
-            api.create_commit(repo_id, operations, commit_message=f"Upload {run_dir.name} (ViT Studio)",
-                              repo_type="model")
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",
+                              commit_message=f"Upload {run_dir.name} (ViT Studio)")
     return str(url)
 
 

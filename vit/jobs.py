@@ -36,20 +36,21 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from vit import runs
 from vit.data import Dataset, DataError, export_dataset, load_dataset
-from vit.safety import HostLimits, owner_hash, owns, valid_owner_token
-from vit.train import ConfigError, TrainConfig
+from vit.safety import HostLimits, on_spaces, owner_hash, owns, valid_owner_token
+from vit.train import ConfigError, TrainConfig, epoch_line
 
 JOB = "job.json"        # what to train: the config, the owner, where the data is
 LOG = "train.log"       # the child's output
 DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
 EXIT_DISK_FULL = 4      # the child's exit code when the disk filled up
 DISK_FULL = runs.DISK_FULL
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the child starts here: `-m vit.jobs` finds the package
+                                                    # even where it is not installed (a Space runs app.py as is)
 
 
 class JobError(ValueError):
@@ -77,7 +78,7 @@ def default_single_user() -> bool:
     value = os.environ.get("VIT_SINGLE_USER")
     if value is not None:
         return value.strip().lower() in ("1", "true", "yes", "on")
-    return os.environ.get("SYSTEM") != "spaces"
+    return not on_spaces()
 
 
 def default_cpu_threads() -> int:
@@ -130,7 +131,7 @@ class JobManager:
         if not isinstance(config, TrainConfig):
             raise JobError("config must be a TrainConfig")
         try:
-            config = TrainConfig.from_dict(asdict(config)).check()
+            config = replace(config).check()  # a copy: the caller's config is not changed
         except ConfigError as e:
             raise JobError(str(e)) from None
         with self._reserved(owner):
@@ -143,11 +144,11 @@ class JobManager:
         try:
             source_name = source_name or Path(str(dataset.report.source)).name
             if not dataset.report.ok:
-                raise JobError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+                raise JobError(dataset.report.refusal())
             run_dir = runs.create_run_dir(self.root, config.model)
             try:
                 data_dir = export_dataset(dataset, run_dir / DATA_DIR)
-                config = TrainConfig.from_dict({**asdict(config), "data": str(data_dir)})
+                config = replace(config, data=str(data_dir))
                 device = self._device_kind(config.device)
                 runs.write_json(run_dir / JOB, {
                     "config": asdict(config), "owner": owner_hash(owner), "device": device,
@@ -374,7 +375,6 @@ class JobManager:
     def _start(self, run_id: str, slot: str) -> None:
         run_dir = self.root / run_id
         env = dict(os.environ, PYTHONUNBUFFERED="1", VIT_PARENT_PID=str(os.getpid()), VIT_NICE=str(self.niceness))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         if slot == "cpu":
             threads = str(self.cpu_threads)
             env.update(VIT_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
@@ -822,9 +822,7 @@ def _log_event(e: dict) -> None:
     if kind == "status" and e.get("message"):
         print(f"[{time.strftime('%H:%M:%S')}] {e.get('state') or ''} {e['message']}".replace("  ", " "), flush=True)
     elif kind == "epoch":
-        print(f"[{time.strftime('%H:%M:%S')}] epoch {e['epoch']}/{e['epochs']} train loss {e['train_loss']:.4f} "
-              f"acc {e['train_acc']:.1%} val loss {e['val_loss']:.4f} acc {e['val_acc']:.1%} "
-              f"{e['images_per_s']:.0f} img/s", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {epoch_line(e)}", flush=True)
 
 
 if __name__ == "__main__":

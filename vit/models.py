@@ -14,7 +14,6 @@ False)` exposes attention maps for explanations.
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +80,16 @@ def create_model(spec: ModelSpec, num_classes: int) -> nn.Module:
         raise ModelError(f"Cannot create {name}: {e}") from None
 
 
+def offline() -> bool:
+    """Whether downloads from the Hub are switched off (HF_HUB_OFFLINE): huggingface_hub's own reading,
+    the one that decides whether it downloads."""
+    from huggingface_hub import constants
+    return constants.is_offline_mode()
+
+
 def hub_reachable(timeout: float = 1.5) -> bool:
     """Whether pretrained weights can be downloaded: not in offline mode, and the Hub answers a TCP connect."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline():
         return False
     import socket
     from urllib.parse import urlparse
@@ -199,8 +205,7 @@ def hub_failure(error: BaseException, what: str) -> str:
     status = next((getattr(getattr(c, "response", None), "status_code", None) for c in chain
                    if getattr(getattr(c, "response", None), "status_code", None)), None)
     if any(isinstance(c, errors.OfflineModeIsEnabled) for c in chain) or (
-            os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-            and isinstance(error, errors.LocalEntryNotFoundError)):
+            offline() and isinstance(error, errors.LocalEntryNotFoundError)):
         return (f"{what} is not in the local cache and downloads are switched off (HF_HUB_OFFLINE is set). Unset it, "
                 "or copy a Hugging Face cache (HF_HOME) that holds it.")
     if any(isinstance(c, errors.GatedRepoError) for c in chain):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from vit.safety import on_spaces
+
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -55,14 +57,14 @@ def default_root(persistent: Path | None = None) -> Path:
     persistent = persistent or SPACES_PERSISTENT
     if os.environ.get("VIT_CHECKPOINTS"):
         return Path(os.environ["VIT_CHECKPOINTS"])
-    if os.environ.get("SYSTEM") == "spaces" and persistent.is_dir() and os.access(persistent, os.W_OK):
+    if on_spaces() and persistent.is_dir() and os.access(persistent, os.W_OK):
         return persistent / "checkpoints"
     return DEFAULT_ROOT
 
 
 def storage_note(persistent: Path | None = None) -> str:
     """A warning to show when runs will not survive a restart (a Space without persistent storage)."""
-    if (os.environ.get("SYSTEM") == "spaces" and not os.environ.get("VIT_CHECKPOINTS")
+    if (on_spaces() and not os.environ.get("VIT_CHECKPOINTS")
             and default_root(persistent) == DEFAULT_ROOT):
         return ("This Space has no persistent storage: trained runs are lost when it restarts or goes to sleep. "
                 "Push the models you want to keep to the Hub, or enable persistent storage in the Space settings.")

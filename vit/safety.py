@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NAME_MAX_CHARS = 100
+
+
+def on_spaces() -> bool:
+    """Whether the app runs as a Hugging Face Space (a Space sets SYSTEM=spaces): the one place this is read."""
+    return os.environ.get("SYSTEM") == "spaces"
+
+
 RESERVED_NAMES = {"labels.csv"}          # the manifest: a class of that name would collide with it
 OWNER_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 

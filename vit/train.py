@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from timm.utils import NativeScaler, random_seed
+
 from vit import features, probe, runs
 from vit.data import Dataset, DecodeCache
 from vit.models import DEFAULT_MODEL, ModelSpec, create_model, data_config
@@ -133,6 +135,21 @@ _RANGES = {
 }
 
 
+OFF_AT_ZERO = ("early_stopping", "ema_decay", "layer_decay")  # 0 in a form or a flag turns these off
+
+
+def zero_means_off(settings: dict) -> dict:
+    """Settings as the user typed them, with 0 meaning "off" (None) for the settings that can be off."""
+    return {k: None if k in OFF_AT_ZERO and v == 0 and not isinstance(v, bool) else v for k, v in settings.items()}
+
+
+def epoch_line(e: dict) -> str:
+    """One finished epoch (an "epoch" event) in a line, as the command line and the run's log print it."""
+    return (f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f} acc {e['train_acc']:.1%}  "
+            f"val loss {e['val_loss']:.4f} acc {e['val_acc']:.1%}  lr {e['lr']:.2e}  "
+            f"{e['images_per_s']:.0f} img/s  {e['epoch_time']:.1f}s  eta {e['eta_s']:.0f}s")
+
+
 _TITLES = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning rate", "img_size": "Image size",
            "seed": "Seed", "val_fraction": "Validation fraction", "weight_decay": "Weight decay",
            "label_smoothing": "Label smoothing", "warmup_epochs": "Warm-up epochs",
@@ -222,10 +239,10 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
     device = ddp.device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed + ddp.rank)
+    random_seed(config.seed % 2 ** 31, ddp.rank)  # python, numpy and torch
     classes = dataset.classes
     if not dataset.report.ok:
-        raise TrainError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+        raise TrainError(dataset.report.refusal())
     if ddp.is_main and not resume:
         runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
 
@@ -307,7 +324,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        if scaler is not None and state.get("scaler") is not None:
+        if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, update, history = state["epoch"] + 1, state["update"], list(state["history"])
         best, stale = dict(state["best"]), state["stale"]
@@ -352,18 +369,10 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
                 raise TrainError(f"The loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training "
                                  f"diverged. Lower the learning rate (now {config.lr:g}), keep gradient clipping on, "
                                  "or check the images. The best checkpoint so far is kept.")
-            scaled = loss / config.grad_accum
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            if (step + 1) % config.grad_accum == 0 or step + 1 == len(loader):
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if config.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+            need_update = (step + 1) % config.grad_accum == 0 or step + 1 == len(loader)
+            scaler(loss / config.grad_accum, optimizer, clip_grad=config.clip_grad, parameters=model.parameters(),
+                   need_update=need_update)  # backward; on an update: unscale, clip, step
+            if need_update:
                 optimizer.zero_grad(set_to_none=True)
                 update += 1
                 scheduler.step_update(num_updates=update)
@@ -398,7 +407,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emitter",
                 "config": asdict(config), "epoch": epoch, "update": update, "history": history, "best": best,
                 "stale": stale, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state()})
+                "scaler": scaler.state_dict(), "rng": _rng_state()})
             runs.write_metrics_log(run_dir, history)
         emit.epoch(row, config.epochs, best)
         if stopped_early:
@@ -437,10 +446,10 @@ def _fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "_Emi
     device = ddp.device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
+    random_seed(config.seed % 2 ** 31)
     classes = dataset.classes
     if not dataset.report.ok:
-        raise TrainError("The dataset cannot be trained on: " + " ".join(dataset.report.errors))
+        raise TrainError(dataset.report.refusal())
     runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
     emit.status("running", message="Creating the model", epoch=0, epochs=1, **runs.process_identity())
     model = create_model(ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
@@ -663,21 +672,24 @@ def _cancelled(emit: "_Emitter", epoch: int, step: int, history: list[dict], bes
 
 
 def _amp(config: TrainConfig, device: torch.device):
+    """The autocast context and the loss scaler: bf16 where the GPU has it, else fp16 with gradient scaling;
+    on CPU (or amp off) full precision, and the scaler only runs backward, clip and step."""
     if device.type != "cuda" or not config.amp:
-        return contextlib.nullcontext, None
+        return contextlib.nullcontext, _Scaler(device.type, scaling=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    return (lambda: torch.autocast("cuda", dtype=dtype)), _Scaler("cuda", scaling=dtype == torch.float16)
+
+
+class _Scaler(NativeScaler):
+    """timm's NativeScaler (scale, backward, then on an update unscale, clip, step, update), with the
+    scaling itself on only for fp16: disabled, torch's GradScaler passes the loss and the step through."""
+
+    def __init__(self, device_type: str, scaling: bool):
+        self._scaler = torch.amp.GradScaler(device_type, enabled=scaling)
 
 
 def _lr(optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 def _rng_state() -> dict:

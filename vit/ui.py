@@ -18,7 +18,7 @@ from vit import data, explain, hub, jobs, predict, recipe, runs, samples
 from vit import models, safety, sessions
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.safety import HostLimits
-from vit.train import ConfigError, TrainConfig
+from vit.train import ConfigError, TrainConfig, zero_means_off
 
 TITLE = "ViT Studio"
 INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
@@ -213,7 +213,7 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
                 share_run = gr.Dropdown([], label="Run", allow_custom_value=True)
                 repo_name = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
                 private = gr.Checkbox(False, label="Private")
-            if os.environ.get("SYSTEM") == "spaces" and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
+            if safety.on_spaces() and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
                 gr.LoginButton("Sign in with Hugging Face to push")
             token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
                                type="password", placeholder="hf_...")
@@ -560,10 +560,7 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts
         given = {k: v for k, v in typed.items() if v is not None}
         if given.get("img_size") == 0:  # 0: the recipe's (as older forms said)
             given.pop("img_size")
-        if given.get("early_stopping") == 0:
-            given["early_stopping"] = None
-        if given.get("ema_decay") == 0:
-            given["ema_decay"] = None
+        given = zero_means_off(given)
         if "progressive" in given:
             given["progressive"] = given["progressive"] == "on"
         config = TrainConfig(model=name, pretrained=not scratch, weights=start, quick=bool(quick), **given).check()
