@@ -35,9 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from vit import recipe, runs, samples  # noqa: E402
+from vit import runs, samples  # noqa: E402
 from vit.data import load_dataset  # noqa: E402
-from vit.train import TrainConfig, train  # noqa: E402
+from vit.train import TrainConfig, recipe, train  # noqa: E402
 
 LETTERS = tuple("ABCDEFGH")
 DIGITS = tuple("01234567")

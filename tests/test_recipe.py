@@ -1,4 +1,4 @@
-"""The from-scratch recipe (vit.recipe) and progressive resizing: chosen from the data, explained, recorded,
+"""The from-scratch recipe (vit.train.recipe) and progressive resizing: chosen from the data, explained, recorded,
 and always second to what the user set. The accuracy it reaches lives in bench/scratch_bench.py."""
 import json
 from dataclasses import replace
@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vit import cli, predict, recipe, runs
+from vit import cli, predict, runs
 from vit.data import load_dataset
-from vit.recipe import DataFacts
 from vit.samples import make_shapes_dataset
-from vit.train import TrainConfig, progressive_sizes, train
+from vit.train import TrainConfig, progressive_sizes, recipe, train
+from vit.train.recipe import DataFacts
 
 SCANS = DataFacts(train_images=1440, classes=10, side=32, grayscale=True)  # digit scans, enlarged to 32 px
 SHAPES = DataFacts(train_images=1200, classes=3, side=96)     # the app's sample data

@@ -153,7 +153,7 @@ def test_cancel_stops_within_one_step_and_keeps_the_best_checkpoint(shapes, tmp_
 
 
 def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_path, monkeypatch):
-    import vit.train as engine
+    import vit.train.engine as engine
     real_create = engine.create_model
     calls = {"n": 0}
 
@@ -177,7 +177,7 @@ def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_pat
 
 
 def test_out_of_memory_retries_with_half_the_batch(shapes, tmp_path, monkeypatch):
-    import vit.train as engine
+    import vit.train.engine as engine
     real_create = engine.create_model
 
     def create_that_ooms_on_big_batches(spec, num_classes):

@@ -4,7 +4,7 @@
     python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
                         [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--progressive]
                         [--out RUN_DIR] [--resume]
-        (a setting left out is chosen by vit.recipe: from the data, when training from scratch)
+        (a setting left out is chosen by vit.train.recipe: from the data, when training from scratch)
     python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
                           [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
     python -m vit push --run RUN_DIR --repo user/name [--private]     (token from HF_TOKEN)
@@ -91,7 +91,7 @@ def train_command(args) -> int:
         ds.close()
         raise data.DataError(f"{ds.report.refusal()} (python -m vit data check {data_path} shows the full report)")
     if not args.resume:
-        from vit import recipe
+        from vit.train import recipe
         # what the user left open is chosen by the recipe (from the data, for random weights)
         config = recipe.choose(TrainConfig(**settings), recipe.DataFacts.of(ds), given=settings)
         run_dir = Path(args.out) if args.out else runs.create_run_dir(None, args.model)

@@ -535,7 +535,7 @@ class JobManager:
             "id": run_dir.name, "state": state, "message": status.get("message", ""),
             "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
             "source": job.get("source"), "created_at": status.get("created_at"),
-            "name": job.get("name") or run_dir.name, "recipe": _recipe(job.get("config") or {}),
+            "name": job.get("name") or run_dir.name, "recipe": _start_summary(job.get("config") or {}),
             "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
             "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
             "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
@@ -644,7 +644,7 @@ class _Child:
     started: float = field(default_factory=time.monotonic)
 
 
-def _recipe(config: dict) -> str:
+def _start_summary(config: dict) -> str:
     """How a run starts, in a few words: 'pretrained', 'from a run, quick model', 'from scratch, 64 px'."""
     if not config:
         return ""

@@ -14,11 +14,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from vit import data, explain, hub, jobs, predict, recipe, runs, samples
+from vit import data, explain, hub, jobs, predict, runs, samples
 from vit import models, safety, sessions
 from vit.models import CATALOG, DEFAULT_MODEL
 from vit.safety import HostLimits
-from vit.train import ConfigError, TrainConfig, zero_means_off
+from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
 
 TITLE = "ViT Studio"
 INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
@@ -550,7 +550,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
 def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts: dict | None = None,
                    quick: bool = False, **advanced) -> TrainConfig:
     """The TrainConfig the form describes, exactly as it will run: what the form leaves empty is chosen by
-    vit.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting. A
+    vit.train.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting. A
     model "run:<id>" starts from one of the visitor's runs: weights "run:<id>", which start_training
     resolves (and checks is theirs)."""
     try:

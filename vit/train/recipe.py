@@ -32,7 +32,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
-from vit.train import TrainConfig
+from vit.train.config import TrainConfig
 
 LARGE = 5000            # training images from which a from-scratch run gets a larger model and token grid
 UPDATES_PER_CLASS = 200  # optimizer updates a from-scratch run aims for, per class (within UPDATES_RANGE)

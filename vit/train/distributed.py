@@ -1,0 +1,67 @@
+"""torchrun support: process group, device, DDP wrapper, sharded loader; a no-op on one process."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vit.train.config import TrainError
+
+
+class Distributed:
+    """torchrun support: process group, device, DDP wrapper, sharded loader. A no-op on one process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.is_main = self.rank == 0
+        self._own_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self._own_group = True
+
+    def device(self, wanted: str) -> torch.device:
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted == "cuda":
+            if not torch.cuda.is_available():
+                raise TrainError("device 'cuda' was asked for but no GPU is visible; use --device cpu or auto.")
+            return torch.device("cuda", self.local_rank)
+        return torch.device(wanted)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        dev = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def loader(self, data, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int):
+        if self.world > 1:
+            sampler = torch.utils.data.DistributedSampler(data, shuffle=shuffle, seed=seed)
+            sampler.set_epoch(epoch)
+            return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers)
+        generator = torch.Generator()
+        generator.manual_seed(seed * 1_000_003 + epoch)  # the order of an epoch depends on (seed, epoch) only
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                           num_workers=workers, persistent_workers=False)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0],
+                         device=f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def close(self) -> None:
+        if self._own_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._own_group = False

@@ -1,0 +1,120 @@
+"""The quick model and the head of LP-FT: the backbone frozen, its features computed once (vit.features), a
+linear head fitted on them (vit.train.probe) and put in the model, which is saved as any run."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from timm.utils import random_seed
+from torch import nn
+
+from vit import features, probe, runs
+from vit.data import Dataset, DecodeCache
+from vit.models import ModelSpec, create_model, data_config
+from vit.train.config import TrainConfig, TrainError
+from vit.train.distributed import Distributed
+from vit.train.events import Emitter, StopFlag, cancelled
+from vit.train.metrics import final_metrics, loss_acc, predicted
+from vit.train.transforms import export_data_config
+
+
+def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitter",
+               should_stop: Callable[[], bool] | None, ddp: "Distributed") -> dict:
+    """The quick model: the backbone frozen, only the head fitted (logistic regression on the cached
+    features, its penalty chosen on validation). Saved like any run, so everything downstream works."""
+    t0 = time.perf_counter()
+    device = ddp.device(config.device)
+    if config.threads and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    random_seed(config.seed % 2 ** 31)
+    classes = dataset.classes
+    if not dataset.report.ok:
+        raise TrainError(dataset.report.refusal())
+    runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
+    emit.status("running", message="Creating the model", epoch=0, epochs=1, **runs.process_identity())
+    model = create_model(ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
+                                   img_size=config.img_size, patch_size=config.patch_size,
+                                   model_args=config.model_args), num_classes=len(classes)).to(device)
+    dcfg = data_config(model)
+    if config.crop_pct:
+        dcfg["crop_pct"] = config.crop_pct
+    cache = DecodeCache(dataset.items, short_side=math.ceil(dcfg["input_size"][-1] / dcfg.get("crop_pct", 0.875)),
+                        max_bytes=config.cache_max_bytes)
+    emit.status("running", message=f"Decoding {len(dataset.items)} images")
+    cache.fill(progress=lambda done, total: emit.event(type="cache", done=done, total=total))
+    labels = dataset.labels(range(len(dataset.items)))
+    head = probe_head(model, dcfg, dataset, cache, labels, config, run_dir, emit, device,
+                       StopFlag(run_dir, should_stop, ddp), ddp.is_main, keep=True)
+    if head is None:
+        return cancelled(emit, 0, 0, [], {"epoch": None})
+    x, y = head.pop("features"), torch.tensor(labels)
+    layer = features.classifier(model)
+    logits = x @ layer.weight.detach().cpu().T + layer.bias.detach().cpu()
+    elapsed = time.perf_counter() - t0
+    train_loss, train_acc = loss_acc(logits[dataset.train], y[dataset.train])
+    val_loss, val_acc = loss_acc(logits[dataset.val], y[dataset.val])
+    best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": 1}
+    history = [{"epoch": 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": 0.0, "images_per_s": len(labels) / max(elapsed, 1e-9),
+                "epoch_time": elapsed, "img_size": dcfg["input_size"][-1], "eta_s": 0.0, "best_epoch": 1}]
+    record = {**asdict(config), "classes": classes, "img_size_used": dcfg["input_size"][-1], "probe_head": head}
+    if ddp.is_main:
+        runs.save_model(run_dir, model, classes, record, data_config=export_data_config(dcfg))
+        runs.write_metrics_log(run_dir, history)
+    metrics = final_metrics(predicted(logits, dataset.val, labels), dataset, classes, best, history, False)
+    if dataset.test:
+        held_out = final_metrics(predicted(logits, dataset.test, labels), dataset, classes, best, history, False)
+        metrics["test"] = {"acc": held_out["val_acc"], "images": len(dataset.test),
+                           "per_class": held_out["per_class"], "confusion_matrix": held_out["confusion_matrix"]}
+    metrics["quick"] = True
+    if ddp.is_main:
+        runs.write_json(run_dir / runs.METRICS, metrics)
+    measured = f"{val_acc:.1%} validation accuracy" if dataset.val else "no validation images to measure it on"
+    emit.status("completed", epoch=1, message=f"Quick model: {measured} (a head fitted on frozen features in "
+                f"{elapsed:.0f} s)" + (f"; test accuracy {metrics['test']['acc']:.1%}" if "test" in metrics else ""))
+    emit.event(type="end", metrics=metrics)
+    return metrics
+
+
+def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCache, labels: list[int],
+                config: TrainConfig, run_dir: Path, emit: "Emitter", device, stop, is_main: bool,
+                keep: bool = False) -> dict | None:
+    """Fit the model's head on its frozen features (cached under the runs' root) and put it in the model;
+    write what the features say about the data (diagnostics.json). Returns what was chosen (with the
+    features when `keep`), None when asked to stop."""
+    shas = [it.sha256 for it in dataset.items]
+    emit.status("running", message=f"Computing the frozen features of {len(shas)} images")
+
+    def computed(flip: bool):
+        return features.extract(model, dcfg, cache.pil, shas, cache_dir=run_dir.parent / runs.FEATURES,
+                                device=device, flip=flip, should_stop=stop,
+                                progress=lambda done, total: emit.event(type="features", done=done, total=total))
+    x = computed(False)
+    mirrored = computed(True) if config.probe_flip and x is not None else None
+    if x is None or (config.probe_flip and mirrored is None):
+        return None
+    emit.status("running", message="Fitting the head on the frozen features")
+    y, train, val = torch.tensor(labels), torch.tensor(dataset.train), torch.tensor(dataset.val)
+    x_train, y_train = x[train], y[train]
+    if mirrored is not None:
+        x_train, y_train = torch.cat([x_train, mirrored[train]]), torch.cat([y_train, y_train])
+    head = probe.fit_head(x_train, y_train, x[val] if len(val) else None, y[val] if len(val) else None,
+                          len(dataset.classes), seed=config.seed)
+    with torch.no_grad():
+        layer = features.classifier(model)
+        layer.weight.copy_(head.weight)
+        layer.bias.copy_(head.bias)
+    if is_main:
+        emit.status("running", message="Reading the features for near-duplicates, label errors, a learning curve")
+        splits = {i: s for s, idx in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
+                  for i in idx}
+        report = features.diagnose(x, labels, [it.name for it in dataset.items],
+                                   [splits.get(i, "") for i in range(len(labels))], dataset.classes, head.C,
+                                   config.seed)
+        runs.write_json(run_dir / runs.DIAGNOSTICS, report)
+    chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "flip": config.probe_flip}
+    return {**chosen, "features": x} if keep else chosen
