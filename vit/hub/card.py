@@ -1,0 +1,160 @@
+"""The model card of a run: huggingface_hub's ModelCard, filled from card_template.md (a Jinja template: the
+text lives there, the numbers are put together here), with the confusion matrix and learning curves."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from vit import runs
+from vit.hub.plots import confusion_image, curves_image
+
+CARD = "README.md"
+CONFUSION_PNG, CURVES_PNG = "confusion_matrix.png", "learning_curves.png"
+TEMPLATE = Path(__file__).with_name("card_template.md")
+SETTINGS = (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
+            ("patch_size", "patch size"), ("model_args", "model arguments"), ("progressive", "progressive resizing"),
+            ("epochs", "epochs (max)"), ("batch_size", "batch size"), ("lr", "learning rate (head)"),
+            ("weight_decay", "weight decay"), ("layer_decay_used", "layer-wise lr decay"),
+            ("label_smoothing", "label smoothing"), ("crop_scale_min", "random crop scale (min)"),
+            ("randaugment", "RandAugment"), ("mixup", "mixup"), ("cutmix", "cutmix"), ("ema_decay", "EMA decay"),
+            ("seed", "seed"))  # the training table: (key in config.json's record, its label)
+QUICK_SETTINGS = ("model", "pretrained", "img_size_used", "patch_size", "model_args", "seed")  # a quick model's
+
+
+def model_card(run_dir: str | os.PathLike, repo_id: str):
+    """The run's model card (huggingface_hub.ModelCard), for the repo `repo_id`."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    config, metrics = runs.read_config(run_dir), runs.read_json(run_dir / runs.METRICS, {})
+    report = runs.read_json(run_dir / runs.DATA_REPORT, {})
+    train = config.get(runs.CONFIG_KEY, {})
+    base = _base_model(train)
+    acc = metrics.get("val_acc")
+    dataset_name = report.get("source") and Path(str(report["source"])).name or "custom image folder"
+    data = ModelCardData(
+        library_name="timm", pipeline_tag="image-classification", license=None,
+        tags=["image-classification", "timm", "vision-transformer", "vit-studio"], base_model=base,
+        model_name=repo_id.split("/")[-1], metrics=["accuracy"] if acc is not None else None,
+        eval_results=[EvalResult(task_type="image-classification", dataset_type="imagefolder",
+                                 dataset_name=dataset_name, dataset_split="validation", metric_type="accuracy",
+                                 metric_value=round(acc, 4))] if acc is not None else None)
+    return ModelCard.from_template(data, template_path=TEMPLATE,
+                                   **_context(repo_id, config, base, train, metrics, report))
+
+
+def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics: dict, report: dict) -> dict:
+    """What the template shows, ready to print."""
+    labels = config.get("label_names") or []
+    acc = metrics.get("val_acc")
+    n_val = sum(v.get("support", 0) for v in metrics.get("per_class", {}).values())
+    start = (f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else
+             "trained from scratch (random initialisation)" if not train.get("pretrained", True) else
+             f"fine-tuned from `{train.get('weights') or train.get('model')}`")
+    test = metrics.get("test")
+    split = report.get("split_counts", {})
+    warnings = list(report.get("warnings") or [])
+    if report.get("leakage"):
+        warnings.append(f"{len(report['leakage'])} identical images were found in both training and validation; "
+                        "validation accuracy may be optimistic.")
+    return {
+        "name": repo_id.split("/")[-1], "repo_id": repo_id, "arch": config.get("architecture", "unknown"),
+        "start": start, "n_classes": len(labels), "class_list": ", ".join(f"`{lb}`" for lb in labels),
+        "total": report.get("total"), "n_val": n_val,
+        "acc": None if acc is None else f"{acc:.1%}", "interval": _interval(acc, n_val),
+        "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
+        "stopped_early": metrics.get("stopped_early"),
+        "test": test and {"acc": f"{test['acc']:.1%}", "images": test["images"],
+                          "interval": _interval(test["acc"], test["images"])},
+        "per_class": [{"name": c, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
+                       "f1": f"{v['f1']:.3f}", "support": v["support"]}
+                      for c, v in metrics.get("per_class", {}).items()],
+        "confusion_png": CONFUSION_PNG, "curves_png": CURVES_PNG, "method": _method(train),
+        "settings": [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
+                     and (key in QUICK_SETTINGS or not train.get("quick"))],
+        "recipe": train.get("recipe") or [],
+        "splits": ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) if split else "",
+        "warnings": warnings}
+
+
+def _method(train: dict) -> str | None:
+    """How the model was trained, when not plain fine-tuning: a quick model, or LP-FT."""
+    probe = train.get("probe_head") or train.get("lp_ft_head") or {}
+    if train.get("quick"):
+        return (f"quick model: only the head fitted (logistic regression, C = {probe.get('C')}) on the frozen "
+                "features of the starting weights")
+    if train.get("lp_ft"):
+        return ("LP-FT: the head fitted on the frozen features first"
+                + (f" ({probe['val_acc']:.1%} on validation)" if probe.get("val_acc") is not None else "")
+                + ", then the whole model fine-tuned from it")
+    return None
+
+
+def _interval(p: float | None, n: int) -> str:
+    if p is None:
+        return ""
+    lo, hi = _wilson(p, n)
+    return f"{lo:.1%} to {hi:.1%}"
+
+
+def card_preview(run_dir: str | os.PathLike, repo_id: str) -> str:
+    """The model card's text as a push would write it, with its pictures inlined (data: URIs), so a page
+    can show it before anything exists on the Hub."""
+    import base64
+    import io
+
+    run_dir = Path(run_dir)
+    text = model_card(run_dir, repo_id).text
+    for name, picture in _card_pictures(run_dir).items():
+        buf = io.BytesIO()
+        picture.save(buf, "PNG")
+        text = text.replace(f"]({name})", f"](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+    return text
+
+
+def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str) -> list[Path]:
+    """README.md and its images into `dest`; returns the files written."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = [dest / CARD]
+    model_card(run_dir, repo_id).save(dest / CARD)
+    for name, picture in _card_pictures(run_dir).items():
+        picture.save(dest / name)
+        written.append(dest / name)
+    return written
+
+
+def _card_pictures(run_dir: Path) -> dict[str, Image.Image]:
+    """The pictures the card shows, by file name: the confusion matrix and the learning curves."""
+    metrics = runs.read_json(run_dir / runs.METRICS, {})
+    labels = runs.read_config(run_dir).get("label_names") or []
+    pictures = {}
+    if metrics.get("confusion_matrix"):
+        pictures[CONFUSION_PNG] = confusion_image(metrics["confusion_matrix"], labels)
+    history = metrics.get("history") or runs.read_metrics_log(run_dir)
+    if history:
+        pictures[CURVES_PNG] = curves_image(history)
+    return pictures
+
+
+def _base_model(train: dict) -> str | None:
+    model = str(train.get("model") or "")
+    if not train.get("pretrained", True) or train.get("weights"):
+        return None
+    if model.startswith("hf-hub:"):
+        return model[len("hf-hub:"):]
+    if model and not model.startswith("local-dir:") and re.fullmatch(r"[\w.\-]+", model):
+        return f"timm/{model}"
+    return None
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if not n:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,117 @@
+"""Push a run to the Hugging Face Hub: the token checked and used for this one call, never stored, logged or
+repeated in a message."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vit import runs
+from vit.hub.card import write_card
+from vit.models import is_network_error
+
+TOKENS_URL = "https://huggingface.co/settings/tokens"
+
+
+class HubError(ValueError):
+    """A push or an export cannot be done; the message says why and what to do (and never holds a token)."""
+
+
+def check_token(token: str) -> str:
+    """The token without surrounding spaces, or HubError when it cannot be one (the message never repeats
+    it): a line break, a space or an invisible character inside is a paste gone wrong."""
+    token = token.strip()
+    if any(c.isspace() for c in token):
+        raise HubError("The token has a space or a line break inside it. Paste it again as one line, from "
+                       f"{TOKENS_URL}.")
+    if not token.isascii() or not token.isprintable():
+        raise HubError("The token has an invisible or non-ASCII character in it (e.g. a zero-width space from "
+                       f"a copy). Paste it again from {TOKENS_URL}.")
+    if not 8 <= len(token) <= 256:
+        raise HubError(f"That is not a Hugging Face token (they look like hf_...). Copy one from {TOKENS_URL}.")
+    return token
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, private: bool = False,
+             include_resume: bool = False, endpoint: str | None = None) -> str:
+    """Create (or update) the model repo `repo_id` with the run's model and card; return its URL.
+
+    `repo_id` may be a bare name: it then goes under the token's user.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import validate_repo_id
+
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.WEIGHTS).is_file() or not (run_dir / runs.CONFIG).is_file():
+        raise HubError(f"{run_dir.name} has no trained model to push (model.safetensors and config.json); "
+                       "wait until it has finished at least one epoch.")
+    if not token or not token.strip():
+        raise HubError(f"No Hugging Face token. Create one with write access at {TOKENS_URL} and paste it, "
+                       "set HF_TOKEN for the command line, or on a Space sign in with the button.")
+    token = check_token(token)
+    api = HfApi(endpoint=endpoint, token=token)
+    with _hub_errors(token, repo_id):
+        who = api.whoami(token=token)
+        user = who.get("name")
+        role = (who.get("auth", {}).get("accessToken") or {}).get("role")
+        if role == "read":
+            raise HubError(f"This token can only read. Create a token with write access at {TOKENS_URL}.")
+        repo_id = repo_id.strip().strip("/")
+        if "/" not in repo_id:
+            repo_id = f"{user}/{repo_id}"
+        try:
+            validate_repo_id(repo_id)
+        except Exception as e:
+            raise HubError(f"{repo_id!r} is not a valid repo name: {e}") from None
+        owner = repo_id.split("/")[0]
+        allowed = {user, *(o.get("name") for o in who.get("orgs", []) or [])}
+        if owner not in allowed:
+            raise HubError(f"{repo_id} would belong to '{owner}', but this token is {user}'s. Push to "
+                           f"{user}/{repo_id.split('/')[1]} instead, or use a token of {owner}.")
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:  # exactly what the repo gets
+            write_card(run_dir, tmp, repo_id)
+            runs.write_json(Path(tmp) / runs.CONFIG, runs.public_config(run_dir))  # no local paths
+            for name in (runs.WEIGHTS, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
+                if (run_dir / name).is_file():
+                    shutil.copyfile(run_dir / name, Path(tmp) / name)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",
+                              commit_message=f"Upload {run_dir.name} (ViT Studio)")
+    return str(url)
+
+
+class _hub_errors:
+    """Turn huggingface_hub and network errors into HubError messages without the token."""
+
+    def __init__(self, token: str, repo_id: str):
+        self.token, self.repo_id = token, repo_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, HubError):
+            if isinstance(error, HubError):
+                error.args = (self._scrub(str(error)),)
+            return False
+        from huggingface_hub.errors import HfHubHTTPError
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, HfHubHTTPError) and status == 401:
+            message = f"The Hugging Face Hub rejected the token (invalid or revoked). Create a new one at {TOKENS_URL}."
+        elif isinstance(error, HfHubHTTPError) and status == 403:
+            message = (f"The token may not write to {self.repo_id}: it is read-only, fine-grained without write "
+                       "access to it, or the repo belongs to someone else.")
+        elif isinstance(error, HfHubHTTPError):
+            message = f"The Hugging Face Hub answered {status}: {self._scrub(str(error)).splitlines()[0]}"
+        elif "offline mode is enabled" in str(error):
+            message = "Offline mode is on (HF_HUB_OFFLINE is set): unset it to push to the Hub."
+        elif is_network_error(error):
+            message = (f"Cannot reach the Hugging Face Hub ({type(error).__name__}). "
+                       "Check the internet connection and try again; the run is unchanged.")
+        else:
+            return False
+        raise HubError(message) from None
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.token, "hf_***") if self.token else text
