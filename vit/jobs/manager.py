@@ -1,31 +1,5 @@
-"""Background training: a queue of runs, each trained in its own child process.
-
-    manager = JobManager()                       # finds and reconciles the runs under checkpoints/
-    run_id = manager.submit(dataset, TrainConfig(epochs=5), owner=session_id)
-    manager.progress(run_id)                     # status.json + metrics.jsonl: cheap to poll
-    manager.cancel(run_id, owner=session_id)
-    manager.shutdown()
-
-The web server never trains. `submit` copies the dataset into the run
-directory (so the run survives the upload's temporary files and can be
-resumed), marks the run `queued` and returns its id at once. A scheduler
-thread starts queued runs first come first served, one at a time per device,
-as `python -m vit.jobs RUN_DIR` in a new process group; the child writes its
-progress into the run directory, which is all any reader needs, so a run
-started from the CLI shows up too.
-
-A child that dies (killed, crashed, out of memory) leaves its run
-`interrupted` with the reason and its checkpoints intact; `resume` continues
-from the last finished epoch. A new manager (an app restart) marks runs whose
-process is gone `interrupted` and restarts the queue. `shutdown` stops the
-children (cooperatively, then by force) and reaps their whole process group,
-and a child whose app disappears without a shutdown stops by itself: no
-orphans. On a CPU-only machine children run with fewer threads than cores and
-a lower priority, so the web server stays responsive.
-
-In multi-user mode (a public Space) a session may cancel, delete and resume
-only the runs it submitted; single-user mode (the local default) has no owners.
-"""
+"""The job manager: a queue of runs, a scheduler thread that starts each in a child process (vit.jobs.worker),
+supervision (cancel, force, reap, resume, delete), quotas per visitor and reconciliation after a restart."""
 from __future__ import annotations
 
 import contextlib
@@ -40,17 +14,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from vit import runs
-from vit.data import Dataset, DataError, export_dataset, load_dataset
+from vit.data import Dataset, export_dataset, load_dataset
+from vit.jobs.views import default_name, summary
+from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG, kept_note
 from vit.safety import HostLimits, on_spaces, owner_hash, owns, valid_owner_token
-from vit.train import ConfigError, TrainConfig, epoch_line
+from vit.train import ConfigError, TrainConfig
 
-JOB = "job.json"        # what to train: the config, the owner, where the data is
-LOG = "train.log"       # the child's output
-DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
-EXIT_DISK_FULL = 4      # the child's exit code when the disk filled up
-DISK_FULL = runs.DISK_FULL
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the child starts here: `-m vit.jobs` finds the package
-                                                    # even where it is not installed (a Space runs app.py as is)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the child starts here: `-m vit.jobs.worker` finds the
+                                                    # package even where it is not installed (a Space runs app.py)
 
 
 class JobError(ValueError):
@@ -153,7 +124,7 @@ class JobManager:
                 runs.write_json(run_dir / JOB, {
                     "config": asdict(config), "owner": owner_hash(owner), "device": device,
                     "source": source_name, "classes": dataset.classes,
-                    "name": name or _default_name(source_name, config),
+                    "name": name or default_name(source_name, config),
                     "images": len(dataset.items)})
                 with self._cv:
                     runs.update_status(run_dir, "queued", message="Queued", model=config.model,
@@ -387,7 +358,7 @@ class JobManager:
         with open(run_dir / LOG, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting on {slot}\n".encode())
             log.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "vit.jobs", str(run_dir)], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([sys.executable, "-m", "vit.jobs.worker", str(run_dir)], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PACKAGE_ROOT,
                                     start_new_session=True)  # its own process group: killed as a whole
         self._children[slot] = _Child(run_id, run_dir, proc)
@@ -421,9 +392,9 @@ class JobManager:
         status = runs.read_status(child.run_dir)
         state, epoch = status.get("state"), status.get("epoch") or 0
         if rc == EXIT_DISK_FULL:
-            return "failed", {"message": f"{DISK_FULL} {_kept_note(child.run_dir)}", "exit_code": rc}
+            return "failed", {"message": f"{DISK_FULL} {kept_note(child.run_dir)}", "exit_code": rc}
         if child.cancel_deadline is not None:  # a cancel was asked for
-            kept = _kept_note(child.run_dir)
+            kept = kept_note(child.run_dir)
             if forced:
                 return "cancelled", {"cancel": "forced", "message": "Stopped by force: the run did not stop by "
                                      f"itself within the grace period after the cancel. {kept}"}
@@ -436,11 +407,11 @@ class JobManager:
         elif child.shutting_down:
             if state in runs.ACTIVE_STATES or state == "cancelled":
                 return "interrupted", {"message": f"The app shut down during epoch {epoch + 1}. "
-                                                  f"{_kept_note(child.run_dir)} Resume to continue."}
+                                                  f"{kept_note(child.run_dir)} Resume to continue."}
             return None
         if state not in runs.ACTIVE_STATES:
             return None
-        kept = _kept_note(child.run_dir)
+        kept = kept_note(child.run_dir)
         if rc < 0:  # died without a word: killed, crashed, out of memory
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
             why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
@@ -501,7 +472,7 @@ class JobManager:
                 epoch = info.status.get("epoch") or 0
                 self._finish(info.run_dir, "interrupted", pid=None,
                              message=f"The process training this run stopped during epoch {epoch + 1} "
-                                     f"(the app restarted or the process died). {_kept_note(info.run_dir)} "
+                                     f"(the app restarted or the process died). {kept_note(info.run_dir)} "
                                      "Resume to continue.")
 
     def _update_positions(self) -> None:
@@ -524,29 +495,10 @@ class JobManager:
     # ------------------------------------------------------------------ helpers
 
     def _summary(self, run_dir: Path, status: dict, config: dict, owner: str | None, queue: list[str]) -> dict:
-        job = runs.read_json(run_dir / JOB, {})
-        metrics = runs.read_json(run_dir / runs.METRICS, {})
         if run_dir.name in self._pending:  # a final state the full disk has not let us write yet
             status = {**status, **self._pending[run_dir.name]}
-        state = status.get("state", "unknown")
-        mine = self.single_user or owns(job.get("owner"), owner)
-        best = metrics.get("val_acc", status.get("best_val_acc"))
-        return {
-            "id": run_dir.name, "state": state, "message": status.get("message", ""),
-            "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
-            "source": job.get("source"), "created_at": status.get("created_at"),
-            "name": job.get("name") or run_dir.name, "recipe": _start_summary(job.get("config") or {}),
-            "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
-            "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
-            "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
-            "eta_s": status.get("eta_s") if state == "running" else None,
-            "best_val_acc": best if best is None or best >= 0 else None, "best_epoch": status.get("best_epoch"),
-            "position": status.get("position") if run_dir.name in queue else None,
-            "device": status.get("device") or job.get("device"), "has_model": (run_dir / runs.WEIGHTS).is_file(),
-            "mine": mine, "can_cancel": mine and state in runs.ACTIVE_STATES,
-            "can_delete": mine and state not in runs.ACTIVE_STATES,
-            "can_resume": mine and state in ("interrupted", "cancelled", "failed") and (run_dir / JOB).is_file(),
-        }
+        job = runs.read_json(run_dir / JOB, {})
+        return summary(run_dir, status, config, job, self.single_user or owns(job.get("owner"), owner), queue)
 
     def _state(self, run_dir: Path) -> str | None:
         """A run's state: the one recorded, or the final one still waiting to be written (disk full)."""
@@ -644,16 +596,6 @@ class _Child:
     started: float = field(default_factory=time.monotonic)
 
 
-def _start_summary(config: dict) -> str:
-    """How a run starts, in a few words: 'pretrained', 'from a run, quick model', 'from scratch, 64 px'."""
-    if not config:
-        return ""
-    if config.get("pretrained", True) or config.get("weights"):
-        start = "from a run" if config.get("weights") else "pretrained"
-        return start + (", quick model" if config.get("quick") else ", LP-FT" if config.get("lp_ft") else "")
-    return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
-
-
 def _run_name(name: str | None) -> str | None:
     """A run's display name as typed (it never becomes a path): one line, at most 80 characters."""
     if name is None or not str(name).strip():
@@ -664,11 +606,6 @@ def _run_name(name: str | None) -> str | None:
     return name
 
 
-def _default_name(source: str, config: TrainConfig) -> str:
-    """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05'."""
-    return f"{source[:40]} · {config.model.split('/')[-1].split('.')[0][:40]} · {time.strftime('%H:%M')}"
-
-
 def _hash_owner(run_dir: Path) -> None:
     """Runs recorded before owners were hashed: replace the stored token by its hash."""
     job = runs.read_json(run_dir / JOB)
@@ -677,15 +614,6 @@ def _hash_owner(run_dir: Path) -> None:
             runs.write_json(run_dir / JOB, {**job, "owner": owner_hash(job["owner"])})
         except OSError:
             pass
-
-
-def _kept_note(run_dir: Path) -> str:
-    state = runs.load_resume_state(run_dir) if (run_dir / runs.RESUME).is_file() else None
-    if state is None:
-        return "No epoch had finished, so there is no checkpoint yet."
-    best = state.get("best", {}).get("epoch")
-    saved = "Epoch 1 is saved" if state["epoch"] == 0 else f"Epochs 1-{state['epoch'] + 1} are saved"
-    return saved + (f"; the best model (epoch {best}) is kept." if best else ".")
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -732,101 +660,3 @@ def _lock_root(root: Path):
     f.write(f"pid {os.getpid()}")
     f.flush()
     return f
-
-
-# ---------------------------------------------------------------------------
-# the child process: python -m vit.jobs RUN_DIR
-
-
-def _child_main(run_dir: Path) -> int:
-    """Train the run in `run_dir` (resuming when it has a saved epoch) and exit with 0 completed,
-    1 cancelled, 2 failed, 3 stopped because the app went away, 4 the disk is full."""
-    try:
-        return _train_child(run_dir)
-    except OSError as e:
-        if not (runs.disk_full(e) or runs.disk_full(e.__cause__)):
-            raise
-        print(f"failed: {e}", flush=True)
-        with contextlib.suppress(OSError):
-            runs.update_status(run_dir, "failed", message=DISK_FULL)
-        return EXIT_DISK_FULL
-
-
-def _train_child(run_dir: Path) -> int:
-    if int(os.environ.get("VIT_NICE", "0")) > 0:
-        os.nice(int(os.environ["VIT_NICE"]))
-    stop = _StopRequests(run_dir, int(os.environ.get("VIT_PARENT_PID", "0")) or None)
-    job = runs.read_json(run_dir / JOB)
-    if not job:
-        runs.update_status(run_dir, "failed", message=f"{run_dir / JOB} is missing or unreadable.")
-        return 2
-    config = TrainConfig.from_dict(job["config"])
-    if os.environ.get("VIT_THREADS"):
-        import torch
-        torch.set_num_threads(int(os.environ["VIT_THREADS"]))
-        config.threads = int(os.environ["VIT_THREADS"])
-    from vit.train import TrainError, train
-    try:
-        dataset = load_dataset(run_dir / DATA_DIR, val_fraction=config.val_fraction, seed=config.seed)
-    except DataError as e:
-        runs.update_status(run_dir, "failed", message=f"The run's copy of its data cannot be read: {e}")
-        return 2
-    if job.get("source"):  # the name the user knows it by, not the run's copy ("data")
-        dataset.report.source = str(job["source"])
-    resume = (run_dir / runs.RESUME).is_file()
-    with dataset:
-        try:
-            result = train(dataset, None if resume else config, run_dir, on_event=_log_event,
-                           should_stop=stop, resume=resume)
-        except TrainError as e:
-            if runs.disk_full(e.__cause__):
-                raise e.__cause__
-            print(f"failed: {e}", flush=True)
-            return 2
-    if result.get("cancelled") and stop.reason:
-        runs.update_status(run_dir, "interrupted", message=f"Stopped during epoch {result['epoch']}: {stop.reason}. "
-                                                           f"{_kept_note(run_dir)} Resume to continue.")
-        return 3
-    return 1 if result.get("cancelled") else 0
-
-
-class _StopRequests:
-    """should_stop for a child: SIGTERM (the app shutting down) or the app process disappearing.
-    A cancel from the user arrives as the run's CANCEL file, which train() checks itself."""
-
-    def __init__(self, run_dir: Path, parent_pid: int | None):
-        self.run_dir, self.reason = run_dir, None
-        signal.signal(signal.SIGTERM, lambda *_: self._set("the app shut down"))
-        if parent_pid:
-            threading.Thread(target=self._watch_parent, args=(parent_pid,), daemon=True).start()
-
-    def __call__(self) -> bool:
-        return self.reason is not None
-
-    def _set(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-    def _watch_parent(self, parent_pid: int) -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        self._set("the app that started it exited")
-        time.sleep(60.0)  # a step that never ends: do not outlive the app by more than this
-        runs.update_status(self.run_dir, "interrupted", pid=None,
-                           message=f"Stopped: the app that started it exited. {_kept_note(self.run_dir)} "
-                                   "Resume to continue.")
-        os._exit(3)
-
-
-def _log_event(e: dict) -> None:
-    kind = e.get("type")
-    if kind == "status" and e.get("message"):
-        print(f"[{time.strftime('%H:%M:%S')}] {e.get('state') or ''} {e['message']}".replace("  ", " "), flush=True)
-    elif kind == "epoch":
-        print(f"[{time.strftime('%H:%M:%S')}] {epoch_line(e)}", flush=True)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m vit.jobs RUN_DIR  (started by the app's job manager)", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_child_main(Path(sys.argv[1])))

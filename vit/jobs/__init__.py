@@ -1,0 +1,33 @@
+"""Background training: a queue of runs, each trained in its own child process.
+
+    manager = JobManager()                       # finds and reconciles the runs under checkpoints/
+    run_id = manager.submit(dataset, TrainConfig(epochs=5), owner=session_id)
+    manager.progress(run_id)                     # status.json + metrics.jsonl: cheap to poll
+    manager.cancel(run_id, owner=session_id)
+    manager.shutdown()
+
+The web server never trains. `submit` copies the dataset into the run
+directory (so the run survives the upload's temporary files and can be
+resumed), marks the run `queued` and returns its id at once. A scheduler
+thread starts queued runs first come first served, one at a time per device,
+as `python -m vit.jobs.worker RUN_DIR` in a new process group; the child writes its
+progress into the run directory, which is all any reader needs, so a run
+started from the CLI shows up too.
+
+A child that dies (killed, crashed, out of memory) leaves its run
+`interrupted` with the reason and its checkpoints intact; `resume` continues
+from the last finished epoch. A new manager (an app restart) marks runs whose
+process is gone `interrupted` and restarts the queue. `shutdown` stops the
+children (cooperatively, then by force) and reaps their whole process group,
+and a child whose app disappears without a shutdown stops by itself: no
+orphans. On a CPU-only machine children run with fewer threads than cores and
+a lower priority, so the web server stays responsive.
+
+In multi-user mode (a public Space) a session may cancel, delete and resume
+only the runs it submitted; single-user mode (the local default) has no owners.
+"""
+from vit.jobs.manager import JobError, JobManager, default_cpu_threads, default_single_user
+from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG
+
+__all__ = ["DATA_DIR", "DISK_FULL", "EXIT_DISK_FULL", "JOB", "JobError", "JobManager", "LOG", "default_cpu_threads",
+           "default_single_user"]

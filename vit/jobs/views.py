@@ -1,0 +1,49 @@
+"""Runs as the app shows them: one summary per run (the view model), how a run starts in a few words, its
+default name."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vit import runs
+from vit.jobs.worker import JOB
+from vit.train import TrainConfig
+
+
+def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, queue: list[str]) -> dict:
+    """One run as the app shows it: name, state, model and how it starts, progress, accuracy, and what the
+    visitor may do with it (`mine`: their own run, or single-user mode)."""
+    metrics = runs.read_json(run_dir / runs.METRICS, {})
+    state = status.get("state", "unknown")
+    best = metrics.get("val_acc", status.get("best_val_acc"))
+    return {
+        "id": run_dir.name, "state": state, "message": status.get("message", ""),
+        "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
+        "source": job.get("source"), "created_at": status.get("created_at"),
+        "name": job.get("name") or run_dir.name, "recipe": start_summary(job.get("config") or {}),
+        "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
+        "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
+        "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
+        "eta_s": status.get("eta_s") if state == "running" else None,
+        "best_val_acc": best if best is None or best >= 0 else None, "best_epoch": status.get("best_epoch"),
+        "position": status.get("position") if run_dir.name in queue else None,
+        "device": status.get("device") or job.get("device"), "has_model": (run_dir / runs.WEIGHTS).is_file(),
+        "mine": mine, "can_cancel": mine and state in runs.ACTIVE_STATES,
+        "can_delete": mine and state not in runs.ACTIVE_STATES,
+        "can_resume": mine and state in ("interrupted", "cancelled", "failed") and (run_dir / JOB).is_file(),
+    }
+
+
+def start_summary(config: dict) -> str:
+    """How a run starts, in a few words: 'pretrained', 'from a run, quick model', 'from scratch, 64 px'."""
+    if not config:
+        return ""
+    if config.get("pretrained", True) or config.get("weights"):
+        start = "from a run" if config.get("weights") else "pretrained"
+        return start + (", quick model" if config.get("quick") else ", LP-FT" if config.get("lp_ft") else "")
+    return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
+
+
+def default_name(source: str, config: TrainConfig) -> str:
+    """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05'."""
+    return f"{source[:40]} · {config.model.split('/')[-1].split('.')[0][:40]} · {time.strftime('%H:%M')}"
