@@ -440,7 +440,7 @@ def test_webp_and_heic(tmp_path):
     p = tmp_path / "x.webp"
     p.write_bytes(image_bytes(fmt="WEBP", colour=(10, 200, 10)))
     assert np.asarray(read_rgb(p)[0])[5, 5, 1] > 150
-    if data.pillow_heif is None:
+    if data.images.pillow_heif is None:
         pytest.skip("pillow-heif is not installed: HEIC cannot be read")
     try:
         heic = image_bytes(fmt="HEIF", colour=(10, 200, 10))
@@ -507,7 +507,8 @@ def test_decode_cache_resizes_and_never_decodes_twice(tmp_path, monkeypatch):
     t = cache[0]
     assert t.dtype.is_floating_point is False and tuple(t.shape) == (3, 45, 60)
     calls = []
-    monkeypatch.setattr(data, "read_rgb", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(data.cache, "read_rgb",  # what the cache decodes with
+                        lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
     for _ in range(2):
         for i in range(len(cache)):
             cache[i]

@@ -1,4 +1,4 @@
-"""Frozen features (vit.features), the linear probe (vit.probe), the quick model, LP-FT and the label review.
+"""Frozen features (vit.data.features), the linear probe (vit.probe), the quick model, LP-FT and the label review.
 Tiny models only; the accuracy and speed they reach live in bench/probe_bench.py."""
 import csv
 import json
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers import tiny
-from vit import cli, features, hub, jobs, predict, probe, runs, ui
+from vit import cli, hub, jobs, predict, probe, runs, ui
+from vit.data import features
 from vit.data import load_dataset
 from vit.samples import make_shapes_dataset
 from vit.train import ConfigError, TrainConfig, train

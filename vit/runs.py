@@ -40,7 +40,7 @@ ACTIVE_STATES = ("queued", "running")
 CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
     "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
 DATA_REPORT = "data_report.json"
-DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.features)
+DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.data.features)
 FEATURES = ".features"  # under the runs' root: the frozen-feature cache, shared by the runs
 CONFIG_KEY = "vit_studio"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"

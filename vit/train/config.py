@@ -59,7 +59,7 @@ class TrainConfig:
     cache_max_bytes: int = 2 * 1024 ** 3
     data: str | None = None             # where the dataset came from (recorded, used by resume)
     recipe: list = field(default_factory=list)  # what vit.train.recipe chose and why, one line each (recorded)
-    # frozen features (vit.features, vit.probe)
+    # frozen features (vit.data.features, vit.probe)
     quick: bool = False                 # the quick model: fit only the head, on the frozen features (seconds)
     lp_ft: bool = False                 # LP-FT: fine-tune from that fitted head instead of a random one
     probe_flip: bool = False            # the head also sees the mirror image of each training image

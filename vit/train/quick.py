@@ -1,4 +1,4 @@
-"""The quick model and the head of LP-FT: the backbone frozen, its features computed once (vit.features), a
+"""The quick model and the head of LP-FT: the backbone frozen, its features computed once (vit.data.features), a
 linear head fitted on them (vit.train.probe) and put in the model, which is saved as any run."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from timm.utils import random_seed
 from torch import nn
 
-from vit import features, probe, runs
+from vit import probe, runs
+from vit.data import features
 from vit.data import Dataset, DecodeCache
 from vit.models import ModelSpec, create_model, data_config
 from vit.train.config import TrainConfig, TrainError
