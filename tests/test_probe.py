@@ -134,7 +134,7 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
     manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0, single_user=False)
     try:
         with load_dataset(shapes) as ds:
-            *_, state, _ = ui._show(ds, str(shapes), "shapes")
+            *_, state, _ = ui.common._show(ds, str(shapes), "shapes")  # the Data tab's view of it
         # Alice starts a quick model from one of her runs, picked as the Model
         alice_source = manager.submit(str(shapes), tiny(), owner=ALICE)
         assert manager.wait(alice_source, 300) == "completed"

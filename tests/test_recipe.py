@@ -3,6 +3,7 @@ and always second to what the user set. The accuracy it reaches lives in bench/s
 import json
 from dataclasses import replace
 
+import gradio as gr
 import pytest
 import torch
 
@@ -145,12 +146,12 @@ def test_the_form_reads_empty_as_auto_and_typed_text_as_given():
     assert auto == ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts)
     typed = ui.planned_config(ui.DEFAULT_MODEL, True, "7", "16", "2e-3", facts, early_stopping="0")
     assert (typed.epochs, typed.batch_size, typed.lr, typed.early_stopping) == (7, 16, 0.002, None)
-    with pytest.raises(ui.gr.Error, match=r"Epochs \(epochs\) must be a number from 1 to 1000 \(got 'ten'\)"):
+    with pytest.raises(gr.Error, match=r"Epochs \(epochs\) must be a number from 1 to 1000 \(got 'ten'\)"):
         ui.planned_config(ui.DEFAULT_MODEL, True, "ten", None, None, facts)
 
 
 def test_the_sample_data_size_is_bounded():
     from vit import ui
     for hostile in (10 ** 9, -5, float("nan"), "500"):
-        with pytest.raises(ui.gr.Error, match=f"from 2 to {ui.SAMPLE_MAX} images per class"):
+        with pytest.raises(gr.Error, match=f"from 2 to {ui.SAMPLE_MAX} images per class"):
             ui.sample_dataset(hostile)

@@ -1,0 +1,144 @@
+"""The Classify tab's handlers: one image with its heatmap, a batch into a gallery and a CSV, the examples."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from vit import data, explain, jobs, predict, runs, samples
+from vit import safety
+from vit.ui.common import (CLASS_SPECIFIC, MAX_BATCH, PREDICTED, _METHOD_TITLES, _csv, _download_folder, _explained,
+                           _load, _placeholder, _whole_number, csv_rows, refused)
+
+
+def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
+                   target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
+    """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
+    if image is None:
+        raise refused("Upload an image to classify.")
+    if method not in explain.METHODS:
+        raise refused(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
+    loaded = _load(manager, source, owner)
+    try:
+        layer_index = _whole_number(layer, "Layer", -1)
+        head_number = _whole_number(head, "Head", 0)
+        heads_there = int(getattr(loaded.model.blocks[0].attn, "num_heads", 0) or 0)
+        if method == "attention" and heads_there and not 0 <= head_number <= heads_there:
+            raise ValueError(f"Head {head_number} does not exist: the model has {heads_there} heads per layer "
+                             f"(use 1..{heads_there}, or 0 for their mean).")
+        rgb = predict.read_image(image)
+        t = loaded.labels.index(target) if target in loaded.labels else None
+        weights = loaded.folder / runs.WEIGHTS
+        key = (str(weights), weights.stat().st_mtime_ns, str(image), method, t, layer_index, head_number)
+        e = _explained.get(key)
+        if e is None:  # (a new opacity, or a method seen before, is drawn from the map already made)
+            with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
+                e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
+                                    head=head_number - 1 if head_number else None)
+            _explained.put(key, e)
+    except (predict.PredictError, explain.ExplainError, ValueError) as err:
+        raise refused(str(err), duration=None)
+    probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
+    picture = explain.figure(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
+    notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
+    where = _layer_name(layer_index, len(loaded.model.blocks))
+    heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
+                                         f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
+    chosen = loaded.labels[e.target] if t is not None else PREDICTED
+    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
+
+
+def _map_title(method: str, loaded: predict.LoadedModel, target: int, layer: int, head: int) -> str:
+    """What the map shows, in words: the class only where the method depends on it, the layer and head
+    that were asked for."""
+    if method == "attention":
+        depth = len(loaded.model.blocks)
+        which = f"head {head}" if head else "the mean of its heads"
+        return (f"**Raw attention of {_layer_name(layer, depth)}** ({which}), from the classifier token. "
+                "Attention, not an explanation: it is the same whatever the class, and by the last layers every "
+                "token carries information from the whole image, so it often points at background.")
+    text = f"**{_METHOD_TITLES[method]}**"
+    if method in CLASS_SPECIFIC:
+        text += f" for class **{loaded.labels[target]}**"
+    return f"{text}. {explain.METHODS[method]}"
+
+
+def _layer_name(layer: int, depth: int) -> str:
+    index = layer % depth if depth else layer
+    return f"layer {index} (the last)" if index == depth - 1 else f"layer {index} of 0..{depth - 1}"
+
+
+def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None, *,
+                   owner: str | None = None):
+    """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
+    if not paths:
+        raise refused("Add some images first.")
+    if len(paths) > MAX_BATCH:
+        raise refused(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
+    loaded = _load(manager, source, owner)
+    out, table = [], []
+    k = min(3, len(loaded.labels))
+    for path in paths:
+        name = Path(path).name
+        try:
+            with predict.compute_share(manager.web_threads()):
+                (top,) = loaded.classify(predict.read_image(path), topk=k)
+            out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
+            table.append([name, "", *[v for label, p in top for v in (label, round(p, 4))]])
+        except predict.PredictError as e:
+            out.append((_placeholder(), str(e)))  # (the message names the file)
+            table.append([name, str(e), *[""] * (2 * k)])
+    return out, _csv(table, ["file", "problem", *[f"{c}{i + 1}" for i in range(k) for c in ("label", "probability")]])
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def run_examples(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """The Classify examples for a run: a few of its own validation images, one or two per class (copied
+    small where Gradio may serve them); the sample shapes when the run has none to offer."""
+    picked: list[tuple[str, Path]] = []
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "use") if run_id and ":" not in run_id else None
+        manifest = run_dir / jobs.DATA_DIR / data.MANIFEST_NAME if run_dir else None
+        rows = list(csv_rows(manifest)) if manifest and manifest.is_file() else []
+    except (jobs.JobError, OSError, ValueError):
+        rows = []
+    labels = sorted({r.get("label") for r in rows if r.get("split") == "val"} - {None})
+    per_class = 1 if len(labels) > 4 else 2
+    for label in labels[:8]:
+        names = [r["path"] for r in rows if r.get("split") == "val" and r.get("label") == label][:per_class]
+        for name in names:
+            try:
+                picked.append((label, safety.safe_join(run_dir / jobs.DATA_DIR, *name.split("/"))))
+            except ValueError:
+                continue
+    if not picked:
+        return gr.Dataset(samples=_example_images(), label="Examples (sample shapes)")
+    folder, samples_ = _download_folder(), []
+    for i, (label, path) in enumerate(picked):
+        try:
+            img, _, _ = data.read_rgb(path, draft_side=256, max_side=1024)
+        except data.DataError:
+            continue
+        img.thumbnail((320, 320))
+        out = folder / f"{i:02d}.png"
+        img.save(out)
+        samples_.append([str(out)])
+    return gr.Dataset(samples=samples_, label="Examples: validation images of this run (try them)")
+
+
+def _example_images() -> list[list[str]]:
+    """One generated image per sample shape, for the Classify tab's examples."""
+    import random
+    folder = Path(tempfile.gettempdir()) / "vit-studio-examples"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for k, shape in enumerate(samples.SHAPES):
+        path = folder / f"{shape}.png"
+        if not path.is_file():
+            samples.draw_shape(shape, 160, random.Random(k)).save(path)
+        out.append([str(path)])
+    return out

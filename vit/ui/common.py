@@ -1,0 +1,343 @@
+"""What the tabs share: the app's constants, refusals as toasts, pickers of runs, the Data tab's view of a dataset,
+small formatting helpers."""
+from __future__ import annotations
+
+import secrets
+import sys
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from vit import data, jobs, predict, runs
+from vit import models, safety
+from vit.models import CATALOG
+from vit.safety import HostLimits
+from vit.train import recipe
+
+
+TITLE = "ViT Studio"
+
+
+INTRO = ("Fine-tune a Vision Transformer on your own images, see what it looks at, and share it. "
+         "Start with your data: a .zip with one folder per class (cat/001.jpg, dog/001.jpg, ...).")
+
+
+THEME = gr.themes.Soft()
+
+
+CSS = ""
+
+
+MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
+
+
+RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message", "id"]
+
+
+_METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
+                  "attention": "Raw attention (pick the layer and head)", "gradcam": "Grad-CAM"}
+
+
+CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
+
+
+MAX_CLASSES = 8
+
+
+MAX_BATCH = 100  # images in one "classify all"
+
+
+PREDICTED = "the predicted class"  # the first choice of "Explain class"
+
+
+MAX_MISTAKES = 24  # misclassified validation images shown for a run
+
+
+MISTAKES_LABEL = "Misclassified validation images (true -> predicted)"
+
+
+SAMPLE_PER_CLASS = 500  # a from-scratch run learns them to >= 95% in under a minute on 2 cores (bench/scratch_bench.py)
+
+
+SAMPLE_MAX = 1000
+
+
+NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab."
+
+
+RUN_START = "run:"  # a Model choice that starts from one of the visitor's runs: "run:<id>"
+
+
+MAX_SUSPECTS = 24  # likely label errors shown for a run
+
+
+MAX_PAIRS = 12     # near-duplicate pairs shown
+
+
+DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
+
+
+def _features_summary(found: dict, reviewed: set) -> list[str]:
+    """A run's diagnostics in three lines: the learning curve's verdict, near-duplicates, likely label errors
+    (those not yet reviewed)."""
+    points = found.get("learning_curve", {}).get("points", [])
+    pairs_ = found.get("near_duplicates", [])
+    leaks = sum(bool(p.get("leak")) for p in pairs_)
+    doubted = found.get("suspects", 0) - len(reviewed & {e["name"] for e in found.get("label_errors", [])})
+    return [f"- **Would more images help?** {found.get('learning_curve', {}).get('verdict', '')} "
+            + ", ".join(f"{p['images']} images: {p['val_acc']:.0%}" for p in points) + ".",
+            f"- **Near-duplicates:** {data.count(len(pairs_), 'pair')} of images that look the same to the model"
+            + (f", {leaks} across train and validation or test (validation accuracy is flattered: remove one "
+               "of each)" if leaks else "") + ".",
+            f"- **Likely label errors:** {data.count(max(doubted, 0), 'image')} that a head fitted without them "
+            "finds more like another class."]
+
+
+def _run_image(run_dir: Path, name: str, side: int = 160):
+    """A small copy of one image of the run's own data (None when it cannot be read)."""
+    try:
+        path = safety.safe_join(run_dir / jobs.DATA_DIR, *str(name).split("/"))
+        img, _, _ = data.read_rgb(path, draft_side=side, max_side=640)
+    except (ValueError, data.DataError):
+        return None
+    img.thumbnail((side, side))
+    return img
+
+
+class _Recent:
+    """A small thread-safe LRU of recent explanations (a heatmap is a few KB; the image is not kept)."""
+
+    def __init__(self, size: int = 64):
+        from collections import OrderedDict
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_explained = _Recent()
+
+
+def refused(message: str, **options) -> gr.Error:
+    """A request the app turns down for the visitor's own reasons: a toast with the message, one line in the
+    log, no traceback (tracebacks are for bugs)."""
+    print(f"vit.ui: refused: {message.splitlines()[0][:300] if message else ''}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False, **options)
+
+
+def _unopened_path(component: gr.Image):
+    """A preprocess for gr.Image(type="filepath") that hands the handler the uploaded file's path without
+    opening it: the app checks the header itself, with a clear message for a file that is not an image
+    (Gradio's own open fails without one). Set on the instance: a subclass would make Gradio write a .pyi
+    stub beside this module."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+            return gradio_preprocess(payload)
+        return str(payload.path)
+
+    return preprocess
+
+
+def _live_choice(rows: list[dict], current: str | None, new: str | None = None) -> str | None:
+    """The run the live view shows: it stays on a run that is training; else a new run just started, the
+    current choice, a training run, and last the newest."""
+    ids = [r["id"] for r in rows]
+    running = [r["id"] for r in rows if r["state"] == "running"]
+    if current in running:
+        return current
+    if new in ids:
+        return new
+    if current in ids:
+        return current
+    return running[0] if running else (ids[0] if ids else None)
+
+
+def _run_picker(rows: list[dict], value: str | None):
+    """The Train tab's run picker: runs by name and state, their id as the value."""
+    return gr.Dropdown(choices=_run_choices(rows), value=value)
+
+
+def _run_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{r['name']} ({r['state']})", r["id"]) for r in rows]
+
+
+def _model_picker(rows: list[dict], current: str | None, follow: str | None = None):
+    """A picker of the runs with a saved model, by name, model and accuracy, newest first. It moves to
+    `follow` (a run that has just finished), else keeps the current choice (or a typed hf-hub id), else
+    takes the newest finished run."""
+    done = [r for r in rows if r["has_model"]]
+    ids = [r["id"] for r in done]
+    finished = [r["id"] for r in done if r["state"] == "completed"]
+    if follow in ids:
+        value = follow
+    elif current and (current in ids or current.startswith("hf-hub:")):
+        value = current
+    else:
+        value = finished[0] if finished else (ids[0] if ids else None)
+    choices = [(_model_label(r), r["id"]) for r in done]
+    if value and value.startswith("hf-hub:"):
+        choices.append((value, value))
+    return gr.Dropdown(choices=choices, value=value)
+
+
+def _model_text(r: dict) -> str:
+    model = (r["model"] or "").split(".")[0]
+    return f"{model} ({r['recipe']})" if r.get("recipe") else model
+
+
+def _model_label(r: dict) -> str:
+    """'pets.zip · vit_small_patch16_224 · 14:05 · 93%' (the default name already names the model)."""
+    acc = "" if r["best_val_acc"] is None else f" · {r['best_val_acc']:.0%}"
+    state = "" if r["state"] == "completed" else f" ({r['state']})"
+    model = "" if (r["model"] or "").split(".")[0] in r["name"] else f" · {_model_text(r)}"
+    return f"{r['name']}{model}{acc}{state}"
+
+
+def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
+    try:
+        return f"{run_id}:{runs.read_status(runs.run_path(manager.root, run_id)).get('state')}" if run_id else ""
+    except ValueError:
+        return ""
+
+
+def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None) -> predict.LoadedModel:
+    """The model of one of the visitor's runs, or of an hf-hub: id; never a folder named by the visitor."""
+    source = (source or "").strip()
+    if not source:
+        raise refused("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
+    try:
+        if source.startswith("hf-hub:"):
+            where = models.check_web_model_name(source)
+        elif ":" in source or "/" in source or "\\" in source:
+            raise refused(f"{source[:80]!r} is not one of your runs or an hf-hub:user/repo id.", duration=None)
+        else:
+            where = manager.own_run(source, owner or None, "use")
+        return predict.load_model(where, max_params_m=HostLimits.from_env().max_model_params_m)
+    except (predict.PredictError, models.ModelError, jobs.JobError, ValueError) as e:
+        raise refused(str(e), duration=None)
+
+
+def _csv(rows: list[list], header: list[str]) -> str:
+    """rows as a CSV file to download (in a fresh downloads folder, swept like the others)."""
+    import csv
+    path = _download_folder() / "predictions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def _placeholder() -> str:
+    path = Path(tempfile.gettempdir()) / "vit-studio-unreadable.png"
+    if not path.is_file():
+        from PIL import Image
+        Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+    return str(path)
+
+
+def csv_rows(path: Path):
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        yield from csv.DictReader(f)
+
+
+def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None, edits: dict | None = None):
+    r = ds.report
+    rows = [{"class": c, "split": split, "images": n}
+            for split, per in r.split_counts.items() for c, n in per.items()]
+    df = pd.DataFrame(rows, columns=["class", "split", "images"])
+    if r.ok:
+        state = {"path": path, "name": name, "classes": classes, "facts": recipe.DataFacts.of(ds).to_dict(),
+                 **({"edits": edits} if edits else {})}
+        line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
+                f"({', '.join(ds.classes)}).")
+    else:  # kept, so that Start can say why not
+        problem = " ".join(r.errors)
+        state = {"path": None, "name": name, "classes": None, "problem": problem}
+        line = f"The dataset **{name}** cannot be trained on: {problem} Fix it and upload it again (Data tab)."
+    hint = ("\n\n*Near-duplicates, likely label errors and whether more images would help: make a **Quick "
+            "model** in the Train tab; its results read them from the model's features.*" if r.ok else "")
+    return r.to_markdown() + hint, df, data.thumbnails(ds), state, line
+
+
+def _manager_getter(manager: jobs.JobManager | None):
+    made: list[jobs.JobManager] = [manager] if manager else []
+
+    def get() -> jobs.JobManager:
+        if not made:
+            made.append(jobs.JobManager())
+        return made[0]
+
+    return get
+
+
+def _ensure_owner(owner: str | None) -> str:
+    return owner or secrets.token_urlsafe(16)
+
+
+def _whole_number(value, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value != int(value):
+        raise ValueError(f"{name} must be a whole number (got {str(value)[:20]}).")
+    if abs(value) > 10_000:
+        raise ValueError(f"{name} {value:g} does not exist.")
+    return int(value)
+
+
+def _download_folder() -> Path:
+    """A fresh folder for one file to serve; folders older than the temp age limit are removed first."""
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    max_age = HostLimits.from_env().temp_max_age_s
+    for old in DOWNLOADS.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > max_age:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=DOWNLOADS))
+
+
+def _remove_upload(path: str | None) -> None:
+    """Delete an uploaded file that will not be used (Gradio keeps uploads in its cache otherwise)."""
+    try:
+        if path and Path(path).is_file():
+            Path(path).unlink()
+    except OSError:
+        pass
+
+
+def launch_options() -> dict:
+    """launch() settings that keep a shared app bounded: the upload cap (Gradio refuses larger files,
+    naming the cap) and the theme."""
+    return {"theme": THEME, "css": CSS, "max_file_size": f"{HostLimits.from_env().max_upload_mb}mb"}
+
+
+def _epoch_text(r: dict) -> str:
+    if r["epochs"] is None:
+        return ""
+    done = r["epoch"] or 0
+    return f"{done}/{r['epochs']}" if r["state"] != "queued" else f"0/{r['epochs']}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"

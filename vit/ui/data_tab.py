@@ -1,0 +1,124 @@
+"""The Data tab's handlers: an uploaded zip, classes built one by one, the sample data, a returning visitor's
+dataset, and what a run's features say about it."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from vit import data, jobs, runs, samples
+from vit import sessions
+from vit.safety import HostLimits
+from vit.ui.common import (MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS, _duration, _features_summary, _remove_upload,
+                           _show, refused)
+from vit.ui.train_tab import ADVANCED, SETTINGS
+
+
+def check_dataset(path: str | None):
+    """Validate an uploaded zip and show its health report, class counts and sample images."""
+    if not path:
+        raise refused("No file received. Upload a .zip with one folder per class.")
+    try:
+        with data.load_dataset(path) as ds:
+            shown = _show(ds, path, Path(path).name)
+    except data.DataError as e:
+        _remove_upload(path)
+        raise refused(str(e), duration=None)
+    if shown[3].get("problem"):  # cannot be trained on: nothing will use the upload again
+        _remove_upload(path)
+    return shown
+
+
+def check_classes(*names_and_files):
+    """Validate classes built one by one (MAX_CLASSES names, then their image lists) and show the report.
+    Empty slots are ignored; a removed slot is emptied by the UI."""
+    names, files = names_and_files[:MAX_CLASSES], names_and_files[MAX_CLASSES:]
+    mapping: dict[str, list[str]] = {}
+    for i, (name, paths) in enumerate(zip(names, files)):
+        if not (name or "").strip() and not paths:
+            continue
+        if not (name or "").strip():
+            raise refused(f"Class {i + 1} has images but no name. Type a name for it.")
+        mapping[name.strip()] = mapping.get(name.strip(), []) + list(paths or [])
+    if not mapping:
+        raise refused("Name at least two classes and drop images into each.")
+    try:
+        with data.load_dataset(mapping) as ds:
+            return _show(ds, None, f"{len(mapping)} classes built here", classes=mapping)
+    except data.DataError as e:
+        raise refused(str(e), duration=None)
+
+
+def sample_dataset(per_class: float = SAMPLE_PER_CLASS):
+    """Generate the built-in shapes dataset (kept for training) and show its report."""
+    n = int(per_class) if isinstance(per_class, (int, float)) and per_class == per_class else 0
+    if not 2 <= n <= SAMPLE_MAX:
+        raise refused(f"The sample data has from 2 to {SAMPLE_MAX} images per class (got {str(per_class)[:20]}).")
+    root = Path(tempfile.gettempdir()) / "vit-studio-samples"
+    folder = root / f"shapes-{n}"
+    if not (folder / "circle").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+        samples.make_shapes_dataset(tmp / "d", n, fmt="jpg")
+        try:
+            os.replace(tmp / "d", folder)  # atomic: a concurrent request sees all of it or none
+        except OSError:
+            pass  # another request made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    with data.load_dataset(folder) as ds:
+        return _show(ds, str(folder), f"sample shapes ({n} per class)")
+
+
+def restore_session(manager: jobs.JobManager, owner: str | None):
+    """What the visitor had on their last visit: the dataset (checked again, with its report) and the
+    Train settings, as updates for the Data tab's outputs and the Train form (unchanged where none)."""
+    record = sessions.recall(manager.root, owner)
+    names = SETTINGS + ADVANCED
+    saved = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+    form = [gr.update(value=saved[k]) if k in saved else gr.update() for k in names]
+    ds = record.get("dataset")
+    if not isinstance(ds, dict) or not ds.get("name"):
+        return (*[gr.update()] * 5, *form)
+    if ds.get("problem"):
+        line = f"The dataset **{ds['name']}** cannot be trained on: {ds['problem']} Fix it and upload it again."
+        return (line, gr.update(), gr.update(), ds, line, *form)
+    try:
+        source = ds.get("classes") or ds.get("path")
+        if not source or (isinstance(source, str) and not Path(source).exists()):
+            raise data.DataError("gone")
+        edits = ds.get("edits") if isinstance(ds.get("edits"), dict) else None
+        with data.load_dataset(source, edits=edits) as loaded:
+            shown = _show(loaded, ds.get("path"), ds["name"], classes=ds.get("classes"), edits=edits)
+    except data.DataError:
+        gone = (f"Your dataset from last time, **{ds['name']}**, is no longer on the server (uploads are kept for "
+                f"{_duration(HostLimits.from_env().temp_max_age_s)}). Upload it again.")
+        shown = (gone, pd.DataFrame(columns=["class", "split", "images"]), [], None, gone)
+    return (*shown, *form)
+
+
+def _class_slots(n: int):
+    """Show n class slots; the hidden ones are emptied, so they never count."""
+    n = max(2, min(MAX_CLASSES, int(n)))
+    keep = [gr.update() if i < n else "" for i in range(MAX_CLASSES)]
+    return ([n] + [gr.Row(visible=i < n) for i in range(MAX_CLASSES)] + keep
+            + [gr.update() if i < n else None for i in range(MAX_CLASSES)])
+
+
+def data_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None) -> str:
+    """For the Data tab, under the health report: what the selected run's features say, when that run was
+    trained on the dataset shown there."""
+    try:
+        run_dir = manager.own_run(run_id, owner or None, "see") if run_id and dataset else None
+    except jobs.JobError:
+        return ""
+    found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
+    if not isinstance(found, dict) or runs.read_json(run_dir / jobs.JOB, {}).get("source") != dataset.get("name"):
+        return ""
+    name = runs.read_json(run_dir / jobs.JOB, {}).get("name") or run_dir.name
+    return "\n".join([f"### What the features say about this data (run {name})",
+                      *_features_summary(found, set(dataset.get("edits") or {})),
+                      "", "*The pairs and the images to review are in the Train tab, under that run's results.*"])
