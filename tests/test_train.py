@@ -153,8 +153,8 @@ def test_cancel_stops_within_one_step_and_keeps_the_best_checkpoint(shapes, tmp_
 
 
 def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_path, monkeypatch):
-    import vit.train.engine as engine
-    real_create = engine.create_model
+    import vit.train.prepare as setup  # where every run creates its model
+    real_create = setup.create_model
     calls = {"n": 0}
 
     def create_with_nan_after_epoch_1(spec, num_classes):
@@ -166,7 +166,7 @@ def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_pat
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(engine, "create_model", create_with_nan_after_epoch_1)
+    monkeypatch.setattr(setup, "create_model", create_with_nan_after_epoch_1)
     run = tmp_path / "run"
     run.mkdir()
     with load_dataset(shapes) as ds, pytest.raises(TrainError, match=r"loss became nan at epoch 2.*Lower the learning"):
@@ -177,8 +177,8 @@ def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_pat
 
 
 def test_out_of_memory_retries_with_half_the_batch(shapes, tmp_path, monkeypatch):
-    import vit.train.engine as engine
-    real_create = engine.create_model
+    import vit.train.prepare as setup  # where every run creates its model
+    real_create = setup.create_model
 
     def create_that_ooms_on_big_batches(spec, num_classes):
         model = real_create(spec, num_classes)
@@ -189,7 +189,7 @@ def test_out_of_memory_retries_with_half_the_batch(shapes, tmp_path, monkeypatch
         model.register_forward_pre_hook(hook)
         return model
 
-    monkeypatch.setattr(engine, "create_model", create_that_ooms_on_big_batches)
+    monkeypatch.setattr(setup, "create_model", create_that_ooms_on_big_batches)
     with load_dataset(shapes) as ds:
         metrics = train(ds, tiny(batch_size=8), tmp_path)
     assert metrics["epochs_run"] == 2

@@ -6,6 +6,7 @@
 - config.py       TrainConfig, its ranges and messages
 - recipe.py       the one place that chooses what the user left open (fine-tuning, from scratch, LP-FT)
 - engine.py       train(): setup, train_one_epoch, evaluate, checkpoints, final metrics
+- prepare.py      what every run starts from: device, seed, the model as asked, the images decoded once
 - quick.py        the quick model and the LP-FT head (frozen features, a fitted head)
 - probe.py        the linear probe itself (logistic regression by L-BFGS, cross-validation)
 - transforms.py   the images as the model sees them; progressive sizes

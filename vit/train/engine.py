@@ -25,16 +25,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from timm.utils import NativeScaler, random_seed
+from timm.utils import NativeScaler
 from torch import nn
 
 from vit import runs
 from vit.data import Dataset, DecodeCache
-from vit.models import ModelSpec, create_model, data_config
 from vit.train.config import ConfigError, TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, EventHandler, StopFlag, cancelled
 from vit.train.metrics import final_metrics
+from vit.train.prepare import prepare
 from vit.train.quick import fit_quick, probe_head
 from vit.train.transforms import (Images, eval_transform, export_data_config, patch_size_of, progressive_sizes,
                                   train_transform)
@@ -169,41 +169,14 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
            ddp: Distributed) -> _Run:
     """The model (a resumed run is rebuilt from its own config.json: no download, same architecture) and
     the data, decoded into memory once."""
-    device = ddp.device(config.device)
-    if config.threads and device.type == "cpu":
-        torch.set_num_threads(config.threads)
-    random_seed(config.seed % 2 ** 31, ddp.rank)  # python, numpy and torch
-    if not dataset.report.ok:
-        raise TrainError(dataset.report.refusal())
-    if ddp.is_main and not resume:
-        runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
-    resizing = {"dynamic_img_size": True} if config.progressive else {}  # smaller inputs, pos. embeddings resampled
-    if resume:
-        spec = ModelSpec(f"local-dir:{run_dir}", pretrained=False, model_args=resizing)
-    else:
-        spec = ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
-                         img_size=config.img_size, patch_size=config.patch_size,
-                         model_args={**config.model_args, **resizing})
-    for line in ([] if resume else config.recipe):
-        emit.event(type="recipe", text=line)
-    emit.status("running", message="Creating the model", epoch=0, epochs=config.epochs, **runs.process_identity())
-    model = create_model(spec, num_classes=len(dataset.classes))
-    dcfg = data_config(model)
-    if config.crop_pct:
-        dcfg["crop_pct"] = config.crop_pct
-    img_size = dcfg["input_size"][-1]
-    sizes = progressive_sizes(img_size, patch_size_of(model), config.epochs) if config.progressive else None
+    p = prepare(dataset, config, run_dir, emit, ddp, resume)
+    img_size = p.dcfg["input_size"][-1]
+    sizes = progressive_sizes(img_size, patch_size_of(p.model), config.epochs) if config.progressive else None
     if config.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    model.to(device)
-    emit.status("running", message=f"Decoding {len(dataset.items)} images into memory")
-    cache = DecodeCache(dataset.items, short_side=math.ceil(img_size / dcfg.get("crop_pct", 0.875)),
-                        max_bytes=config.cache_max_bytes)
-    cache.fill(progress=lambda done, total: emit.event(type="cache", done=done, total=total))
-    labels = dataset.labels(range(len(dataset.items)))
-    return _Run(config, run_dir, emit, ddp, device, model, dcfg, sizes, cache, labels,
-                Images(cache, dataset.train, labels, train_transform(config, dcfg)),
-                Images(cache, dataset.val, labels, eval_transform(dcfg)),
+        p.model.set_grad_checkpointing(True)
+    return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.labels,
+                Images(p.cache, dataset.train, p.labels, train_transform(config, p.dcfg)),
+                Images(p.cache, dataset.val, p.labels, eval_transform(p.dcfg)),
                 record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size})
 
 

@@ -2,24 +2,22 @@
 linear head fitted on them (vit.train.probe) and put in the model, which is saved as any run."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
-from timm.utils import random_seed
 from torch import nn
 
 from vit import probe, runs
 from vit.data import features
 from vit.data import Dataset, DecodeCache
-from vit.models import ModelSpec, create_model, data_config
-from vit.train.config import TrainConfig, TrainError
+from vit.train.config import TrainConfig
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, StopFlag, cancelled
 from vit.train.metrics import final_metrics, loss_acc, predicted
+from vit.train.prepare import prepare
 from vit.train.transforms import export_data_config
 
 
@@ -28,27 +26,10 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
     """The quick model: the backbone frozen, only the head fitted (logistic regression on the cached
     features, its penalty chosen on validation). Saved like any run, so everything downstream works."""
     t0 = time.perf_counter()
-    device = ddp.device(config.device)
-    if config.threads and device.type == "cpu":
-        torch.set_num_threads(config.threads)
-    random_seed(config.seed % 2 ** 31)
     classes = dataset.classes
-    if not dataset.report.ok:
-        raise TrainError(dataset.report.refusal())
-    runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
-    emit.status("running", message="Creating the model", epoch=0, epochs=1, **runs.process_identity())
-    model = create_model(ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
-                                   img_size=config.img_size, patch_size=config.patch_size,
-                                   model_args=config.model_args), num_classes=len(classes)).to(device)
-    dcfg = data_config(model)
-    if config.crop_pct:
-        dcfg["crop_pct"] = config.crop_pct
-    cache = DecodeCache(dataset.items, short_side=math.ceil(dcfg["input_size"][-1] / dcfg.get("crop_pct", 0.875)),
-                        max_bytes=config.cache_max_bytes)
-    emit.status("running", message=f"Decoding {len(dataset.items)} images")
-    cache.fill(progress=lambda done, total: emit.event(type="cache", done=done, total=total))
-    labels = dataset.labels(range(len(dataset.items)))
-    head = probe_head(model, dcfg, dataset, cache, labels, config, run_dir, emit, device,
+    p = prepare(dataset, config, run_dir, emit, ddp, epochs=1)
+    model, dcfg, labels = p.model, p.dcfg, p.labels
+    head = probe_head(model, dcfg, dataset, p.cache, labels, config, run_dir, emit, p.device,
                        StopFlag(run_dir, should_stop, ddp), ddp.is_main, keep=True)
     if head is None:
         return cancelled(emit, 0, 0, [], {"epoch": None})
