@@ -24,13 +24,10 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -38,6 +35,8 @@ import torch  # noqa: E402
 from vit import runs, samples  # noqa: E402
 from vit.data import load_dataset  # noqa: E402
 from vit.train import TrainConfig, recipe, train  # noqa: E402
+
+from _cli import cli_train  # noqa: E402
 
 LETTERS = tuple("ABCDEFGH")
 DIGITS = tuple("01234567")
@@ -202,15 +201,10 @@ def _random_vit_tiny(work: Path, size: int) -> Path:
 
 
 def _cli(data: Path, out: Path, flags: list[str]) -> tuple[float, float]:
-    shutil.rmtree(out.parent / runs.FEATURES, ignore_errors=True)  # a cold feature cache
+    """cli_train with a cold feature cache and a fresh run directory."""
+    shutil.rmtree(out.parent / runs.FEATURES, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "vit", "train", "--data", str(data), "--out", str(out), *flags],
-                          cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if done.returncode:
-        raise SystemExit(f"training failed: {done.stderr[-2000:]}")
-    return runs.read_json(out / runs.METRICS)["val_acc"], seconds
+    return cli_train(data, out, flags)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from vit import runs, samples  # noqa: E402
+
+from _cli import cli_train  # noqa: E402
 
 
 def main() -> None:
@@ -95,18 +94,18 @@ def sample_flow(tmp: Path, repeat: int) -> None:
 
 def glyphs(tmp: Path, baseline: bool) -> None:
     data = samples.make_glyphs_dataset(tmp / "glyphs", 180)
-    acc, seconds = _cli_train(data, tmp / "glyphs-run", ["--no-pretrained"])
+    acc, seconds = cli_train(data, tmp / "glyphs-run", ["--no-pretrained"])
     print(f"glyphs (10 digits x 180, 16-px scans at 32 px), --no-pretrained only: validation accuracy {acc:.1%} "
           f"in {seconds:.0f} s (target >= 95% within 600 s: {'met' if acc >= 0.95 and seconds <= 600 else 'NOT met'})")
     if baseline:
-        old_acc, old_s = _cli_train(data, tmp / "glyphs-old", ["--no-pretrained", "--img-size", "32",
+        old_acc, old_s = cli_train(data, tmp / "glyphs-old", ["--no-pretrained", "--img-size", "32",
                                                                "--patch-size", "4", "--epochs", "12",
                                                                "--lr", "1e-4", "--crop-scale-min", "0.25"])
         print(f"baseline, the issue's command (fine-tuning recipe, 12 blocks, 12 epochs): {old_acc:.1%} in "
               f"{old_s:.0f} s; ratio new/old accuracy {acc / max(old_acc, 1e-9):.2f}, time {seconds / old_s:.2f}")
     digits = _sklearn_digits(tmp / "digits")
     if digits:
-        d_acc, d_s = _cli_train(digits, tmp / "digits-run", ["--no-pretrained"])
+        d_acc, d_s = cli_train(digits, tmp / "digits-run", ["--no-pretrained"])
         print(f"scikit-learn digits (1,797 real 8x8 scans at 32 px), --no-pretrained only: {d_acc:.1%} in {d_s:.0f} s")
 
 
@@ -117,7 +116,7 @@ def progressive(tmp: Path) -> None:
     curves = {}
     for name, flag in (("fixed size", "--no-progressive"), ("progressive", "--progressive")):
         out = tmp / f"prog-{name.split()[0]}"
-        acc, seconds = _cli_train(data, out, ["--no-pretrained", "--patch-size", "4", "--epochs", "30", flag])
+        acc, seconds = cli_train(data, out, ["--no-pretrained", "--patch-size", "4", "--epochs", "30", flag])
         history = runs.read_json(out / runs.METRICS)["history"]
         clock, curve = 0.0, []
         for row in history:
@@ -135,16 +134,6 @@ def progressive(tmp: Path) -> None:
     ratio = reach["fixed size"] / reach["progressive"]
     print(f"time to reach {target:.1%} (the fixed run's best): fixed {reach['fixed size']:.0f} s, progressive "
           f"{reach['progressive']:.0f} s; speed-up {ratio:.2f}x (target 1.3x: {'met' if ratio >= 1.3 else 'NOT met'})")
-
-
-def _cli_train(data: Path, out: Path, flags: list[str]) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "vit", "train", "--data", str(data), "--out", str(out), *flags],
-                          cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if done.returncode:
-        raise SystemExit(f"training failed: {done.stderr[-2000:]}")
-    return runs.read_json(out / runs.METRICS)["val_acc"], seconds
 
 
 def _sklearn_digits(dest: Path) -> Path | None:
