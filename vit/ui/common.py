@@ -98,6 +98,17 @@ def _features_summary(found: dict, reviewed: set) -> list[str]:
             "finds more like another class."]
 
 
+def _seen_run(manager: jobs.JobManager, run_id: str | None, owner: str | None) -> Path | None:
+    """The visitor's run `run_id`, to look at; None when there is no id or it is not theirs (a view shows
+    nothing rather than confirm another visitor's run)."""
+    if not run_id:
+        return None
+    try:
+        return manager.own_run(run_id, owner or None, "see")
+    except jobs.JobError:
+        return None
+
+
 def _run_image(run_dir: Path, name: str, side: int = 160):
     """A small copy of one image of the run's own data (None when it cannot be read)."""
     try:

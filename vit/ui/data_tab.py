@@ -14,7 +14,7 @@ from vit import data, jobs, runs, samples
 from vit import sessions
 from vit.safety import HostLimits
 from vit.ui.common import (MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS, _duration, _features_summary, _remove_upload,
-                           _show, refused)
+                           _seen_run, _show, refused)
 from vit.ui.train_tab import ADVANCED, SETTINGS
 
 
@@ -111,14 +111,12 @@ def _class_slots(n: int):
 def data_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None) -> str:
     """For the Data tab, under the health report: what the selected run's features say, when that run was
     trained on the dataset shown there."""
-    try:
-        run_dir = manager.own_run(run_id, owner or None, "see") if run_id and dataset else None
-    except jobs.JobError:
-        return ""
+    run_dir = _seen_run(manager, run_id, owner) if dataset else None
     found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
-    if not isinstance(found, dict) or runs.read_json(run_dir / jobs.JOB, {}).get("source") != dataset.get("name"):
+    job = runs.read_json(run_dir / jobs.JOB, {}) if run_dir else {}
+    if not isinstance(found, dict) or job.get("source") != dataset.get("name"):
         return ""
-    name = runs.read_json(run_dir / jobs.JOB, {}).get("name") or run_dir.name
+    name = job.get("name") or run_dir.name
     return "\n".join([f"### What the features say about this data (run {name})",
                       *_features_summary(found, set(dataset.get("edits") or {})),
                       "", "*The pairs and the images to review are in the Train tab, under that run's results.*"])

@@ -13,7 +13,8 @@ from vit.models import DEFAULT_MODEL
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
 from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES, NO_DATA, RUN_COLUMNS,
                            RUN_START, _duration, _epoch_text, _features_summary, _live_choice, _model_label,
-                           _model_text, _run_choices, _run_image, _run_picker, _show, refused)
+                           _model_text, _run_choices, _run_image, _run_picker, _seen_run, _show,
+                           refused)
 
 
 SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
@@ -205,11 +206,8 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
     """A finished run's per-class table, confusion matrix and misclassified validation images."""
     empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
     nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL))
-    if not run_id:
-        return nothing
-    try:
-        run_dir = manager.own_run(run_id, owner or None, "see")
-    except jobs.JobError:
+    run_dir = _seen_run(manager, run_id, owner)
+    if run_dir is None:
         return nothing
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     if not metrics.get("per_class"):
@@ -236,10 +234,7 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
     curve = pd.DataFrame(columns=["images", "accuracy"])  # training images, validation accuracy
     empty = ("", curve, [], [], gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[], value=None),
              gr.Column(visible=False))
-    try:
-        run_dir = manager.own_run(run_id, owner or None, "see") if run_id else None
-    except jobs.JobError:
-        return empty
+    run_dir = _seen_run(manager, run_id, owner)
     found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
     if not isinstance(found, dict):
         if run_dir and runs.read_json(run_dir / runs.METRICS, {}).get("per_class"):
@@ -271,10 +266,9 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
 def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):
     """What can be done with a likely label error: relabel as the class suggested (first), keep, relabel
     as another class, or drop it."""
-    suspect = _suspect(manager, run_id, name, owner)
+    suspect, classes = _suspect(manager, run_id, name, owner)
     if suspect is None:
         return gr.Dropdown(choices=[], value=None)
-    classes = runs.read_json(manager.own_run(run_id, owner or None, "see") / runs.METRICS, {}).get("classes", [])
     choices = [(f"Relabel as {suspect['suggested']} (suggested)", suspect["suggested"]),
                (f"Keep it as {suspect['label']}", "keep"), ("Drop it from the dataset", "drop")]
     choices += [(f"Relabel as {c}", c) for c in classes if c not in (suspect["label"], suspect["suggested"])]
@@ -287,10 +281,9 @@ def review_image(manager: jobs.JobManager, dataset: dict | None, run_id: str | N
     the Data tab again with its report. Only images the run flagged, and classes the run has, are taken."""
     if not dataset or dataset.get("problem") or not (dataset.get("path") or dataset.get("classes")):
         raise refused("Load the dataset in the Data tab first: the review changes it.")
-    suspect = _suspect(manager, run_id, name, owner)
+    suspect, classes = _suspect(manager, run_id, name, owner)
     if suspect is None:
         raise refused("Pick one of the run's likely label errors to review.")
-    classes = runs.read_json(manager.own_run(run_id, owner or None, "see") / runs.METRICS, {}).get("classes", [])
     if action not in ("keep", "drop", *classes):
         raise refused("Pick what to do with it: relabel, keep or drop.")
     edits = dict(dataset.get("edits") or {})
@@ -310,16 +303,17 @@ def review_image(manager: jobs.JobManager, dataset: dict | None, run_id: str | N
                     "takes seconds) to see its effect.")
 
 
-def _suspect(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None) -> dict | None:
-    if not run_id or not name:
-        return None
-    try:
-        run_dir = manager.own_run(run_id, owner or None, "see")
-    except jobs.JobError:
-        return None
-    found = runs.read_json(run_dir / runs.DIAGNOSTICS, {})
-    return next((e for e in found.get("label_errors", []) if e.get("name") == name), None) \
+def _suspect(manager: jobs.JobManager, run_id: str | None, name: str | None,
+             owner: str | None) -> tuple[dict | None, list[str]]:
+    """One of the visitor's run's likely label errors, by image name, and the run's classes; (None, []) when
+    the run is not theirs or did not flag that image."""
+    run_dir = _seen_run(manager, run_id, owner) if name else None
+    found = runs.read_json(run_dir / runs.DIAGNOSTICS, {}) if run_dir else {}
+    suspect = next((e for e in found.get("label_errors", []) if e.get("name") == name), None) \
         if isinstance(found, dict) else None
+    if suspect is None:
+        return None, []
+    return suspect, runs.read_json(run_dir / runs.METRICS, {}).get("classes", [])
 
 
 def _pair_picture(run_dir: Path, pair: dict):
