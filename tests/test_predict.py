@@ -91,6 +91,35 @@ def test_a_chosen_class_changes_the_class_specific_map_and_an_unknown_one_is_ref
     assert [b.attn.fused_attn for b in model.blocks] == fused  # restored
 
 
+@pytest.mark.parametrize("fusion,discard", [("mean", 0.0), ("max", 0.0), ("mean", 0.5)])
+def test_rollout_is_the_textbook_product_of_the_layers(fusion, discard):
+    """Abnar & Zuidema: the product of the layers' 0.5 A + 0.5 I (rows normalised), read at the class token.
+    explain() carries only the class token's row, and for the default skips the normalising: same map."""
+    model = _tiny_model("vit_tiny_patch16_224", img_size=64)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    attentions = []
+    hooks = [b.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attentions.append(out[0])) for b in model.blocks]
+    for b in model.blocks:
+        b.attn.fused_attn = False
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    product = torch.eye(attentions[0].shape[-1])
+    for a in attentions:
+        fused = a.mean(0) if fusion == "mean" else a.amax(0)
+        if discard:
+            flat = fused.flatten().clone()
+            flat[flat.argsort()[:int(flat.numel() * discard)]] = 0
+            fused = torch.where(torch.arange(fused.shape[1]) == 0, fused, flat.view_as(fused))  # class column kept
+        mixed = 0.5 * fused + 0.5 * torch.eye(fused.shape[0])
+        product = (mixed / mixed.sum(-1, keepdim=True)) @ product
+    expected = product[0, 1:].reshape(4, 4)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    got = explain.explain(model, x, "rollout", head_fusion=fusion, discard_ratio=discard).heatmap
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+
+
 def test_overlay_has_the_original_size_and_dims_what_the_model_did_not_see():
     img = Image.new("RGB", (300, 200), (200, 200, 200))
     heat = np.zeros((4, 4), np.float32)

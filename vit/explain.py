@@ -106,10 +106,11 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
     layout = token_layout(model, tuple(x.shape[-2:]))
     gradients = method in ("chefer", "gradcam")
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: a loaded model is in eval mode already, and skips it
+        model.eval()
     try:
         with _Recorder(model, attention=method != "gradcam", tokens=method == "gradcam") as rec, \
-                torch.enable_grad() if gradients else torch.no_grad():
+                torch.enable_grad() if gradients else torch.inference_mode():
             x = x.detach().requires_grad_(gradients)
             logits = model(x)
             probs = logits.detach().float().softmax(-1)[0]
@@ -136,7 +137,8 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
                 (grad,) = torch.autograd.grad(logits[0, target], [rec.tokens])
                 heatmap = _gradcam(rec.tokens[0].detach(), grad[0], layout)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     notes = [layout.note] if layout.readers is None or layout.registers else []
     if method == "rollout":
         notes.append("Rollout is the same for every class.")
@@ -303,29 +305,56 @@ def _last_attention(attn: torch.Tensor, layout: Layout):
 
 
 def _rollout(attentions: list[torch.Tensor], layout: Layout, fusion: str, discard_ratio: float) -> torch.Tensor:
-    a = torch.stack([t.detach() for t in attentions]).float()        # [layers, heads, T, T]
-    fused = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[fusion]
-    layers, tokens = fused.shape[0], fused.shape[-1]
-    if discard_ratio > 0:  # per layer, drop the weakest links, never a token's link to the readers
-        flat = fused.reshape(layers, -1).clone()
-        lowest = flat.topk(int(flat.shape[1] * discard_ratio), dim=1, largest=False).indices
-        drop = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
-        if layout.readers is not None:
-            drop.view(layers, tokens, tokens)[:, :, layout.readers] = False
-        fused = flat.masked_fill(drop, 0).view(layers, tokens, tokens)
-    eye = torch.eye(tokens)
-    mixed = 0.5 * fused + 0.5 * eye
-    mixed = mixed / mixed.sum(-1, keepdim=True)
+    """Abnar & Zuidema's rollout: the product over the layers of 0.5 A + 0.5 I, each row normalised, A being the
+    layer's attention with its heads fused. Only the readers' rows of the product are needed: they are carried
+    from the last layer down, without forming the identity or the mixed matrices (T^2 per layer)."""
+    if layout.readers is not None and fusion == "mean" and not discard_ratio:  # the default, and the fastest:
+        # softmax rows sum to 1, so 0.5 A + 0.5 I needs no normalising, and the heads' mean can follow the product
+        rows = _reader_basis(layout, attentions[0].shape[-1])
+        for a in reversed(attentions):
+            rows = 0.5 * (rows @ a.detach().float()).mean(0) + 0.5 * rows
+        return rows[:, layout.prefix:].mean(0)
+    fused = [_fuse_heads(a.detach().float(), fusion) for a in attentions]   # [T, T] per layer
+    if discard_ratio > 0:
+        fused = [_discard_weakest(f, layout, discard_ratio) for f in fused]
+    tokens = fused[0].shape[-1]
     if layout.readers is None:  # every patch reads: the whole product, less each patch's path to itself
+        eye = torch.eye(tokens)
         result = eye
-        for m in mixed:
-            result = m @ result
+        for f in fused:
+            mixed = 0.5 * f + 0.5 * eye
+            result = (mixed / mixed.sum(-1, keepdim=True)) @ result
         return _reader_rows(result * (1 - eye), layout)
-    # only the readers' rows of A_L ... A_1 are needed: carry them from the last layer down (T^2 per layer)
-    rows = eye[layout.readers]
-    for m in mixed.flip(0):
-        rows = rows @ m
+    rows = _reader_basis(layout, tokens)
+    for f in reversed(fused):  # rows @ diag(1/s) (0.5 F + 0.5 I), s the row sums of 0.5 F + 0.5 I
+        scaled = rows / (0.5 * f.sum(-1) + 0.5)
+        rows = 0.5 * (scaled @ f) + 0.5 * scaled
     return rows[:, layout.prefix:].mean(0)
+
+
+def _reader_basis(layout: Layout, tokens: int) -> torch.Tensor:
+    """The readers' rows of the identity: [readers, T]."""
+    rows = torch.zeros(len(layout.readers), tokens)
+    rows[torch.arange(len(layout.readers)), layout.readers] = 1.0
+    return rows
+
+
+def _fuse_heads(attention: torch.Tensor, fusion: str) -> torch.Tensor:
+    """[heads, T, T] -> [T, T]."""
+    if fusion == "mean":
+        return attention.mean(0)
+    return attention.amax(0) if fusion == "max" else attention.amin(0)
+
+
+def _discard_weakest(fused: torch.Tensor, layout: Layout, ratio: float) -> torch.Tensor:
+    """Zero the weakest links of a layer, never a token's link to the readers."""
+    flat = fused.flatten()
+    drop = torch.zeros_like(flat, dtype=torch.bool)
+    drop[flat.topk(int(flat.numel() * ratio), largest=False).indices] = True
+    drop = drop.view_as(fused)
+    if layout.readers is not None:
+        drop[:, layout.readers] = False
+    return fused.masked_fill(drop, 0)
 
 
 def _chefer(attentions: list[torch.Tensor], grads: list[torch.Tensor], layout: Layout) -> torch.Tensor:
