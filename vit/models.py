@@ -16,9 +16,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
+
+# timm (and torch under it) is imported where a model is made or named, not with this module: the web page
+# lists the catalog and starts without them (bench/app_bench.py).
 
 
 class ModelError(ValueError):
@@ -68,6 +72,7 @@ class ModelSpec:
 
 def create_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     """Create the model `spec` describes with a fresh `num_classes` head (kept if it already fits)."""
+    import timm
     name, kwargs = _resolve(spec)
     kwargs["num_classes"] = num_classes
     try:
@@ -107,6 +112,7 @@ def check_model_name(name: str) -> str:
     """Return `name` if timm knows it (tag allowed), else raise ModelError with suggestions."""
     if name.startswith(("hf-hub:", "local-dir:")):
         return name
+    import timm
     if not timm.is_model(name):
         raise ModelError(unknown_model_message(name))
     return name
@@ -126,6 +132,7 @@ def check_web_model_name(name: str) -> str:
 
 
 def unknown_model_message(name: str) -> str:
+    import timm
     arch = name.split(".")[0]
     close = difflib.get_close_matches(arch, timm.list_models("*vit*") + timm.list_models("deit*"), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

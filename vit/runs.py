@@ -30,8 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from vit.safety import on_spaces
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -199,6 +197,7 @@ def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_
 
 
 def save_resume_state(run_dir: str | os.PathLike, state: dict) -> None:
+    import torch  # here, not at the top: the web page lists runs without torch
     with _atomic(Path(run_dir) / RESUME) as tmp:
         torch.save(state, tmp)
 
@@ -207,6 +206,7 @@ def load_resume_state(run_dir: str | os.PathLike) -> dict | None:
     path = Path(run_dir) / RESUME
     if not path.is_file():
         return None
+    import torch
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

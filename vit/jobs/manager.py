@@ -3,6 +3,7 @@ supervision (cancel, force, reap, resume, delete), quotas per visitor and reconc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -76,10 +77,7 @@ class JobManager:
         self.shutdown_grace_s = shutdown_grace_s
         self.max_active_per_owner = max_active_per_owner or HostLimits.from_env().runs_per_visitor
         self.poll_s = poll_s
-        if gpus is None:
-            import torch
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        self.slots = [f"cuda:{i}" for i in range(gpus)] + ["cpu"]
+        self._gpus = gpus
         self._lock_file = _lock_root(self.root)
         self._cv = threading.Condition()
         self._queue: list[str] = []                 # run ids, first come first served
@@ -92,6 +90,15 @@ class JobManager:
         self._reconcile()
         self._thread = threading.Thread(target=self._schedule_forever, name="vit-jobs", daemon=True)
         self._thread.start()
+
+    @functools.cached_property
+    def slots(self) -> list[str]:
+        """Where runs train: each GPU, then the CPU. torch is asked on the first run, not when the app starts."""
+        gpus = self._gpus
+        if gpus is None:
+            import torch
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(gpus)] + ["cpu"]
 
     # ------------------------------------------------------------------ requests
 

@@ -16,9 +16,19 @@
 """
 from vit.train import recipe
 from vit.train.config import ConfigError, TrainConfig, TrainError, zero_means_off
-from vit.train.engine import train
 from vit.train.events import Event, EventHandler, epoch_line
-from vit.train.transforms import progressive_sizes
+
+_WITH_TORCH = {"train": "vit.train.engine", "progressive_sizes": "vit.train.transforms"}
+
+
+def __getattr__(name: str):
+    """The engine (torch, timm) is imported on first use: a config, the recipe and the events need neither, and
+    the web page starts without them (bench/app_bench.py)."""
+    if name in _WITH_TORCH:
+        import importlib
+        return getattr(importlib.import_module(_WITH_TORCH[name]), name)
+    raise AttributeError(f"module 'vit.train' has no attribute {name!r}")
+
 
 __all__ = ["ConfigError", "Event", "EventHandler", "TrainConfig", "TrainError", "epoch_line", "progressive_sizes",
            "recipe", "train", "zero_means_off"]
