@@ -1,25 +1,27 @@
 """Gradio wiring: tabs, components and events. No ML logic lives here; every handler calls into the vit
 package and turns its errors into clear toasts. Nothing below the UI imports gradio.
 
-- app.py           build_app: the four tabs' components and events, composed
+Each tab module has layout() (its components), wire() (their events) and the handlers they call:
+- app.py           build_app: the tabs composed, and the events between them
 - data_tab.py      upload, classes one by one, the sample data, a returning visitor's dataset
-- train_tab.py     the form and what will run, starting runs and quick models, the live view, results, the
-                   features' report and the label review, comparison
+- train_tab.py     the form and what will run, starting runs and quick models, the runs and the live view,
+                   comparison, cancel / resume / delete
+- results.py       the selected run's results: per class, mistakes, what the features say, the label review
 - classify_tab.py  one image with its heatmap, a batch, the examples
 - share_tab.py     the model card, push, ONNX, the run as a zip
-- common.py        constants, refusals, run pickers, the Data tab's view of a dataset
+- common.py        Page (what the events share), constants, refusals, run pickers, the Data tab's view of a dataset
 """
 from vit.models import DEFAULT_MODEL
 from vit.ui.app import build_app
 from vit.ui.classify_tab import classify_batch, classify_image, run_examples
-from vit.ui.common import (CLASS_SPECIFIC, CSS, csv_rows, DOWNLOADS, INTRO, launch_options, MAX_BATCH, MAX_CLASSES,
+from vit.ui.common import (ADVANCED, CLASS_SPECIFIC, CSS, csv_rows, DOWNLOADS, INTRO, launch_options, MAX_BATCH, MAX_CLASSES,
                            MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES, NO_DATA, PREDICTED,
-                           refused, RUN_COLUMNS, RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS, THEME, TITLE)
+                           refused, RUN_COLUMNS, RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS, SETTINGS, THEME, TITLE)
 from vit.ui.data_tab import check_classes, check_dataset, data_features, restore_session, sample_dataset
 from vit.ui.share_tab import download_run, export_run, preview_card, push_to_hub
-from vit.ui.train_tab import (ADVANCED, best_run, COMPARE_COLUMNS, compare_runs, CONFIRM_DELETE, curves_shown,
-                              describe_config, list_runs, planned_config, review_choices, review_image, run_action,
-                              run_features, run_plan, run_results, SETTINGS, show_run, start_training)
+from vit.ui.results import review_choices, review_image, run_features, run_results
+from vit.ui.train_tab import (best_run, COMPARE_COLUMNS, compare_runs, CONFIRM_DELETE, curves_shown, describe_config,
+                              list_runs, planned_config, run_action, run_plan, show_run, start_training)
 
 __all__ = ["ADVANCED", "CLASS_SPECIFIC", "COMPARE_COLUMNS", "CONFIRM_DELETE", "CSS", "DEFAULT_MODEL", "DOWNLOADS",
            "INTRO", "MAX_BATCH", "MAX_CLASSES", "MAX_MISTAKES", "MAX_PAIRS", "MAX_SUSPECTS", "MISTAKES_LABEL",

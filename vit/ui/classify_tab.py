@@ -1,20 +1,112 @@
-"""The Classify tab's handlers: one image with its heatmap, a batch into a gallery and a CSV, the examples."""
+"""The Classify tab: its components (layout), their events (wire), and the handlers: one image with its heatmap,
+a batch into a gallery and a CSV, the examples."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from vit import data, explain, jobs, predict, runs, samples
+from vit import data, jobs, runs, samples
 from vit import safety
-from vit.ui.common import (CLASS_SPECIFIC, MAX_BATCH, PREDICTED, _METHOD_TITLES, _csv, _download_folder, _explained,
-                           _load, _placeholder, _whole_number, csv_rows, refused)
+from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED, PRIVATE, Page, _METHOD_TITLES, _csv,
+                           _download_folder, _explained, _load, _placeholder, _unopened_path, _whole_number, csv_rows,
+                           refused)
+
+if TYPE_CHECKING:
+    from vit.predict import LoadedModel
+
+
+def layout() -> SimpleNamespace:
+    """The Classify tab's components: the model, an image and how to draw its map; the prediction and the map."""
+    with gr.Row():
+        with gr.Column():
+            model_source = gr.Dropdown([], label="Model: a finished run, or type hf-hub:user/repo",
+                                       allow_custom_value=True)
+            # a file path: the app checks the image's header before decoding it (Gradio's "pil" would decode any
+            # size first)
+            image = gr.Image(type="filepath", label="Image", image_mode=None, sources=["upload", "webcam", "clipboard"])
+            image.preprocess = _unopened_path(image)
+            examples = gr.Examples(_example_images(), inputs=image, label="Examples (sample shapes)")
+            method = gr.Radio([(title, m) for m, title in _METHOD_TITLES.items()], value=DEFAULT_METHOD,
+                              label="Heatmap")
+            with gr.Row():
+                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity")
+                target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", allow_custom_value=False)
+            with gr.Row():
+                layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
+                head = gr.Number(0, label="Head, for raw attention (0: mean of all)", precision=0, minimum=0)
+            classify_btn = gr.Button("Classify", variant="primary")
+            with gr.Accordion("Several images at once", open=False):
+                batch_files = gr.File(label="Images", file_count="multiple", file_types=["image"], type="filepath")
+                batch_btn = gr.Button("Classify all")
+                batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
+                batch_msg = gr.Markdown()
+                batch_csv = gr.File(label="Predictions as CSV (file, top 3 classes and probabilities)")
+        with gr.Column():
+            labels_out = gr.Label(label="Prediction", num_top_classes=5)
+            overlay_out = gr.Image(label="What the model looked at (left: your image, right: the map)", type="pil",
+                                   format="png", height=420)
+            notes = gr.Markdown()
+            heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
+                                   visible=DEFAULT_METHOD == "attention")
+    return SimpleNamespace(model_source=model_source, image=image, examples=examples, method=method, opacity=opacity,
+                           target=target, layer=layer, head=head, classify_btn=classify_btn, batch_files=batch_files,
+                           batch_btn=batch_btn, batch_out=batch_out, batch_msg=batch_msg, batch_csv=batch_csv,
+                           labels_out=labels_out, overlay_out=overlay_out, notes=notes, heads_out=heads_out)
+
+
+def wire(page: Page, tab: SimpleNamespace) -> None:
+    """The Classify tab's events. Several classifications run at once, each on its own replica of the model with
+    its share of the cores."""
+    at_once = dict(concurrency_limit=page.limits.concurrency, concurrency_id="classify")
+    asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner]
+    shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
+    tab.classify_btn.click(page.bind(classify_view), asked, shown, api_name="classify", **at_once)
+    # per-head maps exist for raw attention only: their box shows with it
+    tab.method.change(lambda how: gr.Gallery(visible=how == "attention"), tab.method, tab.heads_out, **PRIVATE)
+    for control, event in ((tab.method, "input"), (tab.target, "input"), (tab.layer, "submit"), (tab.head, "submit"),
+                           (tab.opacity, "release")):
+        getattr(control, event)(page.bind(redraw), asked, shown, api_visibility="private", **at_once)
+    tab.batch_btn.click(page.bind(classify_batch_view), [tab.model_source, tab.batch_files, page.owner],
+                        [tab.batch_out, tab.batch_msg, tab.batch_csv], api_name="classify_batch", **at_once)
+    tab.model_source.change(page.bind(run_examples), [tab.model_source, page.owner], tab.examples.dataset, **PRIVATE)
+
+
+def classify_view(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
+                  target: str | None, layer: float | None = -1, head: float | None = 0, owner: str | None = None):
+    """classify_image for the page: what is wrong is said, and the previous image's results are cleared."""
+    try:
+        return classify_image(manager, source, image, method, opacity, target, layer, head, owner=owner)
+    except gr.Error as e:
+        gr.Warning(e.message)
+        return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
+
+
+def redraw(manager: jobs.JobManager, source: str | None, image, *rest):
+    """A changed method, class, layer, head or opacity: the map drawn again (nothing without a model and an image)."""
+    if not source or not image:
+        return (gr.update(),) * 5
+    return classify_view(manager, source, image, *rest)
+
+
+def classify_batch_view(manager: jobs.JobManager, source: str | None, paths: list[str] | None,
+                        owner: str | None = None):
+    """classify_batch for the page: the gallery, a message (what is wrong, if anything) and the CSV."""
+    try:
+        gallery, table = classify_batch(manager, source, paths, owner=owner)
+    except gr.Error as e:
+        gr.Warning(e.message)
+        return [], f"**Cannot classify:** {e.message}", None
+    return gallery, "", table
 
 
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
                    target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
     """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
+    from vit import explain, predict  # torch and timm come with the first classification, not with the page
     if image is None:
         raise refused("Upload an image to classify.")
     if method not in explain.METHODS:
@@ -49,9 +141,10 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
 
 
-def _map_title(method: str, loaded: predict.LoadedModel, target: int, layer: int, head: int) -> str:
+def _map_title(method: str, loaded: LoadedModel, target: int, layer: int, head: int) -> str:
     """What the map shows, in words: the class only where the method depends on it, the layer and head
     that were asked for."""
+    from vit import explain
     if method == "attention":
         depth = len(loaded.model.blocks)
         which = f"head {head}" if head else "the mean of its heads"
@@ -72,6 +165,7 @@ def _layer_name(layer: int, depth: int) -> str:
 def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None, *,
                    owner: str | None = None):
     """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
+    from vit import predict
     if not paths:
         raise refused("Add some images first.")
     if len(paths) > MAX_BATCH:

@@ -2,22 +2,29 @@
 small formatting helpers."""
 from __future__ import annotations
 
+import functools
+import inspect
 import secrets
 import sys
 import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import gradio as gr
 import pandas as pd
 
-from vit import data, jobs, predict, runs
+from vit import data, jobs, runs
 from vit import models, safety
 from vit.models import CATALOG
 from vit.safety import HostLimits
 from vit.train import recipe
+
+if TYPE_CHECKING:
+    from vit.predict import LoadedModel
 
 
 TITLE = "ViT Studio"
@@ -41,6 +48,7 @@ RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message", "id"
 
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
                   "attention": "Raw attention (pick the layer and head)", "gradcam": "Grad-CAM"}
+DEFAULT_METHOD = next(iter(_METHOD_TITLES))  # vit.explain's own list and default, without importing torch for the page
 
 
 CLASS_SPECIFIC = ("chefer", "gradcam")  # the others do not depend on the class explained
@@ -77,6 +85,16 @@ MAX_SUSPECTS = 24  # likely label errors shown for a run
 
 
 MAX_PAIRS = 12     # near-duplicate pairs shown
+
+
+SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
+
+
+ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
+            "cutmix", "ema_decay", "val_fraction", "seed", "progressive")
+
+
+FORM = SETTINGS + ADVANCED  # the names train_tab.form() keys its fields by, which start_training and the recipe take
 
 
 DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
@@ -228,8 +246,9 @@ def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:
         return ""
 
 
-def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None) -> predict.LoadedModel:
+def _load(manager: jobs.JobManager, source: str | None, owner: str | None = None) -> LoadedModel:
     """The model of one of the visitor's runs, or of an hf-hub: id; never a folder named by the visitor."""
+    from vit import predict  # torch and timm: with the first model, not with the page
     source = (source or "").strip()
     if not source:
         raise refused("Pick a model: train one in the Train tab, or type hf-hub:user/repo.")
@@ -287,6 +306,36 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
     hint = ("\n\n*Near-duplicates, likely label errors and whether more images would help: make a **Quick "
             "model** in the Train tab; its results read them from the model's features.*" if r.ok else "")
     return r.to_markdown() + hint, df, data.thumbnails(ds), state, line
+
+
+PRIVATE = dict(api_visibility="private", show_progress="hidden")  # an event of the page's own, not of the API
+
+
+@dataclass
+class Page:
+    """What the tabs' events share: the job manager (made on first use), the host's limits, the visitor's
+    token (kept by the browser), their checked dataset, and the clock the run views poll on."""
+
+    app: gr.Blocks
+    manager: Callable[[], jobs.JobManager]
+    limits: HostLimits
+    owner: gr.BrowserState
+    dataset: gr.State
+    timer: gr.Timer
+
+    def bind(self, fn: Callable, *first) -> Callable:
+        """`fn(manager, *first, ...)` as an event handler of the rest. Its names and defaults stay: the API page
+        shows them, and a client may leave out those with a default."""
+        get = self.manager
+
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            return fn(get(), *first, *args, **kwargs)
+
+        handler.__name__ = f"_{fn.__name__}"  # Gradio names an event by its function: the public names stay free
+        signature = inspect.signature(fn)
+        handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1 + len(first):])
+        return handler
 
 
 def _manager_getter(manager: jobs.JobManager | None):

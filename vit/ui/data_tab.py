@@ -1,11 +1,12 @@
-"""The Data tab's handlers: an uploaded zip, classes built one by one, the sample data, a returning visitor's
-dataset, and what a run's features say about it."""
+"""The Data tab: its components (layout), their events (wire), and the handlers: an uploaded zip, classes built
+one by one, the sample data, a returning visitor's dataset, and what a run's features say about it."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -13,9 +14,62 @@ import pandas as pd
 from vit import data, jobs, runs, samples
 from vit import sessions
 from vit.safety import HostLimits
-from vit.ui.common import (MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS, _duration, _features_summary, _remove_upload,
-                           _seen_run, _show, refused)
-from vit.ui.train_tab import ADVANCED, SETTINGS
+from vit.ui.common import (FORM, MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS, Page, _duration, _features_summary,
+                           _remove_upload, _seen_run, _show, refused)
+
+
+def layout() -> SimpleNamespace:
+    """The Data tab's components: an upload, the sample data, classes built one by one, and the report."""
+    with gr.Row():
+        upload = gr.File(label="Dataset (.zip of class folders)", file_types=[".zip"], type="filepath")
+        with gr.Column():
+            sample_count = gr.Slider(10, SAMPLE_MAX, value=SAMPLE_PER_CLASS, step=10,
+                                     label="Images per class (sample data)")
+            sample_btn = gr.Button("Use the sample dataset (generated shapes)")
+    with gr.Accordion("Or build it class by class: name each class and drop its images", open=False):
+        class_count = gr.State(2)
+        class_rows, class_names, class_files = [], [], []
+        for i in range(MAX_CLASSES):
+            with gr.Row(visible=i < 2) as row:
+                class_names.append(gr.Textbox(label=f"Class {i + 1}", placeholder="e.g. healthy", scale=1,
+                                              min_width=160))
+                class_files.append(gr.File(label=f"Images of class {i + 1}", file_count="multiple",
+                                           file_types=["image"], type="filepath", scale=3, min_width=240))
+            class_rows.append(row)
+        with gr.Row():
+            add_class = gr.Button("Add a class")
+            remove_class = gr.Button("Remove the last class")
+            check_classes_btn = gr.Button("Check these classes", variant="primary")
+    report = gr.Markdown("Upload a dataset or use the sample data to see its health report.")
+    features = gr.Markdown()  # what a run's frozen features say about this data
+    counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
+    grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
+    return SimpleNamespace(upload=upload, sample_count=sample_count, sample_btn=sample_btn, class_count=class_count,
+                           class_rows=class_rows, class_names=class_names, class_files=class_files,
+                           add_class=add_class, remove_class=remove_class, check_classes_btn=check_classes_btn,
+                           report=report, features=features, counts=counts, grid=grid)
+
+
+def wire(page: Page, tab: SimpleNamespace, shown: list) -> None:
+    """The Data tab's events. `shown`: what a checked dataset fills (the report, the dataset, the Train tab's
+    line about it)."""
+    tab.upload.upload(check_dataset, tab.upload, shown, api_name="check_dataset").then(**keeping(page))
+    tab.sample_btn.click(sample_dataset, tab.sample_count, shown, api_name="sample_dataset").then(**keeping(page))
+    slots = [tab.class_count, *tab.class_rows, *tab.class_names, *tab.class_files]
+    tab.add_class.click(lambda n: _class_slots(n + 1), tab.class_count, slots, api_visibility="private")
+    tab.remove_class.click(lambda n: _class_slots(n - 1), tab.class_count, slots, api_visibility="private")
+    tab.check_classes_btn.click(check_classes, [*tab.class_names, *tab.class_files], shown,
+                                api_name="check_classes").then(**keeping(page))
+
+
+def keeping(page: Page) -> dict:
+    """The event that keeps the visitor's dataset for a reload or a return visit: `.then(**keeping(page))`."""
+    return dict(fn=page.bind(remember_dataset), inputs=[page.dataset, page.owner], outputs=None,
+                api_visibility="private")
+
+
+def remember_dataset(manager: jobs.JobManager, dataset: dict | None, owner: str | None) -> None:
+    sessions.remember(manager.root, owner, dataset=dataset)
 
 
 def check_dataset(path: str | None):
@@ -77,9 +131,8 @@ def restore_session(manager: jobs.JobManager, owner: str | None):
     """What the visitor had on their last visit: the dataset (checked again, with its report) and the
     Train settings, as updates for the Data tab's outputs and the Train form (unchanged where none)."""
     record = sessions.recall(manager.root, owner)
-    names = SETTINGS + ADVANCED
     saved = record.get("settings") if isinstance(record.get("settings"), dict) else {}
-    form = [gr.update(value=saved[k]) if k in saved else gr.update() for k in names]
+    form = [gr.update(value=saved[k]) if k in saved else gr.update() for k in FORM]
     ds = record.get("dataset")
     if not isinstance(ds, dict) or not ds.get("name"):
         return (*[gr.update()] * 5, *form)

@@ -1,14 +1,55 @@
-"""The Share tab's handlers: the model card, a push to the Hub, ONNX, the run as a zip."""
+"""The Share tab: its components (layout), their events (wire), and the handlers: the model card, a push to the
+Hub, ONNX, the run as a zip."""
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
+import gradio as gr
+
+from vit import hub, jobs, runs, safety
+from vit.ui.common import Page, _download_folder, refused
 
 
-from vit import hub, jobs, runs
-from vit.ui.common import _download_folder, refused
+def layout() -> SimpleNamespace:
+    """The Share tab's components: the run, where to push it and the token; the card, ONNX and the zip."""
+    gr.Markdown("Push a finished run to the Hugging Face Hub as a timm model with a model card, or download it as "
+                "ONNX.")
+    with gr.Row():
+        run = gr.Dropdown([], label="Run", allow_custom_value=True)
+        repo = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
+        private = gr.Checkbox(False, label="Private")
+    if safety.on_spaces() and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
+        gr.LoginButton("Sign in with Hugging Face to push")
+    token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
+                       type="password", placeholder="hf_...")
+    with gr.Row():
+        preview_btn = gr.Button("Preview model card")
+        push_btn = gr.Button("Push to the Hub", variant="primary")
+        export_btn = gr.Button("Export ONNX")
+        zip_btn = gr.Button("Download the run (.zip)")
+    message = gr.Markdown()
+    with gr.Row():
+        onnx_file = gr.File(label="ONNX model (one file, weights inside)")
+        zip_file = gr.File(label="The run (.zip: model, config, metrics)")
+    card = gr.Markdown()
+    return SimpleNamespace(run=run, repo=repo, private=private, token=token, preview_btn=preview_btn,
+                           push_btn=push_btn, export_btn=export_btn, zip_btn=zip_btn, message=message,
+                           onnx_file=onnx_file, zip_file=zip_file, card=card)
+
+
+def wire(page: Page, tab: SimpleNamespace) -> None:
+    """The Share tab's events."""
+    tab.push_btn.click(page.bind(push_to_hub), [tab.run, tab.repo, tab.private, tab.token, page.owner], tab.message,
+                       api_name="push")
+    tab.preview_btn.click(page.bind(preview_card), [tab.run, tab.repo, page.owner], tab.card, api_name="preview_card")
+    tab.export_btn.click(page.bind(export_run), [tab.run, page.owner], [tab.onnx_file, tab.message],
+                         api_name="export_onnx")
+    tab.zip_btn.click(page.bind(download_run), [tab.run, page.owner], tab.zip_file, api_name="download_run")
 
 
 def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private: bool, typed_token: str | None,
-                oauth_token, owner: str | None) -> str:
+                owner: str | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
     """Push a run; the token typed in, else the signed-in user's (on a Space). Neither is kept."""
     if not run_id:
         raise refused("Pick a finished run to push.")

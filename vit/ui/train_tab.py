@@ -1,27 +1,175 @@
-"""The Train tab's handlers: the form read into a TrainConfig (what will run, before Start), starting runs and
-quick models, the live view, results, what the features say and the label review, comparison and actions."""
+"""The Train tab: its components (layout), their events (wire), and the handlers: the form read into a
+TrainConfig (what will run, before Start), starting runs and quick models, the runs with their live view,
+comparison and actions. The selected run's results are in results.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 
-from vit import data, hub, jobs, runs
+from vit import data, jobs, runs, sessions
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
-from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES, NO_DATA, RUN_COLUMNS,
-                           RUN_START, _duration, _epoch_text, _features_summary, _live_choice, _model_label,
-                           _model_text, _run_choices, _run_image, _run_picker, _seen_run, _show,
-                           refused)
+from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, SETTINGS, RUN_COLUMNS, RUN_START, Page, _duration, _epoch_text,
+                           _live_choice, _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
+from vit.ui.data_tab import restore_session
 
 
-SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
+def layout() -> SimpleNamespace:
+    """The Train tab's components above the results: notes, the form, Start, the runs and the live view."""
+    if runs.storage_note():
+        gr.Markdown(f"**Note:** {runs.storage_note()}")
+    offline = not models.hub_reachable()
+    if offline:
+        gr.Markdown("**Offline:** pretrained weights cannot be downloaded from the Hugging Face Hub here, so *From "
+                    "scratch* is on. Fine for the sample shapes; for real photos, fine-tuning pretrained weights is "
+                    "far better (copy a Hugging Face cache here, or run online).")
+    data_line = gr.Markdown(NO_DATA)
+    fields = form(offline)
+    with gr.Row():
+        run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
+                              max_length=80, scale=3)
+    plan = gr.Markdown()
+    with gr.Row():
+        start_btn = gr.Button("Start training", variant="primary", interactive=False, scale=2)
+        quick_btn = gr.Button("Quick model (seconds)", interactive=False, scale=1)
+    gr.Markdown("*Quick model*: only the head is fitted, on the frozen features of the starting weights (pretrained, "
+                "or one of your runs picked as the Model). Its results also show what those features say about your "
+                "data: near-duplicates, likely label errors, and whether more images would help.")
+    start_msg = gr.Markdown()
+    return SimpleNamespace(data_line=data_line, fields=fields, run_name=run_name, plan=plan, start_btn=start_btn,
+                           quick_btn=quick_btn, start_msg=start_msg, **vars(_runs_view()))
 
 
-ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
-            "cutmix", "ema_decay", "val_fraction", "seed", "progressive")
+def form(offline: bool) -> dict:
+    """The settings, keyed by FORM's names. An empty field is chosen for the data (the "Will train" line says
+    how); typed, it wins. The defaults shown are TrainConfig's."""
+    with gr.Row():
+        model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
+                            allow_custom_value=True)
+        scratch = gr.Checkbox(offline, label="From scratch (no download; settings chosen for your data)",
+                              info="Pretrained weights come from the Hugging Face Hub. Offline, train from scratch: "
+                                   "good for simple images (shapes, digits, scans), far weaker on photos.")
+    d = TrainConfig()
+    with gr.Row():
+        epochs, batch_size, lr = _auto_field("Epochs"), _auto_field("Batch size"), _auto_field("Learning rate (head)")
+        img_size = _auto_field("Image size (px)")
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row():
+            weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
+            label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
+            warmup = _auto_field("Warm-up epochs")
+            patience = _auto_field("Early stopping patience (0: off)")
+        with gr.Row():
+            randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
+            mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
+            cutmix = gr.Number(d.cutmix, label="CutMix alpha (0: off)", minimum=0)
+            ema = gr.Number(d.ema_decay or 0, label="EMA decay (0: off)", minimum=0, maximum=1)
+        with gr.Row():
+            val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
+            seed = gr.Number(d.seed, label="Seed", precision=0)
+            progressive = gr.Radio(["auto", "on", "off"], value="auto", label="Progressive resizing",
+                                   info="Train the first epochs on smaller images (faster), growing to the final "
+                                        "size.")
+    fields = dict(model=model, scratch=scratch, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
+                  weight_decay=weight_decay, label_smoothing=label_smoothing, warmup_epochs=warmup,
+                  early_stopping=patience, randaugment=randaugment, mixup=mixup, cutmix=cutmix, ema_decay=ema,
+                  val_fraction=val_fraction, seed=seed, progressive=progressive)
+    assert tuple(fields) == FORM, "form() and FORM name the same fields in the same order"
+    return fields
+
+
+def _runs_view() -> SimpleNamespace:
+    """The visitor's runs, the picked one's actions and live view, and the comparison."""
+    # the name stays in view on a phone while the other columns scroll; long cells are cut
+    runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False, wrap=False,
+                              max_chars=40, pinned_columns=1)
+    with gr.Row():
+        selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
+        cancel_btn = gr.Button("Cancel", scale=1)
+        resume_btn = gr.Button("Resume", scale=1)
+        delete_btn = gr.Button("Delete", variant="stop", scale=1)
+    run_msg = gr.Markdown()
+    progress = gr.Markdown()
+    with gr.Row() as curves:
+        loss_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Loss", min_width=280)
+        acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1], min_width=280)
+    with gr.Accordion("Compare finished runs", open=False):
+        compare_table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
+                                     label="Finished runs, best first (click a column to sort)")
+        use_best = gr.Button("Use the best run in Classify and Share")
+    run_key = gr.State("")  # "<run id>:<state>" of the selected run: changes when its state does
+    return SimpleNamespace(runs_table=runs_table, selected=selected, cancel_btn=cancel_btn, resume_btn=resume_btn,
+                           delete_btn=delete_btn, run_msg=run_msg, progress=progress, curves=curves,
+                           loss_plot=loss_plot, acc_plot=acc_plot, compare_table=compare_table, use_best=use_best,
+                           run_key=run_key)
+
+
+def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
+    """The Train tab's events. `shown`: what a returning visitor's dataset fills (the Data tab); `welcome`: the
+    page's load event, which made the visitor's token."""
+    settings = [tab.fields[name] for name in FORM]
+    page.dataset.change(lambda ds: [gr.Button(interactive=bool(ds) and not ds.get("problem"))] * 2, page.dataset,
+                        [tab.start_btn, tab.quick_btn], api_visibility="private")
+    asked = [page.dataset, *settings[:len(SETTINGS)], page.owner, *settings[len(SETTINGS):], tab.run_name]
+    tab.start_btn.click(page.bind(start_from_form, False), asked, [tab.start_msg, tab.selected],
+                        api_name="start_training")
+    tab.quick_btn.click(page.bind(start_from_form, True), asked, [tab.start_msg, tab.selected], api_name="quick_model")
+    planned = [page.dataset, *settings]
+    for field in planned:  # what will actually run, before Start, as the dataset or a setting changes
+        field.change(run_plan, planned, tab.plan, **PRIVATE)
+    keep = page.bind(remember_settings)
+    for field in settings:  # remembered for the next visit
+        field.input(keep, [page.owner, *settings], None, **PRIVATE)
+        if isinstance(field, gr.Textbox):  # a pasted or autofilled value sends no input event: leaving does
+            field.blur(keep, [page.owner, *settings], None, **PRIVATE)
+    listing = [tab.runs_table, tab.selected]
+    refresh = page.bind(list_runs)
+    welcome.then(page.bind(restore_session), page.owner, [*shown, *settings], api_visibility="private").then(
+        run_plan, planned, tab.plan, api_visibility="private").then(
+        refresh, [tab.selected, page.owner], listing, api_visibility="private")
+    _wire_runs(page, tab, refresh, welcome)
+
+
+def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
+    """The runs table and picker (polled), the live view, the actions and the comparison."""
+    listing, picked = [tab.runs_table, tab.selected], [tab.selected, page.owner]
+    view = [tab.progress, tab.loss_plot, tab.acc_plot]
+    page.timer.tick(refresh, picked, listing, api_name="list_runs", show_progress="hidden")
+    page.timer.tick(page.bind(live_view), picked, [*view, tab.run_key], **PRIVATE)
+    tab.selected.change(page.bind(show_run), picked, view, api_name="show_run", show_progress="hidden")
+    for event in (tab.selected.change, tab.run_key.change):
+        event(page.bind(curves_shown), picked, tab.curves, **PRIVATE)
+    comparison = page.bind(compare_runs)
+    tab.run_key.change(comparison, page.owner, tab.compare_table, **PRIVATE)
+    welcome.then(comparison, page.owner, tab.compare_table, api_name="compare_runs")
+    for btn, action in ((tab.cancel_btn, "cancel"), (tab.resume_btn, "resume"), (tab.delete_btn, "delete")):
+        # Delete asks first in the page; a declined confirmation sends no run, and nothing is deleted
+        ask = CONFIRM_DELETE if action == "delete" else None
+        btn.click(page.bind(run_action, action), picked, tab.run_msg, api_name=f"{action}_run", js=ask).then(
+            refresh, picked, listing, api_visibility="private")
+    page.app.load(refresh, picked, listing, api_visibility="private")
+
+
+def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None, model: str, scratch: bool, epochs,
+                    batch_size, lr, owner: str | None, *advanced_and_name):
+    """start_training with the form's values as the page sends them: SETTINGS, the owner, ADVANCED, the name."""
+    *advanced, run_name = advanced_and_name
+    return start_training(manager, dataset, model, scratch, epochs, batch_size, lr, owner, run_name, quick=quick,
+                          **dict(zip(ADVANCED, advanced)))
+
+
+def remember_settings(manager: jobs.JobManager, owner: str | None, *values) -> None:
+    """The Train form's values (FORM's order), for the visitor's next visit."""
+    sessions.remember(manager.root, owner, settings=dict(zip(FORM, values)))
+
+
+def live_view(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """show_run, and a key that changes when the run's state does (results are drawn once per state)."""
+    return (*show_run(manager, run_id, owner), _state_key(manager, run_id))
 
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
@@ -200,134 +348,6 @@ def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None
     except jobs.JobError:
         quick = False
     return gr.Row(visible=not quick)
-
-
-def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
-    """A finished run's per-class table, confusion matrix and misclassified validation images."""
-    empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
-    nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL))
-    run_dir = _seen_run(manager, run_id, owner)
-    if run_dir is None:
-        return nothing
-    metrics = runs.read_json(run_dir / runs.METRICS, {})
-    if not metrics.get("per_class"):
-        return nothing
-    table = pd.DataFrame([[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                          for c, v in metrics["per_class"].items()], columns=list(empty.columns))
-    picture = hub.confusion_image(metrics["confusion_matrix"], metrics.get("classes", []))
-    wrong = []  # pictures, not paths: the run folder need not be one Gradio may serve (e.g. /data on a Space)
-    misclassified = sorted(metrics.get("misclassified", []), key=lambda m: -m.get("confidence", 0))
-    for m in misclassified[:MAX_MISTAKES]:
-        img = _run_image(run_dir, m["name"])
-        if img is not None:
-            wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
-    shown = (f"all {len(misclassified)}" if len(misclassified) <= MAX_MISTAKES
-             else f"the {MAX_MISTAKES} most confident of {len(misclassified)}")
-    return table, picture, gr.Gallery(value=wrong, label=f"Misclassified validation images, true -> predicted "
-                                                         f"({shown})")
-
-
-def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None):
-    """What a run's frozen features say about its data (diagnostics.json): a summary, the learning curve,
-    near-duplicate pairs side by side, and the likely label errors not yet reviewed in the visitor's
-    dataset, with the picker to review them."""
-    curve = pd.DataFrame(columns=["images", "accuracy"])  # training images, validation accuracy
-    empty = ("", curve, [], [], gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[], value=None),
-             gr.Column(visible=False))
-    run_dir = _seen_run(manager, run_id, owner)
-    found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
-    if not isinstance(found, dict):
-        if run_dir and runs.read_json(run_dir / runs.METRICS, {}).get("per_class"):
-            return ("*What the features say about the data (near-duplicates, likely label errors, a learning "
-                    "curve) is shown for a Quick model, or a fine-tune with LP-FT.*", *empty[1:])
-        return empty
-    reviewed = set((dataset or {}).get("edits") or {})
-    errors = [e for e in found.get("label_errors", []) if e["name"] not in reviewed]
-    points = found.get("learning_curve", {}).get("points", [])
-    pairs_ = found.get("near_duplicates", [])
-    lines = ["### What the features say about the data", *_features_summary(found, reviewed)]
-    if errors:
-        lines[-1] = lines[-1][:-1] + (", the most doubtful first (review them below: relabel, keep or drop; the "
-                                      "changes go to your dataset in the Data tab).")
-    table = pd.DataFrame([(p["images"], p["val_acc"]) for p in points], columns=list(curve.columns))
-    side_by_side = [(pic, caption) for pic, caption in (_pair_picture(run_dir, p) for p in pairs_[:MAX_PAIRS])
-                    if pic is not None]
-    gallery = []
-    for e in errors[:MAX_SUSPECTS]:
-        pic = _run_image(run_dir, e["name"])
-        if pic is not None:
-            gallery.append((pic, f"{e['label']} -> {e['suggested']}? ({e['p_suggested']:.0%}) {e['name']}"))
-    names = [e["name"] for e in errors[:MAX_SUSPECTS]]
-    return ("\n".join(lines), table, side_by_side, gallery,
-            gr.Dropdown(choices=names, value=names[0] if names else None),
-            review_choices(manager, run_id, names[0] if names else None, owner), gr.Column(visible=True))
-
-
-def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):
-    """What can be done with a likely label error: relabel as the class suggested (first), keep, relabel
-    as another class, or drop it."""
-    suspect, classes = _suspect(manager, run_id, name, owner)
-    if suspect is None:
-        return gr.Dropdown(choices=[], value=None)
-    choices = [(f"Relabel as {suspect['suggested']} (suggested)", suspect["suggested"]),
-               (f"Keep it as {suspect['label']}", "keep"), ("Drop it from the dataset", "drop")]
-    choices += [(f"Relabel as {c}", c) for c in classes if c not in (suspect["label"], suspect["suggested"])]
-    return gr.Dropdown(choices=choices, value=suspect["suggested"])
-
-
-def review_image(manager: jobs.JobManager, dataset: dict | None, run_id: str | None, name: str | None,
-                 action: str | None, owner: str | None):
-    """Apply a review of a likely label error to the visitor's dataset (relabel, keep or drop), and show
-    the Data tab again with its report. Only images the run flagged, and classes the run has, are taken."""
-    if not dataset or dataset.get("problem") or not (dataset.get("path") or dataset.get("classes")):
-        raise refused("Load the dataset in the Data tab first: the review changes it.")
-    suspect, classes = _suspect(manager, run_id, name, owner)
-    if suspect is None:
-        raise refused("Pick one of the run's likely label errors to review.")
-    if action not in ("keep", "drop", *classes):
-        raise refused("Pick what to do with it: relabel, keep or drop.")
-    edits = dict(dataset.get("edits") or {})
-    edits[name] = suspect["label"] if action == "keep" else None if action == "drop" else action
-    source = dataset.get("classes") or dataset["path"]
-    try:
-        with data.load_dataset(source, edits=edits) as ds:
-            if name not in {it.name for it in ds.items} | {s.name for s in ds.report.skipped}:
-                raise refused(f"{name} is not in your dataset {dataset['name']}: this run was trained on other "
-                              "data. Load that dataset in the Data tab to review it.")
-            shown = _show(ds, dataset.get("path"), dataset["name"], classes=dataset.get("classes"), edits=edits)
-    except data.DataError as e:
-        raise refused(str(e), duration=None)
-    done = {"keep": f"kept as {suspect['label']}", "drop": "dropped from the dataset"}.get(action,
-                                                                                       f"relabelled as {action}")
-    return (*shown, f"**{name}**: {done}. The Data tab's report shows the change; train again (a Quick model "
-                    "takes seconds) to see its effect.")
-
-
-def _suspect(manager: jobs.JobManager, run_id: str | None, name: str | None,
-             owner: str | None) -> tuple[dict | None, list[str]]:
-    """One of the visitor's run's likely label errors, by image name, and the run's classes; (None, []) when
-    the run is not theirs or did not flag that image."""
-    run_dir = _seen_run(manager, run_id, owner) if name else None
-    found = runs.read_json(run_dir / runs.DIAGNOSTICS, {}) if run_dir else {}
-    suspect = next((e for e in found.get("label_errors", []) if e.get("name") == name), None) \
-        if isinstance(found, dict) else None
-    if suspect is None:
-        return None, []
-    return suspect, runs.read_json(run_dir / runs.METRICS, {}).get("classes", [])
-
-
-def _pair_picture(run_dir: Path, pair: dict):
-    """Two near-duplicates side by side, and a caption with their names, splits and similarity."""
-    from PIL import Image
-    a, b = _run_image(run_dir, pair["a"], 128), _run_image(run_dir, pair["b"], 128)
-    if a is None or b is None:
-        return None, ""
-    both = Image.new("RGB", (a.width + b.width + 8, max(a.height, b.height)), (128, 128, 128))
-    both.paste(a, (0, 0))
-    both.paste(b, (a.width + 8, 0))
-    splits = pair.get("splits", ["", ""])
-    return both, (f"{pair['a']} ({splits[0]}) and {pair['b']} ({splits[1]}): similarity {pair['similarity']:.3f}"
-                  + (" - across train and validation" if pair.get("leak") else ""))
 
 
 def _start_choices(rows: list[dict]) -> list[tuple[str, str]]:
