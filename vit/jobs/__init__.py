@@ -25,8 +25,16 @@ a lower priority, so the web server stays responsive.
 
 In multi-user mode (a public Space) a session may cancel, delete and resume
 only the runs it submitted; single-user mode (the local default) has no owners.
+
+- manager.py  JobManager: the queue, the scheduler, the requests, reconciliation
+- child.py    one training process: started on a slot, stopped, and how it ended in words
+- worker.py   the child's entry point (python -m vit.jobs.worker RUN_DIR)
+- quota.py    runs queued or running per visitor on a shared app
+- views.py    a run as the app lists it
+- errors.py   JobError
 """
-from vit.jobs.manager import JobError, JobManager, default_cpu_threads, default_single_user
+from vit.jobs.errors import JobError
+from vit.jobs.manager import JobManager, default_cpu_threads, default_single_user
 from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG
 
 __all__ = ["DATA_DIR", "DISK_FULL", "EXIT_DISK_FULL", "JOB", "JobError", "JobManager", "LOG", "default_cpu_threads",

@@ -1,38 +1,31 @@
-"""The job manager: a queue of runs, a scheduler thread that starts each in a child process (vit.jobs.worker),
-supervision (cancel, force, reap, resume, delete), quotas per visitor and reconciliation after a restart."""
+"""The job manager: a queue of runs, a scheduler thread that starts each in a child process (child.py), the
+requests (submit, cancel, resume, delete, with each visitor's quota: quota.py), and reconciliation after a
+restart."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from vit import runs
 from vit.data import Dataset, export_dataset, load_dataset
+from vit.jobs.child import Child, tail
+from vit.jobs.errors import JobError
+from vit.jobs.quota import Quota
 from vit.jobs.views import default_name, summary
-from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG, kept_note
-from vit.safety import HostLimits, on_spaces, owner_hash, owns, valid_owner_token
+from vit.jobs.worker import DATA_DIR, DISK_FULL, JOB, LOG, kept_note
+from vit.safety import HostLimits, on_spaces, owner_hash, owns
 from vit.train import ConfigError, TrainConfig
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the child starts here: `-m vit.jobs.worker` finds the
-                                                    # package even where it is not installed (a Space runs app.py)
-
-
-class JobError(ValueError):
-    """A request the job manager refuses; the message says why and what to do."""
 
 
 def _disk_full_refused(request):
     """A request that must write (a status, a CANCEL file) answers JobError when the disk is full."""
-    import functools
-
     @functools.wraps(request)
     def wrapped(*args, **kwargs):
         try:
@@ -70,21 +63,21 @@ class JobManager:
                  poll_s: float = 0.25):
         self.root = Path(root) if root else runs.default_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._cv = threading.Condition()
         self.single_user = default_single_user() if single_user is None else single_user
         self.cpu_threads = cpu_threads or default_cpu_threads()
         self.niceness = niceness
         self.cancel_grace_s = cancel_grace_s
         self.shutdown_grace_s = shutdown_grace_s
-        self.max_active_per_owner = max_active_per_owner or HostLimits.from_env().runs_per_visitor
+        self.quota = Quota(None if self.single_user else max_active_per_owner or HostLimits.from_env().runs_per_visitor,
+                           self._active_runs, self._cv)
         self.poll_s = poll_s
         self._gpus = gpus
         self._lock_file = _lock_root(self.root)
-        self._cv = threading.Condition()
         self._queue: list[str] = []                 # run ids, first come first served
-        self._children: dict[str, _Child] = {}      # slot -> the child training on it
+        self._children: dict[str, Child] = {}       # slot -> the child training on it
         self._closing = False
         self._last_sweep = 0.0
-        self._reservations: dict[str | None, int] = {}    # owner -> submissions under way
         self._pending: dict[str, dict] = {}               # run id -> final status not yet written (disk full)
         self._logged: set[str] = set()
         self._reconcile()
@@ -112,7 +105,7 @@ class JobManager:
             config = replace(config).check()  # a copy: the caller's config is not changed
         except ConfigError as e:
             raise JobError(str(e)) from None
-        with self._reserved(owner):
+        with self.quota.reserved(owner):
             return self._submit(source, config, owner, source_name, _run_name(name))
 
     def _submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, owner: str | None,
@@ -191,7 +184,7 @@ class JobManager:
             if not (run_dir / JOB).is_file() or not (run_dir / DATA_DIR).is_dir():
                 raise JobError(f"Run {run_id} was not started from this app (it has no copy of its data); resume "
                                f"it with: python -m vit train --resume --out {run_dir} --data DATA")
-            self._check_quota(owner, reserving=False)
+            self.quota.check(owner)
             runs.clear_cancel(run_dir)
             last = runs.load_resume_state(run_dir)
             where = f"from epoch {last['epoch'] + 2}" if last else "from the start (no epoch had finished)"
@@ -241,7 +234,7 @@ class JobManager:
         return summary
 
     def log_tail(self, run_id: str, lines: int = 20) -> str:
-        return _tail(self._run_dir(run_id) / LOG, lines)
+        return tail(self._run_dir(run_id) / LOG, lines)
 
     def wait(self, run_id: str, timeout: float | None = None) -> str:
         """Block until the run leaves queued/running (or the timeout passes); return its state."""
@@ -286,7 +279,7 @@ class JobManager:
         self._thread.join()
         for child in children:
             child.shutting_down = True
-            _signal(child.proc.pid, signal.SIGTERM)  # the child stops at its next step
+            child.ask_to_stop()
         deadline = time.monotonic() + grace
         for child in children:
             try:
@@ -326,7 +319,7 @@ class JobManager:
                 self._reap(child)
             elif child.cancel_deadline is not None and time.monotonic() > child.cancel_deadline:
                 child.forced = True
-                _kill_group(child.proc.pid)
+                child.kill()
         started = False
         for run_id in list(self._queue):
             run_dir = self.root / run_id
@@ -339,7 +332,7 @@ class JobManager:
                 self._queue.remove(run_id)
                 started = True
                 try:
-                    self._start(run_id, slot)
+                    self._children[slot] = Child.start(run_dir, slot, self.cpu_threads, self.niceness)
                 except OSError as e:
                     self._children.pop(slot, None)
                     self._finish(run_dir, "failed", message=DISK_FULL if runs.disk_full(e) else
@@ -350,34 +343,14 @@ class JobManager:
             self._last_sweep = time.monotonic()
             self._mark_dead_runs()
 
-    def _start(self, run_id: str, slot: str) -> None:
-        run_dir = self.root / run_id
-        env = dict(os.environ, PYTHONUNBUFFERED="1", VIT_PARENT_PID=str(os.getpid()), VIT_NICE=str(self.niceness))
-        if slot == "cpu":
-            threads = str(self.cpu_threads)
-            env.update(VIT_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-                       CUDA_VISIBLE_DEVICES="")
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = slot.split(":")[1]
-        runs.remove_partial_files(run_dir)
-        runs.update_status(run_dir, "running", message="Starting the training process", slot=slot, pid=None,
-                           host=None, position=None)
-        with open(run_dir / LOG, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting on {slot}\n".encode())
-            log.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "vit.jobs.worker", str(run_dir)], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PACKAGE_ROOT,
-                                    start_new_session=True)  # its own process group: killed as a whole
-        self._children[slot] = _Child(run_id, run_dir, proc)
-
-    def _reap(self, child: "_Child", forced: bool = False) -> None:
+    def _reap(self, child: Child, forced: bool = False) -> None:
         """Record how a child ended when it could not say so itself, and kill what it left behind.
         Never raises: a state that cannot be written (disk full) is kept and written later."""
         forced = forced or child.forced
         if forced:
-            _kill_group(child.proc.pid)
+            child.kill()
         rc = child.proc.wait()
-        _kill_group(child.proc.pid)  # data loader workers of a child that died
+        child.kill()  # data loader workers of a child that died
         try:
             runs.remove_partial_files(child.run_dir)
             if child.cancel_deadline is not None:
@@ -387,48 +360,12 @@ class JobManager:
         if not child.run_dir.is_dir():
             return
         try:
-            final = self._how_it_ended(child, rc, forced)
+            final = child.ending(rc, forced)
         except Exception as e:  # an unreadable run directory: say so rather than stop the scheduler
             final = ("failed", {"message": f"The training process ended (exit code {rc}) and its run directory "
                                            f"could not be read: {type(e).__name__}: {e}"})
         if final:
             self._finish(child.run_dir, final[0], pid=None, **final[1])
-
-    def _how_it_ended(self, child: "_Child", rc: int, forced: bool) -> tuple[str | None, dict] | None:
-        """The state and fields to record for a child that exited with `rc`, or None to leave its own."""
-        status = runs.read_status(child.run_dir)
-        state, epoch = status.get("state"), status.get("epoch") or 0
-        if rc == EXIT_DISK_FULL:
-            return "failed", {"message": f"{DISK_FULL} {kept_note(child.run_dir)}", "exit_code": rc}
-        if child.cancel_deadline is not None:  # a cancel was asked for
-            kept = kept_note(child.run_dir)
-            if forced:
-                return "cancelled", {"cancel": "forced", "message": "Stopped by force: the run did not stop by "
-                                     f"itself within the grace period after the cancel. {kept}"}
-            if state in runs.ACTIVE_STATES and rc in (0, 1):
-                return "cancelled", {"cancel": "cooperative", "message": f"Cancelled. {kept}"}
-            if state == "cancelled":  # (a run that finished before it saw the cancel stays as it ended)
-                return None, {"cancel": "cooperative"}
-            if state not in runs.ACTIVE_STATES:
-                return None
-        elif child.shutting_down:
-            if state in runs.ACTIVE_STATES or state == "cancelled":
-                return "interrupted", {"message": f"The app shut down during epoch {epoch + 1}. "
-                                                  f"{kept_note(child.run_dir)} Resume to continue."}
-            return None
-        if state not in runs.ACTIVE_STATES:
-            return None
-        kept = kept_note(child.run_dir)
-        if rc < 0:  # died without a word: killed, crashed, out of memory
-            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
-            why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
-                   "SIGSEGV": " (a crash in native code)"}.get(name, "")
-            return "interrupted", {"exit_code": rc, "message": f"The training process was killed by {name}{why} "
-                                                               f"during epoch {epoch + 1}. {kept} Resume to continue."}
-        last = _tail(child.run_dir / LOG, 1).strip() or "no output"
-        if "No space left on device" in _tail(child.run_dir / LOG, 40):
-            return "failed", {"exit_code": rc, "message": f"{DISK_FULL} {kept}"}
-        return "failed", {"exit_code": rc, "message": f"The training process exited with code {rc}: {last[-300:]}"}
 
     def _finish(self, run_dir: Path, state: str | None, **fields) -> None:
         """Write a run's final state; when the disk is full keep it (listings show it) and retry each tick."""
@@ -526,40 +463,8 @@ class JobManager:
                            f"started in another browser; only the session that started a run can {action} it.")
         return self._run_dir(run_id)
 
-    def _check_quota(self, owner: str | None, reserving: bool = True) -> None:
-        """Refuse a new queued run over the visitor's limit. Caller holds self._cv; runs being submitted
-        (reserved, not yet queued) count, so concurrent starts and resumes cannot pass the limit together."""
-        if self.single_user:
-            return
-        if not valid_owner_token(owner):
-            raise JobError("This browser has no valid session id; reload the page (a run needs a session to "
-                           "belong to).")
-        active = sum(1 for r in self.list(owner) if r["state"] in runs.ACTIVE_STATES)
-        active += self._reservations.get(owner, 0) - (1 if reserving else 0)
-        if active >= self.max_active_per_owner:
-            raise JobError(f"You already have {active} runs queued or running (the limit on this shared app is "
-                           f"{self.max_active_per_owner}); wait for one to finish or cancel one.")
-
-    @contextlib.contextmanager
-    def _reserved(self, owner: str | None):
-        """Hold one of the owner's places in the quota while a submission copies its data."""
-        with self._cv:
-            self._reservations[owner] = self._reservations.get(owner, 0) + 1
-            try:
-                self._check_quota(owner)
-            except BaseException:
-                self._release(owner)
-                raise
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._release(owner)
-
-    def _release(self, owner: str | None) -> None:
-        self._reservations[owner] -= 1
-        if not self._reservations[owner]:
-            del self._reservations[owner]
+    def _active_runs(self, owner: str | None) -> int:
+        return sum(1 for r in self.list(owner) if r["state"] in runs.ACTIVE_STATES)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -581,7 +486,7 @@ class JobManager:
             del self._children[slot]
         return True
 
-    def _child_of(self, run_id: str) -> "_Child | None":
+    def _child_of(self, run_id: str) -> Child | None:
         return next((c for c in self._children.values() if c.run_id == run_id), None)
 
     def _device_kind(self, wanted: str) -> str:
@@ -590,17 +495,6 @@ class JobManager:
                 raise JobError("This machine has no GPU; choose device 'auto' or 'cpu'.")
             return "cpu"
         return "cuda"
-
-
-@dataclass
-class _Child:
-    run_id: str
-    run_dir: Path
-    proc: subprocess.Popen
-    cancel_deadline: float | None = None
-    forced: bool = False
-    shutting_down: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 def _run_name(name: str | None) -> str | None:
@@ -621,30 +515,6 @@ def _hash_owner(run_dir: Path) -> None:
             runs.write_json(run_dir / JOB, {**job, "owner": owner_hash(job["owner"])})
         except OSError:
             pass
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _lock_root(root: Path):
