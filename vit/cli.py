@@ -60,52 +60,22 @@ def data_check(args) -> int:
 
 
 def train_command(args) -> int:
-    from vit.train import TrainConfig, TrainError, train
+    from vit.train import TrainConfig, recipe, train
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if args.resume:
-        if not args.out:
-            raise TrainError("--resume needs --out RUN_DIR: the run to continue.")
-        run_dir = Path(args.out)
-        saved = runs.load_resume_state(run_dir)
-        if saved is None:
-            raise TrainError(f"{run_dir} has no saved state (last.pt) to resume from.")
-        data_path = args.data or saved["config"].get("data")
-        config = None
-        val_fraction, seed = saved["config"]["val_fraction"], saved["config"]["seed"]
-    else:
-        if not args.data:
-            raise TrainError("--data PATH is required (a .zip or folder of class folders).")
-        data_path = args.data
-        settings = _given_settings(args, data=str(Path(data_path).resolve()))
-        val_fraction, seed = settings["val_fraction"], settings["seed"]  # flags with defaults: always given
-    if not data_path:
-        raise TrainError("--data PATH is required: the run does not record where its data came from.")
-    if not args.resume:
-        if args.out and (Path(args.out) / runs.STATUS).exists() and not distributed:
-            raise TrainError(f"{args.out} already holds a run. Use --resume to continue it, or another --out.")
-        if distributed and not args.out:
-            raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
+    data_path, settings, val_fraction, seed = _train_request(args, distributed)
     ds = data.load_dataset(data_path, val_fraction=val_fraction, seed=seed)
     if not ds.report.ok:
         ds.close()
         raise data.DataError(f"{ds.report.refusal()} (python -m vit data check {data_path} shows the full report)")
-    if not args.resume:
-        from vit.train import recipe
+    config, run_dir = None, Path(args.out) if args.out else None  # resumed: the run's own config
+    if settings is not None:
         # what the user left open is chosen by the recipe (from the data, for random weights)
         config = recipe.choose(TrainConfig(**settings), recipe.DataFacts.of(ds), given=settings)
-        run_dir = Path(args.out) if args.out else runs.create_run_dir(None, args.model)
+        run_dir = run_dir or runs.create_run_dir(None, args.model)
         run_dir.mkdir(parents=True, exist_ok=True)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nCancelling after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, on_sigint)
+    stop = _cancel_on_ctrl_c()
     progress = _Progress() if main_process else None
     with ds:
         if main_process:
@@ -121,6 +91,48 @@ def train_command(args) -> int:
     if main_process:
         print(f"run directory: {run_dir}")
     return 0
+
+
+def _train_request(args, distributed: bool) -> tuple[str, dict | None, float, int]:
+    """Where the images come from, the settings given (None on --resume: the run's own) and the split's
+    validation fraction and seed."""
+    from vit.train import TrainError
+
+    if args.resume:
+        if not args.out:
+            raise TrainError("--resume needs --out RUN_DIR: the run to continue.")
+        saved = runs.load_resume_state(Path(args.out))
+        if saved is None:
+            raise TrainError(f"{args.out} has no saved state (last.pt) to resume from.")
+        data_path, settings = args.data or saved["config"].get("data"), None
+        val_fraction, seed = saved["config"]["val_fraction"], saved["config"]["seed"]
+    else:
+        if not args.data:
+            raise TrainError("--data PATH is required (a .zip or folder of class folders).")
+        if args.out and (Path(args.out) / runs.STATUS).exists() and not distributed:
+            raise TrainError(f"{args.out} already holds a run. Use --resume to continue it, or another --out.")
+        if distributed and not args.out:
+            raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
+        data_path = args.data
+        settings = _given_settings(args, data=str(Path(data_path).resolve()))
+        val_fraction, seed = settings["val_fraction"], settings["seed"]  # flags with defaults: always given
+    if not data_path:
+        raise TrainError("--data PATH is required: the run does not record where its data came from.")
+    return data_path, settings, val_fraction, seed
+
+
+def _cancel_on_ctrl_c() -> dict:
+    """Ctrl-C asks the run to stop after its step ({"requested": True}); a second one aborts at once."""
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nCancelling after this step (Ctrl-C again to abort at once)...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return stop
 
 
 def predict_command(args) -> int:
@@ -262,6 +274,14 @@ def _parse_model_arg(text: str):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit", description="Fine-tune, explain and share timm ViTs.")
     sub = p.add_subparsers(title="commands")
+    _data_parser(sub)
+    _train_parser(sub)
+    _predict_parser(sub)
+    _share_parsers(sub)
+    return p
+
+
+def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
     check = d.add_parser("check", help="validate a dataset and print its health report")
     check.add_argument("path", help="a .zip of class folders or a folder (see README for layouts)")
@@ -276,6 +296,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="cap on pixels in one image")
     check.set_defaults(func=data_check)
 
+
+def _train_parser(sub) -> None:
     from vit.train import TrainConfig
     t = TrainConfig()
     tr = sub.add_parser("train", help="fine-tune (or train from scratch) a ViT into a run directory")
@@ -311,6 +333,11 @@ def _parser() -> argparse.ArgumentParser:
                          "starting from trained weights)")
     tr.add_argument("--probe-flip", action="store_true",
                     help="the fitted head also sees each training image's mirror image (twice the features)")
+    _augment_and_run_options(tr, t)
+    tr.set_defaults(func=train_command)
+
+
+def _augment_and_run_options(tr: argparse.ArgumentParser, t) -> None:
     tr.add_argument("--randaugment", action="store_true")
     tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
@@ -324,8 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, help="data loader workers (default 0 on CPU, 4 on GPU)")
     tr.add_argument("--out", help="the run directory (default: a new one under VIT_CHECKPOINTS, else checkpoints/)")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    tr.set_defaults(func=train_command)
 
+
+def _predict_parser(sub) -> None:
     from vit.explain import COLORMAPS, HEAD_FUSIONS, METHODS
     pr = sub.add_parser("predict", help="classify images with a trained model, optionally with a heatmap")
     pr.add_argument("--model", required=True, help="a run directory, a timm-format folder or hf-hub:user/repo")
@@ -341,6 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the results as JSON")
     pr.set_defaults(func=predict_command)
 
+
+def _share_parsers(sub) -> None:
     pu = sub.add_parser("push", help="push a run to the Hugging Face Hub (token from HF_TOKEN or hf auth login)")
     pu.add_argument("--run", required=True, help="the run directory")
     pu.add_argument("--repo", required=True, help="user/name (or just name: under the token's user)")
@@ -353,4 +383,3 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
     ex.set_defaults(func=export_command)
-    return p

@@ -77,7 +77,7 @@ def split_items(items: list[Item], classes: list[str], val_fraction: float, seed
 
 
 def make_report(source, layout, classes, items, train, val, test, skipped, duplicates, leakage, conflicts,
-            skipped_per_class) -> HealthReport:
+                skipped_per_class) -> HealthReport:
     counts = {c: 0 for c in classes}
     for it in items:
         counts[it.label] += 1
@@ -92,7 +92,19 @@ def make_report(source, layout, classes, items, train, val, test, skipped, dupli
             values = [getattr(it, key) for it in items]
             sizes[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
     imbalance = max(counts.values()) / min(counts.values()) if counts and min(counts.values()) else None
-    errors, warnings = [], []
+    given_split = any(it.split for it in items)
+    errors = _errors(classes, items, counts, split_counts if given_split else {}, skipped, skipped_per_class)
+    warnings = _warnings(classes, items, counts, split_counts if given_split else {}, imbalance, skipped, leakage,
+                         conflicts, val)
+    modes = dict(Counter(it.mode for it in items))
+    return HealthReport(source, layout, classes, counts, split_counts, imbalance, sizes, modes,
+                        skipped, duplicates, leakage, errors, warnings)
+
+
+def _errors(classes, items, counts, given_splits, skipped, skipped_per_class) -> list[str]:
+    """What makes the dataset impossible to train on. `given_splits`: per split and class, when the dataset
+    came with its own split."""
+    errors = []
     if not items:
         if skipped:
             reason, n = Counter(s.reason for s in skipped).most_common(1)[0]
@@ -110,16 +122,21 @@ def make_report(source, layout, classes, items, train, val, test, skipped, dupli
                 has = f"{'no usable images' if counts[cls] == 0 else 'only 1 usable image'} " \
                       f"({skipped_per_class[cls]} of its files were skipped; the report lists why)"
             errors.append(f"Class '{cls}' has {has}; each class needs at least 2 (one to train on, one to validate).")
-    given_split = any(it.split for it in items)
-    if given_split and "val" in split_counts and len(classes) > 1:
-        missing = [c for c in classes if split_counts["val"][c] == 0 and counts[c] >= 2]
+    if "train" in given_splits:
+        missing = [c for c in classes if given_splits["train"][c] == 0 and counts[c] >= 2]
+        if missing:
+            errors.append(f"No training images for {quote_list(missing)}. Add some to train/.")
+    return errors
+
+
+def _warnings(classes, items, counts, given_splits, imbalance, skipped, leakage, conflicts, val) -> list[str]:
+    """What will make the results weaker or misleading, and what to do about it."""
+    warnings = []
+    if "val" in given_splits and len(classes) > 1:
+        missing = [c for c in classes if given_splits["val"][c] == 0 and counts[c] >= 2]
         if missing:
             warnings.append(f"No validation images for {quote_list(missing)}: their accuracy cannot be measured. "
                             "Add some to val/.")
-    if given_split and "train" in split_counts:
-        missing = [c for c in classes if split_counts["train"][c] == 0 and counts[c] >= 2]
-        if missing:
-            errors.append(f"No training images for {quote_list(missing)}. Add some to train/.")
     if imbalance and imbalance >= IMBALANCE_WARN_RATIO:
         big = max(counts, key=counts.get)
         small = min(counts, key=counts.get)
@@ -147,9 +164,7 @@ def make_report(source, layout, classes, items, train, val, test, skipped, dupli
                         f"{100 / len(val):.0f}%. Add more images for a reliable measure.")
     if skipped and items:
         warnings.append(f"{len(skipped)} file(s) were skipped; see the list below for each reason.")
-    modes = dict(Counter(it.mode for it in items))
-    return HealthReport(source, layout, classes, counts, split_counts, imbalance, sizes, modes,
-                        skipped, duplicates, leakage, errors, warnings)
+    return warnings
 
 
 def render_report(r: HealthReport, markdown: bool) -> str:
