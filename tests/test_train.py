@@ -350,3 +350,25 @@ def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path):
     assert "held-out images" in runs.read_status(tmp_path / "run")["message"]
     card = hub.model_card(tmp_path / "run", "alice/x").text
     assert f"Test accuracy **{m['test']['acc']:.1%}** on 15 held-out test images" in card
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_batched_colour_jitter_is_pils_colour_jitter_in_one_product(order):
+    """The batch's colour jitter (one 3x3 matrix and offset per image) against PIL's ImageEnhance steps, which
+    torchvision's ColorJitter applies: the same image, to within PIL's rounding down after each of the three
+    steps (mid-range pixels, so nothing is clipped)."""
+    import numpy as np
+    import torchvision.transforms.functional as F
+    from PIL import Image
+
+    from vit.train.transforms import GREY, jitter_affine
+    pixels = np.random.default_rng(0).integers(80, 170, (20, 24, 3), dtype=np.uint8)
+    factors = [1.2, 0.7, 1.3]  # brightness, contrast, saturation
+    expected = Image.fromarray(pixels)
+    for op in order:
+        expected = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation][op](expected, factors[op])
+    x = torch.from_numpy(pixels).permute(2, 0, 1).reshape(3, -1).float()
+    a, o = jitter_affine(float(x.mean(1) @ torch.tensor(GREY)), factors, order)
+    got = (a @ x + o[:, None]).clamp(0, 255).reshape(3, 20, 24).permute(1, 2, 0).numpy()
+    assert np.abs(got - np.asarray(expected).astype(float)).max() <= 3.5
+    assert np.abs(got - pixels).max() > 20  # it did change the image

@@ -1,4 +1,5 @@
-"""The decode cache: training images decoded once into memory (uint8 tensors), within a memory cap."""
+"""The decode cache: training images decoded once into memory (uint8, height x width x channels, the layout PIL
+reads without reordering), within a memory cap."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from vit.data.model import Item, Limits, worker_count
 
 
 class DecodeCache:
-    """Decoded training images kept in memory as uint8 CHW tensors.
+    """Decoded training images kept in memory as uint8 HWC tensors (`cache[i]` is their CHW view).
 
     Each image is decoded once and resized so its shorter side is
     `short_side` (never upscaled). Images beyond `max_bytes` are not kept and
@@ -52,15 +53,19 @@ class DecodeCache:
         return self
 
     def __getitem__(self, i: int):
+        """The image as a uint8 CHW tensor (a view of the cached one)."""
+        return self._hwc(i).permute(2, 0, 1)
+
+    def pil(self, i: int) -> Image.Image:
+        """The cached image as a PIL image (for PIL-based transforms): one copy, no reordering."""
+        return Image.fromarray(self._hwc(i).numpy())
+
+    def _hwc(self, i: int):
         tensor = self._images[i]
         if tensor is None:
             tensor = self._decode(i)
             self._keep(i, tensor)
         return tensor
-
-    def pil(self, i: int) -> Image.Image:
-        """The cached image as a PIL image (for PIL-based transforms)."""
-        return Image.fromarray(self[i].permute(1, 2, 0).numpy())
 
     def _decode(self, i: int):
         import torch
@@ -71,7 +76,7 @@ class DecodeCache:
             scale = self.short_side / min(w, h)
             img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR,
                              reducing_gap=None)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.asarray(img).copy())
 
     def _keep(self, i: int, tensor) -> None:
         size = tensor.numel()

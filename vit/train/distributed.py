@@ -39,15 +39,13 @@ class Distributed:
         dev = next(model.parameters()).device
         return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def loader(self, data, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int):
-        if self.world > 1:
-            sampler = torch.utils.data.DistributedSampler(data, shuffle=shuffle, seed=seed)
-            sampler.set_epoch(epoch)
-            return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers)
-        generator = torch.Generator()
-        generator.manual_seed(seed * 1_000_003 + epoch)  # the order of an epoch depends on (seed, epoch) only
-        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                           num_workers=workers, persistent_workers=False)
+    def train_loader(self, data, batch_size: int, seed: int, workers: int) -> torch.utils.data.DataLoader:
+        """The training images, for every epoch (EpochSampler.set_epoch before each): workers, if any, are
+        started once and prepare the next batches while the model trains."""
+        from vit.train.transforms import EpochSampler
+        shard = torch.utils.data.DistributedSampler(data, shuffle=True, seed=seed) if self.world > 1 else None
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=EpochSampler(len(data), seed, shard),
+                                           num_workers=workers, persistent_workers=workers > 0)
 
     def barrier(self) -> None:
         if self.world > 1:
