@@ -127,6 +127,17 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(shapes, tmp_path):
     assert runs.read_status(tmp_path / "b")["state"] == "completed"
 
 
+def test_a_data_worker_changes_nothing_each_image_draws_its_own_augmentation(shapes, tmp_path):
+    """Augmentation is seeded per image (run seed, epoch, image): a worker process preparing the batches, kept
+    from epoch to epoch, trains the same model as the main process alone, progressive sizes included."""
+    with load_dataset(shapes) as ds:
+        alone = train(ds, tiny(epochs=3, progressive=True, patch_size=4), tmp_path / "a")
+        worker = train(ds, tiny(epochs=3, progressive=True, patch_size=4, workers=1), tmp_path / "b")
+    assert [r["train_loss"] for r in worker["history"]] == pytest.approx(
+        [r["train_loss"] for r in alone["history"]], rel=1e-5)
+    assert worker["val_acc"] == alone["val_acc"]
+
+
 def test_resume_without_saved_state_is_refused(tmp_path, shapes):
     with load_dataset(shapes) as ds, pytest.raises(TrainError, match="no saved state"):
         train(ds, None, tmp_path, resume=True)
