@@ -82,10 +82,8 @@ def main() -> None:
 def paired_throughput(args, data: Path, run_dir: Path) -> tuple[float, float, int]:
     """Engine and bare-loop images/s, one bare step after each engine step (see the module's docstring)."""
     from vit.data import load_dataset
-    from vit.train import TrainConfig, train
-    config = TrainConfig(model=args.model, pretrained=False, img_size=args.img_size, epochs=args.epochs,
-                         batch_size=args.batch_size, early_stopping=None, val_fraction=0.05, device=args.device,
-                         workers=args.workers)
+    from vit.train import train
+    config = _engine_config(args)
     bare_step = _bare_stepper(args)
     engine_s, bare_s, last = [], [], [time.perf_counter()]
 
@@ -130,43 +128,11 @@ def _bare_stepper(args):
     return step
 
 
-def engine_throughput(args, data: Path, run_dir: Path) -> float:
-    from vit.data import load_dataset
-    from vit.train import TrainConfig, train
-    config = TrainConfig(model=args.model, pretrained=False, img_size=args.img_size, epochs=args.epochs,
-                         batch_size=args.batch_size, early_stopping=None, val_fraction=0.05, device=args.device,
-                         workers=args.workers)
-    steps = []  # (time, event) of every step
-    with load_dataset(data, val_fraction=config.val_fraction) as ds:
-        train(ds, config, run_dir, on_event=lambda e: e["type"] == "step" and steps.append((time.perf_counter(), e)))
-    # Steady state, as for the baseline: full batches after the first epoch, each timed from the step before
-    # it in the same epoch (so epoch start-up and evaluation are left out).
-    images = seconds = 0.0
-    for (t0, prev), (t1, e) in zip(steps, steps[1:]):
-        if e["epoch"] >= 1 and e["epoch"] == prev["epoch"] and e["images"] == args.batch_size:
-            images, seconds = images + e["images"], seconds + t1 - t0
-    return images / seconds if seconds else float("nan")  # nan: one epoch only (the memory run)
-
-
-def bare_throughput(args, steps: int) -> float:
-    """The same model, batch, image size and optimizer on tensors already in memory."""
-    model, optimizer = _model_and_optimizer(args)
-    device = torch.device(args.device)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    y = torch.randint(0, 3, (args.batch_size,), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
-    warmup = 2
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        with amp:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return steps * args.batch_size / (time.perf_counter() - t0)
+def _engine_config(args):
+    from vit.train import TrainConfig
+    return TrainConfig(model=args.model, pretrained=False, img_size=args.img_size, epochs=args.epochs,
+                       batch_size=args.batch_size, early_stopping=None, val_fraction=0.05, device=args.device,
+                       workers=args.workers)
 
 
 def train_flops_per_image(args) -> float:
@@ -190,10 +156,14 @@ def _model_and_optimizer(args):
 def _child(args) -> None:
     """Run one side of the memory comparison in this process and print its peak RSS."""
     if args.child == "engine":
+        from vit.data import load_dataset
+        from vit.train import train
         args.epochs = 1
-        engine_throughput(args, Path(args.data), Path(tempfile.mkdtemp()))
+        config = _engine_config(args)
+        with load_dataset(Path(args.data), val_fraction=config.val_fraction) as ds:
+            train(ds, config, Path(tempfile.mkdtemp()))
     else:
-        bare_throughput(args, steps=2)
+        _bare_stepper(args)()  # two warm-up steps and a timed one
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
