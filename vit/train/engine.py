@@ -106,7 +106,8 @@ class _Run:
     labels: list
     train_set: TrainImages
     val_set: Images
-    loader: torch.utils.data.DataLoader | None = None  # the training batches, every epoch (persistent workers)
+    loader: torch.utils.data.DataLoader  # the training batches, every epoch (persistent workers)
+    augment: BatchAugment                # colour jitter and normalisation, a batch at a time
     record: dict = field(default_factory=dict)       # config.json's training record
     optimizer: object = None
     scheduler: object = None
@@ -173,10 +174,11 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
     sizes = progressive_sizes(img_size, patch_size_of(p.model), config.epochs) if config.progressive else None
     if config.grad_checkpointing:
         p.model.set_grad_checkpointing(True)
-    return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.labels,
-                TrainImages(p.cache, dataset.train, p.labels, config, p.dcfg),
+    train_set = TrainImages(p.cache, dataset.train, p.labels, config, p.dcfg)
+    return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.labels, train_set,
                 Images(p.cache, dataset.val, p.labels, eval_transform(p.dcfg)),
-                record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size})
+                ddp.train_loader(train_set, config.batch_size, config.seed, _workers(config, p.device)),
+                BatchAugment(config, p.dcfg, p.device), record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size})
 
 
 def _optimisation(run: _Run, n_classes: int) -> None:
@@ -230,10 +232,7 @@ def train_one_epoch(run: _Run, epoch: int, stop: StopFlag) -> dict | None:
     steps (the scheduler steps per update, the EMA follows). Returns the epoch's loss, accuracy and
     throughput, or None when asked to stop (run.stopped_at says at which step)."""
     config, optimizer = run.config, run.optimizer
-    augment = BatchAugment(config, run.dcfg, run.device)
     run.net.train()
-    if run.loader is None:
-        run.loader = run.ddp.train_loader(run.train_set, config.batch_size, config.seed, _workers(run))
     loader = run.loader
     loader.sampler.set_epoch(epoch, run.sizes[epoch] if run.sizes else None)
     loss_sum = correct = seen = 0.0
@@ -243,7 +242,7 @@ def train_one_epoch(run: _Run, epoch: int, stop: StopFlag) -> dict | None:
         if stop():
             run.stopped_at = step
             return None
-        x, y = augment(x.to(run.device, non_blocking=True), epoch, step), y.to(run.device, non_blocking=True)
+        x, y = run.augment(x.to(run.device, non_blocking=True), epoch, step), y.to(run.device, non_blocking=True)
         target = y
         if run.mixup is not None:
             if len(y) % 2:  # timm's Mixup needs an even batch
@@ -337,12 +336,12 @@ def _steps_per_epoch(run: _Run) -> int:
     return math.ceil(len(run.train_set) / run.ddp.world / run.config.batch_size)
 
 
-def _workers(run: _Run) -> int:
+def _workers(config: TrainConfig, device: torch.device) -> int:
     """DataLoader workers: as set; else 4 on a GPU (started once per run), and none on a CPU, where a worker
     takes cores the model trains on (measured slower at 32 and at 224 px on 2 cores)."""
-    if run.config.workers is not None:
-        return run.config.workers
-    return 4 if run.device.type == "cuda" else 0
+    if config.workers is not None:
+        return config.workers
+    return 4 if device.type == "cuda" else 0
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ class TrainImages(Images):
         i = self.indices[k]
         if size not in self._transforms:
             self._transforms[size] = train_transform(self.config, self.dcfg, size)
-        with _seeded(hash((self.config.seed, epoch, i)) & 0xFFFFFFFF):
+        with _seeded(seed_of(self.config.seed, epoch, i)):
             return self._transforms[size](self.cache.pil(i)), self.labels[i]
 
 
@@ -72,6 +72,12 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.shard) if self.shard is not None else self.n
+
+
+def seed_of(*parts: int) -> int:
+    """A seed for what (run seed, epoch, image or step) names: the same in every process and on every run (a
+    tuple of ints hashes alike everywhere), within NumPy's 32 bits."""
+    return hash(parts) & 0xFFFFFFFF
 
 
 @contextlib.contextmanager
@@ -149,7 +155,7 @@ class BatchAugment:
         x = x.float()
         if self.jitter and x.shape[1] == 3:
             n, c, h, w = x.shape
-            generator = torch.Generator().manual_seed(hash((self.seed, epoch, step)) & 0xFFFFFFFF)
+            generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, step))
             factors = torch.empty(n, 3).uniform_(max(0.0, 1 - self.jitter), 1 + self.jitter, generator=generator)
             orders = [torch.randperm(3, generator=generator).tolist() for _ in range(n)]
             grey = x.mean(dim=(2, 3)).cpu() @ torch.tensor(GREY)
