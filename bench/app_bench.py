@@ -47,19 +47,18 @@ def main() -> None:
         times = {"bare": [], "app": []}
         for _ in range(args.starts):  # in alternation, so that machine drift hits both alike
             for name, script in (("bare", bare), ("app", "app.py")):
-                times[name].append(_start_and_stop([sys.executable, str(script)], env, url))
+                proc, seconds = _start([sys.executable, str(script)], env, url)
+                _stop(proc)
+                times[name].append(seconds)
         bare_s, app_s = statistics.median(times["bare"]), statistics.median(times["app"])
         print(f"python app.py -> page answers: {app_s:.1f} s; a bare Gradio Blocks app (one textbox): {bare_s:.1f} s "
               f"(medians of {args.starts}); ratio {app_s / bare_s:.2f} (target <= 1.5: "
               f"{'met' if app_s / bare_s <= 1.5 else 'NOT met'})")
         if args.skip_run:
             return
-        t0 = time.perf_counter()
-        app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+        app, seconds = _start([sys.executable, "app.py"], env, url)
         try:
-            wait_until_up(url, app)
-            print(f"python app.py -> page answers (for the run below): {time.perf_counter() - t0:.1f} s")
+            print(f"python app.py -> page answers (for the run below): {seconds:.1f} s")
             from gradio_client import Client
             client = Client(url, verbose=False)
             client.predict(args.per_class, api_name="/sample_dataset")
@@ -78,10 +77,7 @@ def main() -> None:
             print(f"Start -> finished run ({args.per_class * 3} sample images, from scratch, the recipe's "
                   f"epochs): {took:.1f} s (target <= 60 s); state {row[1]}, best val acc {row[4]}, epochs {row[3]}")
         finally:
-            t2 = time.perf_counter()
-            app.send_signal(signal.SIGTERM)
-            app.wait(60)
-            print(f"SIGTERM -> app stopped: {time.perf_counter() - t2:.1f} s")
+            print(f"SIGTERM -> app stopped: {_stop(app):.1f} s")
 
 
 def _free_port() -> int:
@@ -90,16 +86,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_and_stop(command: list[str], env: dict, url: str) -> float:
-    """Seconds from starting `command` to its page answering; then it is stopped."""
+def _start(command: list[str], env: dict, url: str) -> tuple[subprocess.Popen, float]:
+    """`command` started, and the seconds until its page answered (stopped again if it never did)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_up(url, proc)
-        return time.perf_counter() - t0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, time.perf_counter() - t0
+
+
+def _stop(proc: subprocess.Popen) -> float:
+    """SIGTERM, as docker and Spaces stop an app; the seconds until it exited."""
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
