@@ -16,16 +16,16 @@ def workspace_root(tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_shapes(tmp_path_factory):
-    """A run directory: a 4-block ViT trained from scratch on 800 shapes per class at 32 px (about a minute)."""
+    """A run directory: a ViT trained from scratch on 200 sample shapes per class (96 px, as the app's sample
+    data) with what the recipe chooses for them, as the app and the CLI train by default (about 45 s)."""
     from vit.data import load_dataset
     from vit.samples import make_shapes_dataset
-    from vit.train import TrainConfig, train
+    from vit.train import TrainConfig, recipe, train
+    from vit.train.recipe import DataFacts
     tmp = tmp_path_factory.mktemp("trained")
-    data = make_shapes_dataset(tmp / "shapes", per_class=800, size=32, seed=1)
-    config = TrainConfig(model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                         model_args={"depth": 4, "embed_dim": 192, "num_heads": 3}, epochs=15, batch_size=32,
-                         lr=5e-4, crop_scale_min=0.6, color_jitter=0.0, early_stopping=None)
+    data = make_shapes_dataset(tmp / "shapes", per_class=200, seed=1)
     with load_dataset(data) as ds:
+        config = recipe.choose(TrainConfig(pretrained=False), DataFacts.of(ds))
         train(ds, config, tmp / "run")
     return tmp / "run"
 

@@ -70,3 +70,16 @@ def use_sample_data(page, per_class: int = 20) -> None:
     page.get_by_role("slider", name="Images per class (sample data)").fill(str(per_class))
     page.get_by_role("button", name="Use the sample dataset (generated shapes)").click()
     visible_text(page, f"Ready to train: {3 * per_class} images in 3 classes")
+
+
+def on_new_models(monkeypatch, prepare_model) -> None:
+    """Call prepare_model(model) on every model a run creates in this test (hooks, records), as it is made."""
+    import vit.train.prepare as setup  # where every run creates its model
+    real = setup.create_model
+
+    def create(spec, num_classes):
+        model = real(spec, num_classes)
+        prepare_model(model)
+        return model
+
+    monkeypatch.setattr(setup, "create_model", create)

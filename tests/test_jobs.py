@@ -176,9 +176,11 @@ def test_a_killed_child_leaves_the_run_interrupted_and_it_resumes_to_completion(
     assert "SIGKILL" in status["message"] and "Resume" in status["message"]
     saved = runs.load_resume_state(m.root / run_id)
     assert saved is not None and saved["epoch"] >= 2  # the last finished epoch survived the kill
-    assert "resume from epoch" in m.resume(run_id)
+    assert f"resume from epoch {saved['epoch'] + 2}" in m.resume(run_id)
     assert m.wait(run_id, 180) == "completed"
-    assert [r["epoch"] for r in runs.read_metrics_log(m.root / run_id)] == list(range(1, 41))
+    log = runs.read_metrics_log(m.root / run_id)
+    assert [r["epoch"] for r in log] == list(range(1, 41))
+    assert log[:saved["epoch"] + 1] == saved["history"], "the epochs before the kill were kept, not trained again"
 
 
 def test_a_diverging_run_fails_with_its_message(manager, shapes):

@@ -13,6 +13,8 @@ from vit.samples import make_shapes_dataset
 from vit.train import TrainConfig, progressive_sizes, recipe, train
 from vit.train.recipe import DataFacts
 
+from helpers import on_new_models
+
 SCANS = DataFacts(train_images=1440, classes=10, side=32, grayscale=True)  # digit scans, enlarged to 32 px
 SHAPES = DataFacts(train_images=1200, classes=3, side=96)     # the app's sample data
 PHOTOS = DataFacts(train_images=20000, classes=10, side=375)  # many photos
@@ -26,13 +28,15 @@ def test_small_images_keep_their_size_with_a_4x4_grid_a_small_model_and_a_higher
     c = recipe.choose(scratch(), SCANS)
     assert (c.img_size, c.patch_size) == (32, 8)
     assert c.model_args == {"embed_dim": 96, "depth": 6, "num_heads": 3, "class_token": False, "global_pool": "max"}
-    assert c.lr >= 1e-3 and c.batch_size == 32 and c.early_stopping is None and c.crop_pct == 1.0
+    assert c.lr == pytest.approx(1e-3) and c.batch_size == 32 and c.early_stopping is None and c.crop_pct == 1.0
     assert c.crop_padding == 4  # pad-and-crop: nothing of the object is cut away
     assert c.hflip == 0  # grey scans: a mirrored digit is another glyph
-    assert c.epochs >= 20 and c.warmup_epochs >= 1
+    # about 200 updates per class: 2,000 updates of 45 batches an epoch (1,440 images) is 45 epochs, 4 warming up
+    assert c.epochs == 45 and c.warmup_epochs == 4 and c.progressive is False
     text = "\n".join(c.recipe)
-    for said in ("Image size 32 px", "not enlarged", "Patch size 8", "4x4 grid", "96 wide", "lr ",
-                 "max pooling", f"{c.epochs} epochs", "pad 4 px", "No flips", "whole image", "No early stopping"):
+    for said in ("Image size 32 px", "not enlarged", "Patch size 8", "4x4 grid", "96 wide", "lr 0.001 for batch 32",
+                 "max pooling", "45 epochs: about 2025 updates", "pad 4 px", "No flips", "whole image",
+                 "No early stopping"):
         assert said in text, (said, text)
 
 
@@ -42,10 +46,14 @@ def test_larger_images_are_shrunk_not_kept_and_cropped_gently():
     assert "typically 96 px" in c.recipe[0]
     assert c.crop_padding == 4  # inputs of 32 px are small: padded and cropped
     assert c.hflip == 0.5  # colour pictures are flipped
+    assert c.epochs == 16 and c.lr == pytest.approx(1e-3)  # 600 updates (the floor) of 38 batches an epoch
+    assert (c.color_jitter, c.crop_scale_min, c.label_smoothing) == (0.4, 0.7, 0.1)  # TrainConfig's jitter kept
     big = recipe.choose(scratch(), PHOTOS)
     assert (big.img_size, big.patch_size) == (64, 8)  # 8x8 tokens, a larger model, for many images
-    assert big.model_args["embed_dim"] > c.model_args["embed_dim"] and big.crop_padding == 0
-    assert big.crop_scale_min >= 0.6 and any("at least 70%" in n for n in big.recipe)
+    assert big.model_args == {"embed_dim": 192, "depth": 8, "num_heads": 3, "class_token": False,
+                              "global_pool": "max"} and big.crop_padding == 0
+    assert (big.batch_size, big.lr, big.epochs) == (64, pytest.approx(2e-3), 15)  # the rate follows the batch
+    assert big.crop_scale_min == 0.7 and any("at least 70%" in n for n in big.recipe)
     assert big.progressive and not c.progressive  # an 8x8 grid grows from 4x4; a 4x4 one is not shrunk
     assert recipe.choose(scratch(patch_size=4), SCANS, given={"patch_size"}).progressive
 
@@ -93,13 +101,19 @@ def test_progressive_sizes_grow_by_whole_patches_to_the_final_size():
     assert progressive_sizes(32, 8, 5) == [32] * 5  # a 4x4 grid is not shrunk: 2x2 tokens learn next to nothing
 
 
-def test_a_progressive_run_trains_small_then_saves_a_model_for_the_final_size(tmp_path):
+def test_a_progressive_run_trains_small_then_saves_a_model_for_the_final_size(tmp_path, monkeypatch):
     folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)
     config = TrainConfig(pretrained=False, img_size=32, patch_size=4, epochs=3, batch_size=8, progressive=True,
                          crop_padding=4, crop_pct=1.0, model_args={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    seen = _record_inputs(monkeypatch)
     with load_dataset(folder) as ds:
         metrics = train(ds, config, tmp_path / "run")
     assert [row["img_size"] for row in metrics["history"]] == [16, 24, 32]
+    # the batches the model received: each epoch's training batches at its size, validation at the final size
+    trained = [size for training, size in seen if training]
+    steps = len(trained) // 3
+    assert steps >= 2 and trained == [16] * steps + [24] * steps + [32] * steps, trained
+    assert {size for training, size in seen if not training} == {32}
     saved = runs.read_config(tmp_path / "run")
     assert saved["pretrained_cfg"]["crop_pct"] == 1.0 and saved["pretrained_cfg"]["input_size"] == [3, 32, 32]
     loaded = predict.load_model(str(tmp_path / "run"))
@@ -107,6 +121,14 @@ def test_a_progressive_run_trains_small_then_saves_a_model_for_the_final_size(tm
     assert x.shape[-1] == 32  # the whole image at the final size (crop_pct 1.0)
     with loaded.borrow() as model, torch.no_grad():
         assert model(x).shape == (1, 3)
+
+
+def _record_inputs(monkeypatch) -> list[tuple[bool, int]]:
+    """(training?, image side) of every batch the models of the runs trained in this test receive."""
+    seen = []
+    on_new_models(monkeypatch, lambda model: model.register_forward_pre_hook(
+        lambda module, args: seen.append((module.training, args[0].shape[-1]))))
+    return seen
 
 
 def test_the_cli_prints_and_records_the_recipe_and_keeps_the_flags_given(tmp_path, capsys):

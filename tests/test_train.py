@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -18,7 +19,7 @@ from vit.models import CATALOG, ModelError, ModelSpec, create_model
 from vit.samples import make_shapes_dataset
 from vit.train import TrainError, train
 
-from helpers import TINY, tiny
+from helpers import TINY, on_new_models, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,14 @@ def shapes(tmp_path_factory):
 
 
 def test_small_vit_from_scratch_learns_shapes(trained_shapes):
-    """Proof that the engine learns: >= 90% on circles/squares/triangles, from scratch, on CPU."""
+    """Proof that the engine learns, with what the recipe chooses by itself (its model, schedule and default
+    augmentation, colour jitter included): >= 95% on circles/squares/triangles, from scratch, on CPU."""
     metrics = runs.read_json(trained_shapes / runs.METRICS)
-    assert metrics["val_acc"] >= 0.90, metrics["history"]
+    record = runs.read_config(trained_shapes)[runs.CONFIG_KEY]
+    assert record["recipe"] and record["color_jitter"] == 0.4 and record["crop_padding"] == 4
+    assert record["model_args"]["global_pool"] == "max" and record["img_size"] == 32
+    assert metrics["val_acc"] >= 0.95, metrics["history"]
+    assert sum(v["support"] for v in metrics["per_class"].values()) == 120
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
 
 
@@ -106,25 +112,61 @@ def test_list_and_delete_runs(tmp_path):
 # ---------------------------------------------------------------- resume, cancel, failures
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(shapes, tmp_path):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(shapes, tmp_path, monkeypatch):
     with load_dataset(shapes) as ds:
         straight = train(ds, tiny(epochs=4), tmp_path / "a")
+        per_epoch = -(-len(ds.train) // tiny().batch_size)  # steps (and updates) per epoch
     steps = {"n": 0}
 
     def stop_during_epoch_3():
         steps["n"] += 1
-        return steps["n"] > 2 * 5 + 2  # 5 steps per epoch: stop 2 steps into epoch 3
+        return steps["n"] > 2 * per_epoch + 2  # 2 steps into epoch 3
 
     with load_dataset(shapes) as ds:
         first = train(ds, tiny(epochs=4), tmp_path / "b", should_stop=stop_during_epoch_3)
         assert first["cancelled"] and runs.read_status(tmp_path / "b")["state"] == "cancelled"
-        resumed = train(ds, None, tmp_path / "b", resume=True)
+        saved = runs.load_resume_state(tmp_path / "b")
+        assert saved["epoch"] == 1 and saved["update"] == 2 * per_epoch  # epochs 1 and 2 finished
+        entered = _record_epoch_starts(monkeypatch)
+        events = []
+        resumed = train(ds, None, tmp_path / "b", resume=True, on_event=events.append)
+    # what the resumed run trained: epochs 3 and 4 (0-based 2, 3), each whole, and nothing before
+    trained = [(e["epoch"], e["step"]) for e in events if e["type"] == "step"]
+    assert trained == [(epoch, step) for epoch in (2, 3) for step in range(1, per_epoch + 1)]
+    # it entered epoch 3 with the saved optimizer (Adam's moments, step counts), update count and random state
+    first_epoch = entered[0]
+    assert first_epoch["epoch"] == 2 and first_epoch["update"] == saved["update"]
+    assert torch.equal(first_epoch["rng"], saved["rng"]["torch"])
+    assert first_epoch["lr"] == pytest.approx(saved["history"][-1]["lr"], rel=1e-6)
+    restored, expected = first_epoch["optimizer"]["state"], saved["optimizer"]["state"]
+    assert restored.keys() == expected.keys() and len(expected) > 0
+    for k in expected:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(restored[k][name], expected[k][name]), (k, name)
     assert [r["epoch"] for r in runs.read_metrics_log(tmp_path / "b")] == [1, 2, 3, 4]
     for a, b in zip(straight["history"], resumed["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert resumed["history"][:2] == saved["history"]  # the first two epochs' records are kept, not redone
     assert resumed["val_acc"] == straight["val_acc"]
     assert runs.read_status(tmp_path / "b")["state"] == "completed"
+
+
+def _record_epoch_starts(monkeypatch) -> list[dict]:
+    """What each epoch of a training run starts from (its number, update count, lr, optimizer and torch's random
+    state), recorded as the engine enters train_one_epoch."""
+    import copy
+    from vit.train import engine
+    entered, real = [], engine.train_one_epoch
+
+    def recording(run, epoch, stop):
+        entered.append({"epoch": epoch, "update": run.update, "rng": torch.get_rng_state(),
+                        "lr": max(g["lr"] for g in run.optimizer.param_groups),
+                        "optimizer": copy.deepcopy(run.optimizer.state_dict())})
+        return real(run, epoch, stop)
+
+    monkeypatch.setattr(engine, "train_one_epoch", recording)
+    return entered
 
 
 def test_a_data_worker_changes_nothing_each_image_draws_its_own_augmentation(shapes, tmp_path):
@@ -164,20 +206,13 @@ def test_cancel_stops_within_one_step_and_keeps_the_best_checkpoint(shapes, tmp_
 
 
 def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_path, monkeypatch):
-    import vit.train.prepare as setup  # where every run creates its model
-    real_create = setup.create_model
     calls = {"n": 0}
 
-    def create_with_nan_after_epoch_1(spec, num_classes):
-        model = real_create(spec, num_classes)
+    def nan_after_epoch_1(module, args, output):
+        calls["n"] += module.training
+        return output * float("nan") if module.training and calls["n"] > 5 else output
 
-        def hook(module, args, output):
-            calls["n"] += module.training
-            return output * float("nan") if module.training and calls["n"] > 5 else output
-        model.register_forward_hook(hook)
-        return model
-
-    monkeypatch.setattr(setup, "create_model", create_with_nan_after_epoch_1)
+    on_new_models(monkeypatch, lambda model: model.register_forward_hook(nan_after_epoch_1))
     run = tmp_path / "run"
     run.mkdir()
     with load_dataset(shapes) as ds, pytest.raises(TrainError, match=r"loss became nan at epoch 2.*Lower the learning"):
@@ -188,19 +223,11 @@ def test_nan_loss_fails_clearly_and_keeps_the_earlier_checkpoint(shapes, tmp_pat
 
 
 def test_out_of_memory_retries_with_half_the_batch(shapes, tmp_path, monkeypatch):
-    import vit.train.prepare as setup  # where every run creates its model
-    real_create = setup.create_model
+    def oom_on_big_batches(module, args):
+        if module.training and args[0].shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    def create_that_ooms_on_big_batches(spec, num_classes):
-        model = real_create(spec, num_classes)
-
-        def hook(module, args):
-            if module.training and args[0].shape[0] > 4:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(setup, "create_model", create_that_ooms_on_big_batches)
+    on_new_models(monkeypatch, lambda model: model.register_forward_pre_hook(oom_on_big_batches))
     with load_dataset(shapes) as ds:
         metrics = train(ds, tiny(batch_size=8), tmp_path)
     assert metrics["epochs_run"] == 2
@@ -221,11 +248,105 @@ def test_early_stopping(shapes, tmp_path):
     assert "stopped early" in runs.read_status(tmp_path)["message"]
 
 
-def test_ema_mixup_accumulation_and_checkpointing_run(shapes, tmp_path):
+@pytest.fixture(scope="module")
+def recorded_run(shapes, tmp_path_factory):
+    """A run with EMA, mixup and cutmix, accumulation, gradient checkpointing and RandAugment, and what happened
+    inside it: the model's first weights, each training batch before and after mixing and the targets, the
+    batches the model received, how often its first block's attention ran, and what was saved as the best
+    weights."""
+    from timm.data import Mixup
     cfg = tiny(ema_decay=0.9, mixup=0.8, cutmix=1.0, grad_accum=2, grad_checkpointing=True, randaugment=True)
-    with load_dataset(shapes) as ds:
-        m = train(ds, cfg, tmp_path)
+    seen = SimpleNamespace(models=[], initial={}, inputs=[], attention_calls=0, mixed=[], saved=[], steps=[])
+
+    def watch(model):
+        seen.models.append(model)
+        seen.initial = {k: v.clone() for k, v in model.state_dict().items()}
+        model.register_forward_pre_hook(lambda m, args: seen.inputs.append(args[0].clone()) if m.training else None)
+
+        def count(m, args, out):
+            seen.attention_calls += m.training
+        model.blocks[0].attn.register_forward_hook(count)
+
+    real_mix, real_save = Mixup.__call__, runs.save_model
+
+    def mix(self, x, y):
+        before = x.clone()
+        x, target = real_mix(self, x, y)
+        seen.mixed.append(SimpleNamespace(before=before, labels=y.clone(), after=x.clone(), target=target.clone()))
+        return x, target
+
+    def save(run_dir, model, *args, **kwargs):
+        seen.saved.append({"saved": {k: v.clone() for k, v in model.state_dict().items()},
+                           "raw": {k: v.clone() for k, v in seen.models[0].state_dict().items()}})
+        return real_save(run_dir, model, *args, **kwargs)
+
+    seen.config, seen.run_dir = cfg, tmp_path_factory.mktemp("recorded") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        on_new_models(mp, watch)
+        mp.setattr(Mixup, "__call__", mix)
+        mp.setattr(runs, "save_model", save)
+        with load_dataset(shapes) as ds:
+            seen.metrics = train(ds, cfg, seen.run_dir,
+                                 on_event=lambda e: seen.steps.append(e["epoch"]) if e["type"] == "step" else None)
+    return seen
+
+
+def test_ema_mixup_accumulation_and_checkpointing_run(recorded_run):
+    m = recorded_run.metrics
     assert m["epochs_run"] == 2 and 0.0 <= m["val_acc"] <= 1.0
+
+
+def test_mixup_and_cutmix_train_on_blended_images_and_targets(recorded_run):
+    """Every training batch is mixed (timm's Mixup, batch mode, each image with its mirror in the batch): a blend
+    lam a + (1 - lam) b, or a box of b pasted into a; the targets are mixed in the same proportion, with label
+    smoothing, and the model receives the mixed batch."""
+    smoothing, classes = recorded_run.config.label_smoothing, 3
+    kinds = []
+    assert len(recorded_run.mixed) == len(recorded_run.inputs) > 0
+    for batch, received in zip(recorded_run.mixed, recorded_run.inputs):
+        a, b, out = batch.before, batch.before.flip(0), batch.after
+        assert torch.equal(received, out)
+        from_b = ((out - b).abs() < 1e-6) & ((out - a).abs() > 1e-6)
+        if from_b.any() and (((out - a).abs() < 1e-6) | from_b).all():  # cutmix: a box of b, the rest a
+            rows, cols = from_b.any(dim=(0, 1, 3)).nonzero(), from_b.any(dim=(0, 1, 2)).nonzero()
+            box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            assert from_b.any(dim=(0, 1)).sum() == box  # one rectangle
+            lam, kind = 1 - float(box) / (a.shape[-2] * a.shape[-1]), "cutmix"
+        else:  # mixup: one blend for the whole batch
+            lam = float(((out - b) * (a - b)).sum() / ((a - b) ** 2).sum())
+            assert torch.allclose(out, lam * a + (1 - lam) * b, atol=1e-4)
+            kind = "mixup"
+        assert 0 < lam < 1, (kind, lam)
+        kinds.append(kind)
+        off = smoothing / classes
+        hot = torch.nn.functional.one_hot(batch.labels, classes).float() * (1 - smoothing) + off
+        assert torch.allclose(batch.target, lam * hot + (1 - lam) * hot.flip(0), atol=1e-5)
+    assert set(kinds) == {"mixup", "cutmix"}, kinds
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_in_the_backward_pass(recorded_run):
+    assert recorded_run.attention_calls == 2 * len(recorded_run.inputs)  # forward, and again for the gradients
+
+
+def test_accumulation_makes_one_update_every_two_steps(recorded_run):
+    import math
+    per_epoch = [recorded_run.steps.count(e) for e in sorted(set(recorded_run.steps))]
+    assert len(per_epoch) == 2 and min(per_epoch) >= 3
+    saved = runs.load_resume_state(recorded_run.run_dir)
+    assert saved["update"] == sum(math.ceil(n / 2) for n in per_epoch)  # the last, odd step updates too
+
+
+def test_ema_weights_are_what_is_validated_and_saved(recorded_run):
+    """The weights saved at each best epoch are the moving average: neither the weights being trained nor the
+    first ones; the file holds the last of them."""
+    assert recorded_run.saved
+    for record in recorded_run.saved:
+        for name in ("blocks.0.attn.qkv.weight", "head.weight"):
+            saved = record["saved"][name]
+            assert not torch.allclose(saved, record["raw"][name]), name
+            assert not torch.allclose(saved, recorded_run.initial[name]), name
+    on_disk = load_file(recorded_run.run_dir / runs.WEIGHTS)
+    assert all(torch.equal(on_disk[k], v) for k, v in recorded_run.saved[-1]["saved"].items())
 
 
 # ---------------------------------------------------------------- models
@@ -309,7 +430,10 @@ def test_cli_train_and_resume(shapes, tmp_path, capsys):
     assert runs.read_status(out)["state"] == "completed"
     assert cli.main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
+    log, weights = runs.read_metrics_log(out), (out / runs.WEIGHTS).read_bytes()
     assert cli.main(["train", "--out", str(out), "--resume"]) == 0, "a finished run resumes to the same end"
+    assert runs.read_metrics_log(out) == log, "no epoch was trained again (each row keeps its own times)"
+    assert (out / runs.WEIGHTS).read_bytes() == weights
     assert cli.main(["train", "--data", str(tmp_path / "nope"), "--no-pretrained"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(shapes / "circle"), "--no-pretrained", "--out", str(tmp_path / "x")]) == 2
@@ -348,13 +472,20 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
     assert timm.create_model(f"local-dir:{out}", pretrained=True).num_classes == 3
 
 
-def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path):
+def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path, monkeypatch):
     from vit import hub
+    from vit.train import engine
     for split, n, seed in (("train", 10, 1), ("val", 4, 2), ("test", 5, 3)):
         make_shapes_dataset(tmp_path / "d" / split, per_class=n, size=32, seed=seed)
+    evaluated, real_evaluate = [], engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda model, images, *a, **k: evaluated.append(
+        sorted(images.indices)) or real_evaluate(model, images, *a, **k))
     with load_dataset(tmp_path / "d") as ds:
         assert len(ds.test) == 15
         m = train(ds, tiny(), tmp_path / "run")
+        test_split, val_split = sorted(ds.test), sorted(ds.val)
+    assert evaluated.count(test_split) == 1, "the test images are measured once, on the chosen model"
+    assert evaluated.count(val_split) == 2 + 1 and len(evaluated) == 4  # each epoch, then the best weights
     assert m["test"]["images"] == 15 and 0.0 <= m["test"]["acc"] <= 1.0
     assert sum(v["support"] for v in m["test"]["per_class"].values()) == 15
     assert sum(v["support"] for v in m["per_class"].values()) == 12  # validation stays validation
@@ -383,3 +514,35 @@ def test_batched_colour_jitter_is_pils_colour_jitter_in_one_product(order):
     got = (a @ x + o[:, None]).clamp(0, 255).reshape(3, 20, 24).permute(1, 2, 0).numpy()
     assert np.abs(got - np.asarray(expected).astype(float)).max() <= 3.5
     assert np.abs(got - pixels).max() > 20  # it did change the image
+
+
+def test_the_training_batch_gets_torchvisions_colour_jitter_image_by_image_then_the_models_normalisation():
+    """BatchAugment itself, against torchvision's ColorJitter ops (PIL's ImageEnhance) applied to each image with
+    the factors and order it drew: the same pixels, to within PIL's rounding after each step."""
+    import numpy as np
+    import torchvision.transforms.functional as F
+    from PIL import Image
+
+    from vit.train.transforms import BatchAugment
+    dcfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    mean, std = (torch.tensor(dcfg[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    pixels = np.random.default_rng(0).integers(90, 160, (6, 3, 20, 24), dtype=np.uint8)  # nothing clips
+    augment = BatchAugment(tiny(color_jitter=0.2), dcfg, torch.device("cpu"))
+    got = augment(torch.from_numpy(pixels), 3, 5) * std + mean
+    factors, orders = augment.draw(6, 3, 5)
+    assert ((factors >= 0.8) & (factors <= 1.2)).all() and len({tuple(o) for o in orders}) > 1
+    assert len({tuple(f) for f in factors.tolist()}) == 6  # each image its own factors
+    ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for i in range(6):
+        expected = Image.fromarray(pixels[i].transpose(1, 2, 0))
+        for op in orders[i]:
+            expected = ops[op](expected, float(factors[i, op]))
+        expected = torch.from_numpy(np.asarray(expected).transpose(2, 0, 1).astype(np.float32))
+        assert (got[i] - expected).abs().max() <= 3.5, i
+    assert (got - torch.from_numpy(pixels).float()).abs().max() > 20  # it did change the images
+    # the same (epoch, step) draws the same jitter (a resumed run sees the same batches); another step another
+    assert torch.equal(augment(torch.from_numpy(pixels), 3, 5), augment(torch.from_numpy(pixels), 3, 5))
+    assert not torch.equal(augment.draw(6, 3, 6)[0], factors)
+    # under RandAugment there is no colour jitter (as in timm): the model's normalisation alone
+    plain = BatchAugment(tiny(randaugment=True), dcfg, torch.device("cpu"))(torch.from_numpy(pixels), 3, 5)
+    assert torch.allclose(plain, (torch.from_numpy(pixels).float() - mean) / std)

@@ -155,15 +155,20 @@ class BatchAugment:
         x = x.float()
         if self.jitter and x.shape[1] == 3:
             n, c, h, w = x.shape
-            generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, step))
-            factors = torch.empty(n, 3).uniform_(max(0.0, 1 - self.jitter), 1 + self.jitter, generator=generator)
-            orders = [torch.randperm(3, generator=generator).tolist() for _ in range(n)]
+            factors, orders = self.draw(n, epoch, step)
             grey = x.mean(dim=(2, 3)).cpu() @ torch.tensor(GREY)
             affine = [jitter_affine(float(grey[i]), factors[i].tolist(), orders[i]) for i in range(n)]
             matrix = torch.stack([a for a, _ in affine]).to(x.device)
             offset = torch.stack([o for _, o in affine]).to(x.device)
             x = torch.baddbmm(offset.unsqueeze(-1), matrix, x.view(n, c, h * w)).view(n, c, h, w).clamp_(0, 255)
         return x.sub_(self.mean).div_(self.std)
+
+    def draw(self, n: int, epoch: int, step: int) -> tuple[torch.Tensor, list[list[int]]]:
+        """The colour jitter of a batch of n images: each image's (brightness, contrast, saturation) factors, [n, 3],
+        and the order it applies them in, drawn from (seed, epoch, step)."""
+        generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, step))
+        factors = torch.empty(n, 3).uniform_(max(0.0, 1 - self.jitter), 1 + self.jitter, generator=generator)
+        return factors, [torch.randperm(3, generator=generator).tolist() for _ in range(n)]
 
 
 def jitter_affine(grey_mean: float, factors: list[float], order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
