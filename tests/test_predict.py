@@ -91,22 +91,38 @@ def test_a_chosen_class_changes_the_class_specific_map_and_an_unknown_one_is_ref
     assert [b.attn.fused_attn for b in model.blocks] == fused  # restored
 
 
+def _attentions(model, x, target=None):
+    """Each block's attention probabilities [heads, T, T] for one image, recorded by hand (not by explain.py);
+    with a target, also their gradients of that class's logit, and the tokens entering the last block's attention
+    (the last block's norm1 output, [T, D]) with theirs."""
+    attentions, tokens = [], []
+    hooks = [b.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attentions.append(out)) for b in model.blocks]
+    hooks.append(model.blocks[-1].norm1.register_forward_hook(lambda _m, _i, out: tokens.append(out)))
+    for b in model.blocks:
+        b.attn.fused_attn = False
+    with torch.enable_grad() if target is not None else torch.no_grad():
+        logits = model(x.clone().requires_grad_(target is not None))
+        grads = torch.autograd.grad(logits[0, target], attentions + tokens) if target is not None else None
+    for h in hooks:
+        h.remove()
+    if grads is None:
+        return [a[0].detach() for a in attentions]
+    return ([a[0].detach() for a in attentions], [g[0] for g in grads[:-1]], tokens[0][0].detach(), grads[-1][0])
+
+
+def _scaled(m: torch.Tensor, grid=(4, 4)) -> np.ndarray:
+    m = m.reshape(grid)
+    return ((m - m.min()) / (m.max() - m.min())).numpy()
+
+
 @pytest.mark.parametrize("fusion,discard", [("mean", 0.0), ("max", 0.0), ("mean", 0.5)])
 def test_rollout_is_the_textbook_product_of_the_layers(fusion, discard):
     """Abnar & Zuidema: the product of the layers' 0.5 A + 0.5 I (rows normalised), read at the class token.
     explain() carries only the class token's row, and for the default skips the normalising: same map."""
     model = _tiny_model("vit_tiny_patch16_224", img_size=64)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    attentions = []
-    hooks = [b.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attentions.append(out[0])) for b in model.blocks]
-    for b in model.blocks:
-        b.attn.fused_attn = False
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    product = torch.eye(attentions[0].shape[-1])
-    for a in attentions:
+    product = torch.eye(17)
+    for a in _attentions(model, x):
         fused = a.mean(0) if fusion == "mean" else a.amax(0)
         if discard:
             flat = fused.flatten().clone()
@@ -114,10 +130,64 @@ def test_rollout_is_the_textbook_product_of_the_layers(fusion, discard):
             fused = torch.where(torch.arange(fused.shape[1]) == 0, fused, flat.view_as(fused))  # class column kept
         mixed = 0.5 * fused + 0.5 * torch.eye(fused.shape[0])
         product = (mixed / mixed.sum(-1, keepdim=True)) @ product
-    expected = product[0, 1:].reshape(4, 4)
-    expected = (expected - expected.min()) / (expected.max() - expected.min())
     got = explain.explain(model, x, "rollout", head_fusion=fusion, discard_ratio=discard).heatmap
-    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got, _scaled(product[0, 1:]), atol=1e-4)
+
+
+def test_rollout_without_a_class_token_is_what_the_patches_draw_from_the_others():
+    """Average pooling: every patch is a reader. The rollout product, less each patch's path to itself, averaged
+    over the patch rows."""
+    arch, kw = LAYOUTS["no class token (average pooling)"]
+    model = _tiny_model(arch, **kw)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    product = torch.eye(16)
+    for a in _attentions(model, x):
+        mixed = 0.5 * a.mean(0) + 0.5 * torch.eye(16)
+        product = (mixed / mixed.sum(-1, keepdim=True)) @ product
+    expected = (product * (1 - torch.eye(16))).mean(0)
+    np.testing.assert_allclose(explain.explain(model, x, "rollout").heatmap, _scaled(expected), atol=1e-4)
+
+
+@pytest.mark.parametrize("target", [0, 2])
+def test_gradient_weighted_attention_is_chefers_relevance_for_the_class(target):
+    """Chefer et al. 2021b (eqs. 5-6): R = I; for each layer R += mean over heads of (grad A * A)^+, times R; the
+    map is the class token's row of R over the patches."""
+    model = _tiny_model("vit_tiny_patch16_224", img_size=64)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    attentions, grads, _, _ = _attentions(model, x, target)
+    relevance = torch.eye(17)
+    for a, g in zip(attentions, grads):
+        relevance = relevance + (g * a).clamp(min=0).mean(0) @ relevance
+    e = explain.explain(model, x, "chefer", target=target)
+    assert e.target == target
+    np.testing.assert_allclose(e.heatmap, _scaled(relevance[0, 1:]), atol=1e-4)
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_grad_cam_is_the_gradient_weighted_sum_of_the_token_channels(target):
+    """Grad-CAM (Selvaraju et al.) on the patch tokens entering the last block: each channel weighted by its
+    gradient averaged over the patches, summed, negative parts cut."""
+    model = _tiny_model("vit_tiny_patch16_224", img_size=64)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    _, _, tokens, grad = _attentions(model, x, target)
+    weights = grad[1:].mean(0)
+    cam = (tokens[1:] * weights).sum(-1).clamp(min=0)
+    assert (cam == 0).any() and (cam > 0).any()  # (the cut matters for this image)
+    np.testing.assert_allclose(explain.explain(model, x, "gradcam", target=target).heatmap, _scaled(cam), atol=1e-4)
+
+
+def test_raw_attention_is_the_class_tokens_row_of_the_chosen_layer():
+    model = _tiny_model("vit_tiny_patch16_224", img_size=64)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    attentions = _attentions(model, x)
+    for layer in (0, -1):
+        e = explain.explain(model, x, "attention", layer=layer)
+        rows = attentions[layer][:, 0, 1:]  # [heads, patches]
+        np.testing.assert_allclose(e.heatmap, _scaled(rows.mean(0)), atol=1e-5)
+        for h in range(rows.shape[0]):
+            np.testing.assert_allclose(e.heads[h], _scaled(rows[h]), atol=1e-5)
+        np.testing.assert_allclose(explain.explain(model, x, "attention", layer=layer, head=1).heatmap,
+                                   _scaled(rows[1]), atol=1e-5)
 
 
 def test_overlay_has_the_original_size_and_dims_what_the_model_did_not_see():
