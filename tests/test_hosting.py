@@ -477,14 +477,34 @@ def test_a_pushed_config_carries_no_local_paths(shared, monkeypatch):
 # 9 ------------------------------------------------------------- concurrent classifications
 
 
-def test_concurrent_classifications_are_served_together_and_agree(shared, tmp_path):
+def test_concurrent_classifications_are_served_together_and_agree(shared, tmp_path, monkeypatch):
+    """Four at once, with room for two (VIT_CLASSIFY_CONCURRENCY=2): two maps are computed at the same time, never
+    more, and each result is the one the image gets alone."""
+    from vit import explain
+    from vit.ui.common import _explained
     paths = [_png(tmp_path, f"p{i}.png", seed=40 + i) for i in range(4)]
     client = Client(shared.url, verbose=False)
     alone = [client.predict(shared.run_id, handle_file(p), "chefer", 0.5, None, -1, 0, ALICE,
                             api_name="/classify")[0] for p in paths]
+    in_flight, most, lock, real = [0], [0], threading.Lock(), explain.explain
+
+    def timed(*args, **kwargs):  # each map takes long enough for the requests to meet, if they may
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.5)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(explain, "explain", timed)
+    _explained.items.clear()  # computed again, not served from the maps already made
     jobs_ = [client.submit(shared.run_id, handle_file(p), "chefer", 0.5, None, -1, 0, ALICE, api_name="/classify")
              for p in paths]
     together = [j.result(timeout=60)[0] for j in jobs_]
+    assert most[0] == 2, f"at most {most[0]} classification(s) at a time"
     for a, b in zip(alone, together):
         pa = {c["label"]: c["confidence"] for c in a["confidences"]}
         pb = {c["label"]: c["confidence"] for c in b["confidences"]}

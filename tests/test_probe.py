@@ -106,6 +106,20 @@ def test_quick_model_is_a_normal_run_and_its_features_are_cached(shapes, source)
     assert "quick model: only the head fitted" in hub.model_card(root / "quick", "alice/q").text
 
 
+def test_a_quick_model_on_features_that_know_the_shapes_is_far_above_chance(trained_shapes, tmp_path):
+    """A new head, fitted on the features of a model that learned shapes: new shapes under new names are told
+    apart (chance is 1/3), and the validation accuracy the run reports is what Classify gets on those images."""
+    fresh = make_shapes_dataset(tmp_path / "fresh", per_class=40, size=32, seed=7)
+    for shape, name in (("circle", "disc"), ("square", "box"), ("triangle", "wedge")):
+        (fresh / shape).rename(fresh / name)  # other classes: the source's trained head cannot be kept
+    with load_dataset(fresh) as ds:
+        metrics = train(ds, TrainConfig(weights=str(trained_shapes), quick=True), tmp_path / "quick")
+        assert len(ds.val) >= 20 and metrics["val_acc"] >= 0.75, metrics["val_acc"]
+        loaded = predict.load_model(tmp_path / "quick")
+        right = sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val)
+    assert right / len(ds.val) == pytest.approx(metrics["val_acc"])
+
+
 def test_lp_ft_starts_fine_tuning_from_the_fitted_head(shapes, source):
     with load_dataset(shapes) as ds:
         # a learning rate too small to move anything: the result is the head LP-FT fitted
@@ -157,14 +171,25 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
         assert flagged, "a 2-epoch tiny model finds something to doubt"
         name, suggested = flagged[0]["name"], flagged[0]["suggested"]
         assert picker.value == name and action.value == suggested
-        # relabel the first, drop the second: the Data tab's report and the dataset state change
+        label = flagged[0]["label"]
+        other = next(c for c in ("circle", "square", "triangle") if c not in (label, suggested))
+        offered = [value for _, value in ui.review_choices(manager, quick, name, ALICE).choices]
+        assert offered == [suggested, "keep", "drop", other]
+        images = len(ds.items)
+        # each action, in turn, on the same image: the Data tab's report and the dataset state follow
         report, _, _, state, _, said = ui.review_image(manager, state, quick, name, suggested, ALICE)
         assert state["edits"] == {name: suggested} and "1 relabelled" in report and "relabelled as" in said
+        assert f"Ready to train: {images} images" in report
         total = runs.read_json(manager.root / quick / runs.DIAGNOSTICS)["suspects"]
         assert f"**Likely label errors:** {total - 1} image" in ui.data_features(manager, quick, state, ALICE)
-        if len(flagged) > 1:
-            report, _, _, state, _, _ = ui.review_image(manager, state, quick, flagged[1]["name"], "drop", ALICE)
-            assert "1 dropped" in report
+        report, _, _, state, _, said = ui.review_image(manager, state, quick, name, "keep", ALICE)
+        assert state["edits"] == {name: label} and f"kept as {label}" in said and "Label review" not in report
+        report, _, _, state, _, said = ui.review_image(manager, state, quick, name, "drop", ALICE)
+        assert state["edits"] == {name: None} and "dropped from the dataset" in said
+        assert "0 relabelled, 1 dropped" in report and f"Ready to train: {images - 1} images" in report
+        report, _, _, state, _, said = ui.review_image(manager, state, quick, name, other, ALICE)
+        assert state["edits"] == {name: other} and f"relabelled as {other}" in said and "1 relabelled" in report
+        report, _, _, state, _, _ = ui.review_image(manager, state, quick, name, suggested, ALICE)
         # a name the run did not flag, or a class it does not have, is refused
         with pytest.raises(Exception, match="Pick one of the run's likely label errors"):
             ui.review_image(manager, state, quick, "../../etc/passwd", "drop", ALICE)

@@ -37,10 +37,9 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
         use_sample_data(page)
         page.get_by_role("tab", name="Train").click()
         page.get_by_label("Epochs", exact=True).fill("2")
+        page.get_by_label("Run name (optional)").fill("alices shapes")
         page.get_by_role("button", name="Start training").click()
-        started = page.get_by_text(re.compile(r"\(\S+\) is (queued|running):")).filter(visible=True).first
-        started.wait_for()
-        run_id = re.search(r"\((\S+)\) is", started.inner_text()).group(1)
+        run_id = _started_run(page)
         visible_text(page, "Finished: best validation accuracy", timeout=120_000)
         visible_text(page, "Per class (validation)")
         page.screenshot(path=str(ARTIFACTS / "shared-alice-train.png"), full_page=True)
@@ -54,10 +53,17 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
         other = bob.new_page()
         other.set_default_timeout(30_000)
         other.goto(shared_url)
+        use_sample_data(other)
         other.get_by_role("tab", name="Train").click()
-        other.get_by_text("Runs (newest first)").first.wait_for()
-        other.wait_for_timeout(2500)  # a refresh of the runs table has come and gone
-        assert run_id not in other.content()
+        other.get_by_label("Epochs", exact=True).fill("50")
+        other.get_by_label("Run name (optional)").fill("bobs shapes")
+        other.get_by_role("button", name="Start training").click()
+        _started_run(other)
+        # Bob's runs table has been refreshed since his run began: it lists his run, and not Alice's
+        other.locator("#runs-table").get_by_text("bobs shapes", exact=True).filter(visible=True).first.wait_for()
+        assert "alices shapes" not in other.content() and run_id not in other.content()
+        other.get_by_role("button", name="Cancel").click()  # (his run stops: it was only there to be listed)
+        visible_text(other, re.compile("stops after the current step|before it started"))
         other.get_by_label("Run", exact=True).first.fill(run_id)  # typing Alice's id gets nothing
         other.keyboard.press("Enter")
         visible_text(other, "There is no run")
@@ -66,3 +72,10 @@ def test_two_visitors_each_see_only_their_own_runs(browser, shared_url):
     finally:
         alice.close()
         bob.close()
+
+
+def _started_run(page) -> str:
+    """The id of the run that Start training has just started, from the message that says so."""
+    started = page.get_by_text(re.compile(r"\(\S+\) is (queued|running):")).filter(visible=True).first
+    started.wait_for()
+    return re.search(r"\((\S+)\) is", started.inner_text()).group(1)

@@ -3,6 +3,8 @@ settings; the live view stays on the training run when another is queued; the Cl
 follow a run that has just finished. Screenshots: tests/e2e/artifacts/state-*.png."""
 import re
 
+from playwright.sync_api import expect
+
 from helpers import ARTIFACTS, visible_text, use_sample_data
 
 MODEL_PICKER = "Model: a finished run, or type hf-hub:user/repo"
@@ -41,9 +43,10 @@ def test_the_live_view_stays_on_the_training_run_and_pickers_follow_a_finished_o
     page.get_by_label("Run name (optional)").fill("quick run")
     page.get_by_role("button", name="Start training").click()
     visible_text(page, re.compile(r"quick run.* is (queued|running)"))  # started...
-    page.wait_for_timeout(2500)  # ...and a refresh has come and gone
+    # ...and the runs table has been refreshed since (it lists the new run): the view did not jump to it
+    page.locator("#runs-table").get_by_text("quick run", exact=True).filter(visible=True).first.wait_for()
     picker = page.get_by_label("Run", exact=True).first
-    assert picker.input_value().startswith("long run"), picker.input_value()  # the view did not jump
+    assert picker.input_value().startswith("long run"), picker.input_value()
     page.screenshot(path=str(ARTIFACTS / "state-queued.png"), full_page=True)
 
     page.get_by_role("button", name="Cancel").click()  # the long run stops; the quick one trains
@@ -52,8 +55,7 @@ def test_the_live_view_stays_on_the_training_run_and_pickers_follow_a_finished_o
     assert app_manager.wait(long_id, 60) == "cancelled"
     assert app_manager.wait(quick_id, 120) == "completed"
     page.get_by_role("tab", name="Classify").click()
-    page.wait_for_timeout(2500)  # the pickers' refresh
-    assert page.get_by_label(MODEL_PICKER).input_value().startswith("quick run"), "Classify did not follow"
+    expect(page.get_by_label(MODEL_PICKER)).to_have_value(re.compile("^quick run"))  # (at the pickers' refresh)
     page.get_by_role("tab", name="Share").click()
-    assert page.get_by_label("Run", exact=True).last.input_value().startswith("quick run"), "Share did not follow"
+    expect(page.get_by_label("Run", exact=True).last).to_have_value(re.compile("^quick run"))
     page.screenshot(path=str(ARTIFACTS / "state-followed.png"), full_page=True)

@@ -86,7 +86,7 @@ def _runs_view() -> SimpleNamespace:
     """The visitor's runs, the picked one's actions and live view, and the comparison."""
     # the name stays in view on a phone while the other columns scroll; long cells are cut
     runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False, wrap=False,
-                              max_chars=40, pinned_columns=1)
+                              max_chars=40, pinned_columns=1, elem_id="runs-table")
     with gr.Row():
         selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
         cancel_btn = gr.Button("Cancel", scale=1)
