@@ -1,10 +1,38 @@
-"""Shared test setup: no test may wait on the network; the app, served with a job manager of its own."""
+"""Shared test setup: no test may wait on the network; the app, served with a job manager of its own; the tiers.
+
+Tiers (pytest.ini names the markers): `browser` is every test under tests/e2e (marked here); `slow` is a test that
+trains for more than a few seconds, starts training processes or launches the app (marked where it is written, or
+here for the fixtures that cost that much). `make test-fast` runs neither, in about a minute. Under CI=true a
+browser test that skips is a failure: CI must never go green without having driven the app in Chromium.
+"""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
+
+E2E = Path(__file__).parent / "e2e"
+SLOW_FIXTURES = {"trained_shapes", "app_url", "app_manager", "shared", "shared_url"}  # a minute, or the app
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if E2E in Path(item.path).parents:
+            item.add_marker(pytest.mark.browser)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and item.get_closest_marker("browser") and os.environ.get("CI", "").lower() in ("true", "1"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true, and this browser test skipped: {reason}. CI must drive the app in Chromium."
+    return report
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ def _png(tmp_path, name="photo.png", size=(48, 40), seed=3) -> str:
 # 1 ------------------------------------------------------------- names that become paths
 
 
+@pytest.mark.slow
 def test_manifest_labels_and_polyglot_names_cannot_write_outside_the_run(tmp_path, shapes):
     pgm_shell = b"P2\n# echo pwned > /tmp/x\n8 8\n255\n" + b"200 " * 64 + b"\n"  # a valid image and a script
     members = {"labels.csv": "path,label\nup.png,../../../escape\nabs.png,/abs/path\nnl.png,\"a\nb\"\n"
@@ -211,6 +212,7 @@ def _big_png(path: Path, side: int, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_small_file_of_huge_16bit_images_costs_bounded_memory(tmp_path):
     """A 140 KB 16-bit 8000x8000 PNG took 4 GB in /classify; four in a zip took /check_dataset to 3.6 GB."""
     big = _big_png(tmp_path / "big.png", 8000, 0)
@@ -239,6 +241,7 @@ def test_classify_refuses_an_oversized_image_from_its_header(shared, tmp_path):
     assert label["label"] in ("circle", "square", "triangle")
 
 
+@pytest.mark.slow
 def test_the_web_process_refuses_a_model_over_the_size_cap(tmp_path):
     """A config.json can ask for any architecture; its size is read before anything is allocated."""
     fake = FakeHub()
@@ -292,6 +295,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_run_with_its_cause_and_the_app_carries_on(small_disk, shapes):
     m = JobManager(small_disk / "checkpoints", gpus=0)
     try:
@@ -337,6 +341,7 @@ def _fill(path: Path) -> None:
     os.close(fd)
 
 
+@pytest.mark.slow
 def test_a_failed_status_write_never_wedges_the_scheduler(tmp_path, shapes, monkeypatch, capsys):
     with JobManager(tmp_path / "checkpoints", gpus=0) as m:
         run_id = m.submit(shapes, tiny(epochs=400))

@@ -61,6 +61,7 @@ print(json.dumps({"labels": model.pretrained_cfg["label_names"], "logits": logit
 """
 
 
+@pytest.mark.slow
 def test_push_then_stock_timm_loads_it_and_predicts_exactly_as_the_app(run_dir, fake_hub, tmp_path):
     env = _env(fake_hub, tmp_path, TOKEN)
     pushed = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(run_dir), "--repo", "alice/shapes-vit"],

@@ -75,6 +75,7 @@ def _group_alive(pgid: int) -> bool:
 # ---------------------------------------------------------------- submit, queue, progress
 
 
+@pytest.mark.slow
 def test_submit_returns_at_once_and_the_run_completes(manager, shapes):
     m = manager()
     run_id = m.submit(shapes, tiny())
@@ -94,6 +95,7 @@ def test_submit_returns_at_once_and_the_run_completes(manager, shapes):
     assert status["pid"] != os.getpid()  # trained in a child process, not in this one
 
 
+@pytest.mark.slow
 def test_submissions_queue_and_run_one_at_a_time_in_order(manager, shapes):
     m = manager()
     first, second, third = (m.submit(shapes, tiny()) for _ in range(3))
@@ -108,6 +110,7 @@ def test_submissions_queue_and_run_one_at_a_time_in_order(manager, shapes):
     assert [r["id"] for r in m.list()][:3] == [third, second, first]  # newest first
 
 
+@pytest.mark.slow
 def test_a_path_can_be_submitted_and_a_bad_dataset_is_refused_with_its_reason(manager, shapes, tmp_path):
     m = manager()
     one_class = tmp_path / "one"
@@ -124,6 +127,7 @@ def test_a_path_can_be_submitted_and_a_bad_dataset_is_refused_with_its_reason(ma
 # ---------------------------------------------------------------- cancel
 
 
+@pytest.mark.slow
 def test_cancel_mid_epoch_is_cooperative_and_keeps_the_best_checkpoint(manager, shapes):
     m = manager()
     run_id = m.submit(shapes, tiny(**LONG))
@@ -138,6 +142,7 @@ def test_cancel_mid_epoch_is_cooperative_and_keeps_the_best_checkpoint(manager, 
     assert m.progress(run_id)["can_resume"]
 
 
+@pytest.mark.slow
 def test_cancel_stops_by_force_after_the_grace_period(manager, shapes):
     m = manager()
     run_id = m.submit(shapes, tiny(**LONG))
@@ -166,6 +171,7 @@ def test_a_queued_run_is_cancelled_at_once(manager, shapes):
 # ---------------------------------------------------------------- crashes, resume, restarts
 
 
+@pytest.mark.slow
 def test_a_killed_child_leaves_the_run_interrupted_and_it_resumes_to_completion(manager, shapes):
     m = manager()
     run_id = m.submit(shapes, tiny(epochs=40))
@@ -183,6 +189,7 @@ def test_a_killed_child_leaves_the_run_interrupted_and_it_resumes_to_completion(
     assert log[:saved["epoch"] + 1] == saved["history"], "the epochs before the kill were kept, not trained again"
 
 
+@pytest.mark.slow
 def test_a_diverging_run_fails_with_its_message(manager, shapes):
     m = manager()
     run_id = m.submit(shapes, tiny(model_args={**tiny().model_args, "init_values": 1e30}))  # LayerScale overflows
@@ -191,6 +198,7 @@ def test_a_diverging_run_fails_with_its_message(manager, shapes):
     assert "loss became nan" in p["message"] and "Lower the learning rate" in p["message"]
 
 
+@pytest.mark.slow
 def test_a_run_whose_data_copy_is_gone_fails_with_its_message(manager, shapes):
     m = manager()
     blocker = m.submit(shapes, tiny(**LONG))
@@ -202,6 +210,7 @@ def test_a_run_whose_data_copy_is_gone_fails_with_its_message(manager, shapes):
     assert "copy of its data cannot be read" in m.progress(run_id)["message"]
 
 
+@pytest.mark.slow
 def test_an_app_restart_sees_every_run_in_the_right_state(manager, shapes, tmp_path):
     m1 = manager()
     done = m1.submit(shapes, tiny())
@@ -244,6 +253,7 @@ def test_a_run_started_outside_the_app_shows_up(manager, shapes):
         m.resume(run_dir.name)
 
 
+@pytest.mark.slow
 def test_a_child_stops_by_itself_when_its_app_is_killed(shapes, tmp_path):
     """kill -9 of the web server: no shutdown ran, yet no training process is left behind."""
     root = tmp_path / "checkpoints"
@@ -301,6 +311,7 @@ def test_in_multi_user_mode_only_the_submitting_session_controls_a_run(manager, 
     assert not (m.root / run_id).exists()
 
 
+@pytest.mark.slow
 def test_delete_removes_a_finished_run_and_refuses_an_active_or_unknown_one(manager, shapes):
     m = manager()
     done = m.submit(shapes, tiny(epochs=1))
@@ -321,6 +332,7 @@ def test_one_manager_per_checkpoints_folder(manager):
         manager()
 
 
+@pytest.mark.slow
 def test_cpu_children_get_fewer_threads_and_a_lower_priority(manager, shapes):
     m = manager(cpu_threads=1, niceness=7)
     run_id = m.submit(shapes, tiny(**LONG))

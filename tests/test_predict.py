@@ -373,6 +373,7 @@ for repo in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow
 def test_a_failed_hub_download_says_why_not_just_offline(tmp_path):
     """Not found, private, network and offline each get their own words; any OSError is not the network."""
     from fake_hub import FakeHub

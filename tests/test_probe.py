@@ -144,6 +144,7 @@ def test_the_command_line_makes_a_quick_model(shapes, source, tmp_path, capsys):
     assert (tmp_path / "q" / runs.WEIGHTS).is_file() and (tmp_path / "q" / runs.DIAGNOSTICS).is_file()
 
 
+@pytest.mark.slow
 def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_it(shapes, source, tmp_path):
     manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0, single_user=False)
     try:
@@ -207,6 +208,7 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
         manager.shutdown(grace_s=2)
 
 
+@pytest.mark.slow
 def test_a_quick_model_from_hub_weights(shapes, tmp_path):
     """`--model hf-hub:user/repo --quick`: the pretrained download path, through the fake Hub."""
     from fake_hub import FakeHub

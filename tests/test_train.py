@@ -448,6 +448,7 @@ def test_cli_train_pretrained_offline_exits_2_with_the_fix(shapes, tmp_path, cap
     assert "Could not load pretrained weights" in err and "--no-pretrained" in err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
