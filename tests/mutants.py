@@ -1,0 +1,235 @@
+"""`make mutants`: deliberate bugs, one at a time, each in a temporary copy of the project, and whether the tests
+that guard that feature catch it (fail). A test suite that stays green under a bug in its feature guards nothing.
+
+    python tests/mutants.py                    # every mutant; a table; exit 1 if any is not caught
+    python tests/mutants.py -k resume          # the mutants whose name contains "resume"
+    python tests/mutants.py --project DIR      # another checkout (e.g. an older commit, for a before/after table)
+
+Each mutant names one piece of source text and its replacement (the text must appear exactly once: a mutant that
+no longer applies is reported, not skipped silently; when a change moves the code a mutant patches, update the
+mutant with it), and the tests to run: test files with a -k expression. First the selected tests run once on the
+unchanged copy (they must pass there, or "caught" would mean nothing), then each mutant in its own copy and its own
+process, with PYTHONPATH pointing at the copy so that the copy's `vit` is the one imported, training child
+processes included. A mutant that does not compile, or no longer applies, is reported as such and counts as not
+caught. Not part of `make test`: about 7 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns(".git", ".venv", "checkpoints", "artifacts", "__pycache__", ".pytest_cache",
+                                 "*.egg-info", "bench", "docs", ".gradio")
+LIMIT_S = 300  # one mutant's tests; a hang counts as caught (CI would time out), and says so
+
+
+@dataclass
+class Mutant:
+    name: str
+    file: str           # the source file patched, relative to the project
+    old: str            # text that must appear exactly once in it
+    new: str            # what it becomes
+    tests: list[str]    # pytest arguments: test files and a -k expression
+
+
+def k(files: str, expression: str) -> list[str]:
+    return [*files.split(), "-k", expression]
+
+
+RESUME = k("tests/test_train.py", "resume")
+EXPLAIN = k("tests/test_predict.py", "(chefer or rollout or grad or attention or maps or class) and not background")
+ENGINE_PARTS = k("tests/test_train.py", "ema or mixup or checkpointing or accumulation")
+
+MUTANTS = [
+    # resume, progressive resizing and colour jitter: the three the audit found unguarded
+    Mutant("resume: a resumed run retrains from epoch 1 (state not restored)", "vit/train/engine.py",
+           "    if resume:\n        _restore(run)\n", "    if resume:\n        pass\n", RESUME),
+    Mutant("resume: the optimizer's moments are not restored", "vit/train/engine.py",
+           '    run.optimizer.load_state_dict(state["optimizer"])\n', "", RESUME),
+    Mutant("resume: the random state is not restored", "vit/train/engine.py",
+           '    _set_rng_state(state["rng"])\n', "", RESUME),
+    Mutant("progressive resizing: every epoch at full size", "vit/train/engine.py",
+           "loader.sampler.set_epoch(epoch, run.sizes[epoch] if run.sizes else None)",
+           "loader.sampler.set_epoch(epoch, None)", k("tests/test_recipe.py", "progressive")),
+    Mutant("colour jitter: the batch is never jittered", "vit/train/transforms.py",
+           "self.jitter = 0.0 if config.randaugment else float(config.color_jitter or 0.0)", "self.jitter = 0.0",
+           k("tests/test_train.py", "jitter or colour")),
+    # the engine's other parts
+    Mutant("EMA: the average is never updated", "vit/train/engine.py",
+           "                run.ema.update(run.model, step=run.update)\n", "                pass\n", ENGINE_PARTS),
+    Mutant("mixup: the model trains on the unmixed batch", "vit/train/engine.py",
+           "            x, target = run.mixup(x, y)", "            _, target = run.mixup(x.clone(), y)",
+           ENGINE_PARTS),
+    Mutant("gradient checkpointing: the setting is ignored", "vit/train/engine.py",
+           "    if config.grad_checkpointing:\n", "    if False:\n", ENGINE_PARTS),
+    Mutant("test split: measured after every epoch too", "vit/train/engine.py",
+           "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n",
+           "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n"
+           "        if dataset.test:\n"
+           "            evaluate(run.eval_model, Images(run.cache, dataset.test, run.labels, eval_transform(run.dcfg)),"
+           " config, run.device, run.autocast)\n", k("tests/test_train.py", "test_split")),
+    # the recipe
+    Mutant("recipe: lr 1e-2 for a batch of 32", "vit/train/recipe.py",
+           "BASE_LR, BASE_BATCH = 1e-3, 32", "BASE_LR, BASE_BATCH = 1e-2, 32", ["tests/test_recipe.py"]),
+    Mutant("recipe: half the updates per class", "vit/train/recipe.py",
+           "UPDATES_PER_CLASS = 200 ", "UPDATES_PER_CLASS = 100 ", ["tests/test_recipe.py"]),
+    # the heatmaps
+    Mutant("explain: gradient-weighted attention keeps the negative part", "vit/explain.py",
+           "cam = (grad.float() * attn.float()).clamp(min=0).mean(0)", "cam = (grad.float() * attn.float()).mean(0)",
+           EXPLAIN),
+    Mutant("explain: Grad-CAM without its ReLU", "vit/explain.py",
+           "return (acts * weights).sum(-1).clamp(min=0)", "return (acts * weights).sum(-1)", EXPLAIN),
+    Mutant("explain: rollout without a class token keeps each patch's path to itself", "vit/explain.py",
+           "return _reader_rows(result * (1 - eye), layout)", "return _reader_rows(result, layout)", EXPLAIN),
+    # the quick model and the label review
+    Mutant("quick model: the fitted head is not put into the model", "vit/train/quick.py",
+           "        layer.weight.copy_(head.weight)\n        layer.bias.copy_(head.bias)\n", "        pass\n",
+           k("tests/test_probe.py", "quick and not hub")),
+    Mutant("label review: 'drop' keeps the image", "vit/ui/results.py",
+           'if action == "keep" else None if action == "drop" else action',
+           'if action in ("keep", "drop") else action', k("tests/test_probe.py", "review")),
+    # probabilities (calibration proper comes with temperature scaling, issue 23)
+    Mutant("calibration: probabilities that do not sum to 1 (sigmoid for softmax)", "vit/predict.py",
+           "return model(x).float().softmax(-1)", "return model(x).float().sigmoid()",
+           k("tests/test_predict.py", "colour_mode or identical")),
+    # data safety, ownership, hosting
+    Mutant("data safety: zip members named ../ or /abs are extracted", "vit/data/sources.py",
+           "    if _escapes(name):\n        return \"unsafe path", "    if False:\n        return \"unsafe path",
+           k("tests/test_data.py", "slip or symlink")),
+    Mutant("data safety: no pixel cap from the image header", "vit/data/images.py",
+           "        if w * h > limits.max_pixels:\n            raise DataError(f\"image has too many pixels ({w}x{h}",
+           "        if False:\n            raise DataError(f\"image has too many pixels ({w}x{h}",
+           k("tests/test_data.py tests/test_predict.py", "bomb or pixel")),
+    Mutant("ownership: any visitor owns any run", "vit/safety.py",
+           "    return stored == owner_hash(token)", "    return True",
+           k("tests/test_jobs.py", "multi_user")),
+    Mutant("hosting: classifications unbounded (no concurrency limit)", "vit/ui/classify_tab.py",
+           "concurrency_limit=page.limits.concurrency", "concurrency_limit=None",
+           k("tests/test_hosting.py", "concurrent_classifications")),
+    Mutant("hosting: classifications served one at a time", "vit/ui/classify_tab.py",
+           "concurrency_limit=page.limits.concurrency", "concurrency_limit=1",
+           k("tests/test_hosting.py", "concurrent_classifications")),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    project = Path(args.project).resolve()
+    chosen = [m for m in MUTANTS if args.k.lower() in m.name.lower()]
+    if not chosen:
+        print(f"no mutant's name contains {args.k!r}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="vit-mutants-"))
+    try:
+        print(f"project {project}; {len(chosen)} mutants; copies in {work}", flush=True)
+        clean = _copy(project, work / "clean")
+        broken = _baseline(clean, chosen)
+        if broken:
+            print("\nThe tests fail without any mutant; fix them first:\n" + "\n".join(broken), file=sys.stderr)
+            return 2
+        rows = [_run(m, project, work / f"m{i:02d}") for i, m in enumerate(chosen)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| mutant | tests | result | s |\n|---|---|---|---|")
+    for m, (verdict, seconds) in zip(chosen, rows):
+        print(f"| {m.name} | `{' '.join(m.tests)}` | {verdict} | {seconds:.0f} |")
+    missed = [m.name for m, (verdict, _) in zip(chosen, rows) if not verdict.startswith("caught")]
+    print(f"\n{len(chosen) - len(missed)} of {len(chosen)} mutants caught" + (": NOT caught: " + "; ".join(missed)
+                                                                       if missed else ""))
+    return 1 if missed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--project", default=str(ROOT), help="the project to copy and break (default: this checkout)")
+    p.add_argument("-k", default="", help="only the mutants whose name contains this")
+    return p
+
+
+def _copy(project: Path, dest: Path) -> Path:
+    shutil.copytree(project, dest, ignore=IGNORED, symlinks=True)
+    return dest
+
+
+def _env(copy: Path) -> dict:
+    """The copy's `vit` first on the path (for the training processes the tests start too); offline; no CI=true
+    (no browser test is among these)."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("CI", None)
+    return env
+
+
+def _pytest(copy: Path, args: list[str], timeout: float = LIMIT_S) -> tuple[int | None, str]:
+    """pytest in the copy (its own `vit`, in this process and in the training processes it starts): the exit code
+    (None on a time-out) and the output's closing line."""
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=", *args]
+    try:
+        out = subprocess.run(command, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    return out.returncode, (lines[-1].strip("= ") if lines else out.stderr.strip()[-200:])
+
+
+BASELINE = """
+import sys, pytest, vit, json
+assert vit.__file__.startswith(sys.argv[1]), f"vit imported from {vit.__file__}, not the copy"
+codes = [int(pytest.main(["-q", "-p", "no:cacheprovider", "-o", "addopts=", *json.loads(s)])) for s in sys.argv[2:]]
+print("CODES", json.dumps(codes))
+"""
+
+
+def _baseline(clean: Path, chosen: list[Mutant]) -> list[str]:
+    """Each distinct selection of tests, once, on the unchanged copy (one process: imports are paid once); the
+    selections that do not pass."""
+    selections = list(dict.fromkeys(json.dumps(m.tests) for m in chosen))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", BASELINE, str(clean), *selections], cwd=clean, env=_env(clean),
+                         capture_output=True, text=True, timeout=LIMIT_S * len(selections))
+    found = re.search(r"^CODES (.*)$", out.stdout, re.M)
+    if not found:
+        return [f"the baseline did not finish:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"]
+    codes = json.loads(found.group(1))
+    print(f"baseline: {len(selections)} selections of tests pass unchanged ({time.perf_counter() - t0:.0f} s)"
+          if not any(codes) else "baseline: some selections fail", flush=True)
+    return [f"{' '.join(json.loads(s))}: exit {c}" for s, c in zip(selections, codes) if c]
+
+
+def _run(mutant: Mutant, project: Path, dest: Path) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    source = (project / mutant.file).read_text() if (project / mutant.file).is_file() else ""
+    if source.count(mutant.old) != 1:
+        verdict = f"DOES NOT APPLY: the text to patch appears {source.count(mutant.old)} times in {mutant.file}"
+        print(f"{mutant.name}: {verdict}", flush=True)
+        return verdict, 0.0
+    broken = source.replace(mutant.old, mutant.new)
+    try:  # a mutant must be a bug, not a syntax error that any test run would "catch"
+        compile(broken, mutant.file, "exec")
+    except SyntaxError as e:
+        print(f"{mutant.name}: DOES NOT COMPILE ({e})", flush=True)
+        return f"DOES NOT COMPILE: {e}", 0.0
+    copy = _copy(project, dest)
+    (copy / mutant.file).write_text(broken)
+    code, summary = _pytest(copy, mutant.tests)
+    shutil.rmtree(copy, ignore_errors=True)
+    if code in (None, 1, 2):  # timed out, tests failed, or the mutant broke their collection
+        verdict = f"caught ({summary})"
+    else:  # 0: every test passed; 5: none ran (the selection no longer names a test)
+        verdict = f"NOT CAUGHT: pytest exit {code} ({summary})"
+    seconds = time.perf_counter() - t0
+    print(f"{mutant.name}: {verdict} [{seconds:.0f} s]", flush=True)
+    return verdict, seconds
+
+
+if __name__ == "__main__":
+    sys.exit(main())
