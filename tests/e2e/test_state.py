@@ -55,7 +55,7 @@ def test_the_live_view_stays_on_the_training_run_and_pickers_follow_a_finished_o
     assert app_manager.wait(long_id, 60) == "cancelled"
     assert app_manager.wait(quick_id, 120) == "completed"
     page.get_by_role("tab", name="Classify").click()
-    expect(page.get_by_label(MODEL_PICKER)).to_have_value(re.compile("^quick run"))  # (at the pickers' refresh)
+    expect(page.get_by_label(MODEL_PICKER), "Classify did not follow").to_have_value(re.compile("^quick run"))
     page.get_by_role("tab", name="Share").click()
-    expect(page.get_by_label("Run", exact=True).last).to_have_value(re.compile("^quick run"))
+    expect(page.get_by_label("Run", exact=True).last, "Share did not follow").to_have_value(re.compile("^quick run"))
     page.screenshot(path=str(ARTIFACTS / "state-followed.png"), full_page=True)
