@@ -97,10 +97,8 @@ def test_quick_model_is_a_normal_run_and_its_features_are_cached(shapes, source)
     assert metrics["quick"] and metrics["per_class"] and len(metrics["history"]) == 1
     assert runs.read_status(root / "quick")["message"].startswith("Quick model: ")
     # Classify loads it as any run and agrees with the accuracy the run reports
-    loaded = predict.load_model(root / "quick")
     with load_dataset(shapes) as ds:
-        right = sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val)
-        assert right / len(ds.val) == pytest.approx(metrics["val_acc"])
+        assert _accuracy_in_classify(root / "quick", ds) == pytest.approx(metrics["val_acc"])
     found = runs.read_json(root / "quick" / runs.DIAGNOSTICS)
     assert set(found) >= {"near_duplicates", "label_errors", "learning_curve"}
     assert "quick model: only the head fitted" in hub.model_card(root / "quick", "alice/q").text
@@ -115,9 +113,13 @@ def test_a_quick_model_on_features_that_know_the_shapes_is_far_above_chance(trai
     with load_dataset(fresh) as ds:
         metrics = train(ds, TrainConfig(weights=str(trained_shapes), quick=True), tmp_path / "quick")
         assert len(ds.val) >= 20 and metrics["val_acc"] >= 0.75, metrics["val_acc"]
-        loaded = predict.load_model(tmp_path / "quick")
-        right = sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val)
-    assert right / len(ds.val) == pytest.approx(metrics["val_acc"])
+        assert _accuracy_in_classify(tmp_path / "quick", ds) == pytest.approx(metrics["val_acc"])
+
+
+def _accuracy_in_classify(run_dir: Path, ds) -> float:
+    """The share of the dataset's validation images that Classify (predict, from the files) gets right."""
+    loaded = predict.load_model(run_dir)
+    return sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val) / len(ds.val)
 
 
 def test_lp_ft_starts_fine_tuning_from_the_fitted_head(shapes, source):

@@ -161,7 +161,7 @@ def _record_epoch_starts(monkeypatch) -> list[dict]:
 
     def recording(run, epoch, stop):
         entered.append({"epoch": epoch, "update": run.update, "rng": torch.get_rng_state(),
-                        "lr": max(g["lr"] for g in run.optimizer.param_groups),
+                        "lr": engine._lr(run.optimizer),
                         "optimizer": copy.deepcopy(run.optimizer.state_dict())})
         return real(run, epoch, stop)
 
