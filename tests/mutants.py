@@ -76,8 +76,19 @@ MUTANTS = [
            "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n",
            "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n"
            "        if dataset.test:\n"
-           "            evaluate(run.eval_model, Images(run.cache, dataset.test, run.labels, eval_transform(run.dcfg)),"
+           "            evaluate(run.eval_model, Images(run.eval_cache, dataset.test, run.labels, run.pixels.tensor),"
            " config, run.device, run.autocast)\n", k("tests/test_train.py", "test_split")),
+    # the numbers delivered
+    Mutant("one pipeline: validation reads the draft-decoded, bilinear-shrunk cache (the old way)",
+           "vit/train/prepare.py", "decode=lambda path: pixels.crop(read_for_model(path)))",
+           "decode=lambda path: pixels.crop(cache.pil(dataset.items.index(next(it for it in dataset.items "
+           "if it.path == path)))))", ["tests/test_pixels.py"]),
+    Mutant("accuracy estimate: measured on the images that chose the epoch", "vit/train/metrics.py",
+           "    scored = [by_index[i] for i in split.estimate if i in by_index]",
+           "    scored = [by_index[i] for i in split.select or split.estimate if i in by_index]",
+           k("tests/test_train.py", "half_of or few_val or test_split")),
+    Mutant("accuracy estimate: the last epoch is not kept when nothing is chosen", "vit/train/engine.py",
+           "    choosing = bool(run.split.select)", "    choosing = True", k("tests/test_train.py", "few_val")),
     # the recipe
     Mutant("recipe: lr 1e-2 for a batch of 32", "vit/train/recipe.py",
            "BASE_LR, BASE_BATCH = 1e-3, 32", "BASE_LR, BASE_BATCH = 1e-2, 32", ["tests/test_recipe.py"]),

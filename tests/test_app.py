@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from helpers import class_members, image_bytes, write_zip
-from vit import ui
+from vit import models, predict, runs, ui
 
 
 def test_check_dataset_endpoint_reports_a_zip(app_url, tmp_path):
@@ -43,7 +43,7 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
     client.predict(10, api_name="/sample_dataset")  # the dataset is kept in this session's state
     message, picker = client.predict(ui.DEFAULT_MODEL, True, 2, 16, 1e-3, "me", api_name="/start_training")
     run_id = picker["value"]
-    assert message.startswith("Run **sample shapes (10 per class) · vit_tiny_patch16_224 · ") and f"({run_id}) is" in message
+    assert message.startswith("Run **sample shapes (10 per class) · ViT from scratch · ") and f"({run_id}) is" in message
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         table, _ = client.predict(run_id, "me", api_name="/list_runs")
@@ -51,9 +51,18 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
         if row[1] not in ("queued", "running"):
             break
         time.sleep(0.5)
-    assert row[1] == "completed" and row[3] == "2/2" and row[4].endswith("%"), row
+    assert row[1] == "completed" and row[3] == "2/2", row
+    built = runs.read_config(manager.root / run_id)[runs.CONFIG_KEY]["built"]
+    loaded = predict.load_model(manager.root / run_id)
+    assert built["params"] == models.count_parameters(loaded.model) and built["patch"] == 8
+    assert row[2] == models.built_text(built) and row[2].endswith(", from scratch"), row
+    metrics = runs.read_json(manager.root / run_id / runs.METRICS)
+    estimate = metrics["accuracy_estimate"]  # 6 validation images, under HOLDOUT_MIN: nothing chosen on them
+    assert row[4] == (f"{estimate['value']:.1%} ({estimate['low']:.0%}-{estimate['high']:.0%}, 6 validation, "
+                      "unselected)"), row
     summary, losses, accs = client.predict(run_id, "me", api_name="/show_run")
-    assert summary.startswith(f"**{run_id}**: completed. Finished: best validation accuracy")
+    assert summary.startswith(f"**{run_id}**: completed. Finished: accuracy {estimate['value']:.1%}")
+    assert f"### Accuracy {estimate['value']:.1%} (95% interval" in summary and "Best of" not in summary
     assert len(losses["data"]) == 4 and {r[2] for r in accs["data"]} == {"train", "validation"}
     config = manager.progress(run_id)
     assert config["model"] == ui.DEFAULT_MODEL
@@ -164,18 +173,33 @@ def test_a_user_error_logs_one_line_not_a_traceback(app_url, capfd):
     assert "vit.ui: refused: No dataset yet" in err and "Traceback" not in err
 
 
-def test_finished_runs_are_compared_best_first(app_url, app_manager, tmp_path):
+def test_finished_runs_are_compared_within_their_dataset_best_first(app_url, app_manager, tmp_path):
+    """Grouped by dataset, ranked by the accuracy estimate within it, one star per dataset; the best validation
+    figure is there, labelled as chosen."""
     from vit.samples import make_shapes_dataset
     from helpers import tiny
-    data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32)
-    for name in ("first", "second"):
-        assert app_manager.wait(app_manager.submit(data, tiny(), name=name), 120) == "completed"
+    shapes = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32)
+    other = make_shapes_dataset(tmp_path / "other", per_class=12, size=32, seed=5)
+    for name, data, source in (("first", shapes, "shapes.zip"), ("second", shapes, "shapes.zip"),
+                               ("third", other, "other.zip")):
+        run_id = app_manager.submit(data, tiny(), name=name, source_name=source)
+        assert app_manager.wait(run_id, 120) == "completed"
     table = Client(app_url, verbose=False).predict("me", api_name="/compare_runs")
-    rows = table["data"]
-    accs = [float(r[7].rstrip("%")) for r in rows]
-    assert rows[0][0] == "★" and not any(r[0] for r in rows[1:]) and accs == sorted(accs, reverse=True)
-    assert {"first", "second"} <= {r[1] for r in rows} and rows[0][-1] == ui.best_run(app_manager, "me")
-    assert all(r[3] == 2 and r[4] == 8 and r[5] == "0.001" and r[6] == 32 for r in rows if r[1] in ("first", "second"))
+    header, rows = table["headers"], [r for r in table["data"] if r[2] in ("first", "second", "third")]
+    col = {h: header.index(h) for h in header}
+    assert [r[col["dataset"]] for r in rows] == ["other.zip", "shapes.zip", "shapes.zip"]
+    assert [r[col["best"]] for r in rows] == ["★", "★", ""], "one star per dataset"
+    shapes_accs = [float(r[col["accuracy"]].rstrip("%")) for r in rows[1:]]
+    assert shapes_accs == sorted(shapes_accs, reverse=True)
+    for r in rows:
+        estimate = runs.read_json(app_manager.root / r[-1] / runs.METRICS)["accuracy_estimate"]
+        assert r[col["accuracy"]] == f"{estimate['value']:.1%}" and r[col["measured on"]] == "6 validation, unselected"
+        assert r[col["best val (chosen on it)"]] == "", "nothing was chosen on 6 validation images"
+        assert r[col["epochs"]] == 2 and r[col["batch"]] == 8 and r[col["lr"]] == "0.001"
+        assert r[col["model"]].startswith("ViT 32 wide, 1 block, patch 8, 32 px")
+    best = max(rows, key=lambda r: float(r[col["accuracy"]].rstrip("%")))
+    chosen = runs.read_json(app_manager.root / ui.best_run(app_manager, "me") / runs.METRICS)["accuracy_estimate"]
+    assert best[col["accuracy"]] == f"{chosen['value']:.1%}"
 
 
 def test_a_new_opacity_is_drawn_from_the_map_already_made(app_manager, tmp_path, monkeypatch):

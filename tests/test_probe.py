@@ -127,9 +127,12 @@ def test_lp_ft_starts_fine_tuning_from_the_fitted_head(shapes, source):
         # a learning rate too small to move anything: the result is the head LP-FT fitted
         metrics = train(ds, TrainConfig(weights=str(source), lp_ft=True, epochs=1, lr=1e-10, min_lr=0.0,
                                         warmup_epochs=0), source.parent / "lpft")
+        quick = train(ds, TrainConfig(weights=str(source), quick=True), source.parent / "lpft-quick")
     record = runs.read_config(source.parent / "lpft")[runs.CONFIG_KEY]
-    assert record["lp_ft"] and metrics["val_acc"] == pytest.approx(record["lp_ft_head"]["val_acc"])
-    assert metrics["best_val_loss"] == pytest.approx(record["lp_ft_head"]["val_loss"], rel=1e-4)
+    assert record["lp_ft"] and record["lp_ft_head"]["C"] == runs.read_config(
+        source.parent / "lpft-quick")[runs.CONFIG_KEY]["probe_head"]["C"]
+    assert metrics["val_acc"] == pytest.approx(quick["val_acc"])
+    assert metrics["best_val_loss"] == pytest.approx(quick["best_val_loss"], rel=1e-4)
     assert "LP-FT" in hub.model_card(source.parent / "lpft", "alice/l").text
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vit import cli, models, runs
+from vit.train import metrics
 from vit.data import load_dataset
 from vit.models import CATALOG, ModelError, ModelSpec, create_model
 from vit.samples import make_shapes_dataset
@@ -241,11 +242,71 @@ def test_dataset_that_cannot_train_fails_the_run(tmp_path, shapes):
     assert runs.read_status(tmp_path)["state"] == "failed"
 
 
-def test_early_stopping(shapes, tmp_path):
-    with load_dataset(shapes) as ds:
+@pytest.fixture(scope="module")
+def split_shapes(tmp_path_factory):
+    """Shapes in train/val/test folders: validation chooses, the test split estimates."""
+    root = tmp_path_factory.mktemp("split") / "d"
+    for split, n, seed in (("train", 10, 1), ("val", 4, 2), ("test", 5, 3)):
+        make_shapes_dataset(root / split, per_class=n, size=32, seed=seed)
+    return root
+
+
+def test_early_stopping(split_shapes, tmp_path):
+    with load_dataset(split_shapes) as ds:
         m = train(ds, tiny(epochs=30, early_stopping=2, lr=1e-10, min_lr=0.0, warmup_epochs=0), tmp_path)
     assert m["stopped_early"] and m["epochs_run"] == 3, "frozen weights: epoch 1 is best, 2 and 3 are not better"
     assert "stopped early" in runs.read_status(tmp_path)["message"]
+    assert m["selection"] == {"val_acc": m["history"][0]["val_acc"], "epoch": 1, "epochs": 3, "images": 12}
+
+
+def test_with_few_validation_images_nothing_is_chosen_the_last_epoch_is_kept(shapes, tmp_path, monkeypatch):
+    """Under HOLDOUT_MIN validation images and no test split, no epoch is picked on them (the last one is kept,
+    early stopping is off), so they can estimate the accuracy."""
+    saved = []
+    monkeypatch.setattr(runs, "save_model", lambda run_dir, *a, _real=runs.save_model, **k: saved.append(1)
+                        or _real(run_dir, *a, **k))
+    with load_dataset(shapes) as ds:
+        assert 0 < len(ds.val) < metrics.HOLDOUT_MIN and not ds.test
+        m = train(ds, tiny(epochs=3, early_stopping=1, lr=1e-10, min_lr=0.0, warmup_epochs=0), tmp_path)
+        val = sorted(ds.val)
+    assert not m["stopped_early"] and m["epochs_run"] == 3 and m["best_epoch"] == 3 and len(saved) == 3
+    assert m["selection"] is None
+    estimate = m["accuracy_estimate"]
+    assert estimate["from"] == "unselected" and estimate["images"] == len(val) == len(m["predictions"])
+    assert estimate["value"] == pytest.approx(m["val_acc"])
+    assert "nothing chosen" in runs.read_status(tmp_path)["message"]
+
+
+def test_half_of_a_large_validation_split_chooses_the_other_half_estimates(shapes, tmp_path, monkeypatch):
+    """With HOLDOUT_MIN validation images (lowered here) and no test split, each epoch is validated on one
+    stratified half, and the accuracy estimate is measured on the other half alone, on the delivered model."""
+    from vit.train import engine
+    monkeypatch.setattr(metrics, "HOLDOUT_MIN", 4)
+    evaluated, real_evaluate = [], engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda model, images, *a, **k: evaluated.append(
+        sorted(images.indices)) or real_evaluate(model, images, *a, **k))
+    with load_dataset(shapes) as ds:
+        split = metrics.holdout(ds, seed=0)
+        assert split == metrics.holdout(ds, seed=0) and split.source == "holdout"
+        assert sorted(split.select + split.estimate) == sorted(ds.val) and not set(split.select) & set(split.estimate)
+        for cls in ds.classes:  # stratified: each class is split in two halves (within one image)
+            n_sel, n_est = (sum(ds.items[i].label == cls for i in part) for part in (split.select, split.estimate))
+            assert abs(n_sel - n_est) <= 1
+        m = train(ds, tiny(epochs=2), tmp_path)
+        names = {ds.items[i].name for i in split.estimate}
+    assert evaluated[:2] == [sorted(split.select)] * 2, "each epoch is validated on the choosing half"
+    assert m["selection"]["images"] == len(split.select)
+    on_estimate = [p for p in m["predictions"] if p["name"] in names]
+    right = sum(p["true"] == p["predicted"] for p in on_estimate)
+    estimate = m["accuracy_estimate"]
+    assert estimate["from"] == "holdout" and estimate["images"] == len(names) and estimate["correct"] == right
+    assert (estimate["low"], estimate["high"]) == pytest.approx(metrics.wilson(right, len(names)), abs=1e-4)
+
+
+@pytest.mark.parametrize("correct, n, low, high", [(8, 10, 0.4902, 0.9433), (0, 10, 0.0, 0.2775),
+                                                   (10, 10, 0.7225, 1.0), (77, 100, 0.6784, 0.8416)])
+def test_the_wilson_interval_matches_the_textbook(correct, n, low, high):
+    assert metrics.wilson(correct, n) == pytest.approx((low, high), abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -473,15 +534,13 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
     assert timm.create_model(f"local-dir:{out}", pretrained=True).num_classes == 3
 
 
-def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path, monkeypatch):
+def test_a_test_split_is_evaluated_once_and_reported_apart(split_shapes, tmp_path, monkeypatch):
     from vit import hub
     from vit.train import engine
-    for split, n, seed in (("train", 10, 1), ("val", 4, 2), ("test", 5, 3)):
-        make_shapes_dataset(tmp_path / "d" / split, per_class=n, size=32, seed=seed)
     evaluated, real_evaluate = [], engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda model, images, *a, **k: evaluated.append(
         sorted(images.indices)) or real_evaluate(model, images, *a, **k))
-    with load_dataset(tmp_path / "d") as ds:
+    with load_dataset(split_shapes) as ds:
         assert len(ds.test) == 15
         m = train(ds, tiny(), tmp_path / "run")
         test_split, val_split = sorted(ds.test), sorted(ds.val)
@@ -490,9 +549,11 @@ def test_a_test_split_is_evaluated_once_and_reported_apart(tmp_path, monkeypatch
     assert m["test"]["images"] == 15 and 0.0 <= m["test"]["acc"] <= 1.0
     assert sum(v["support"] for v in m["test"]["per_class"].values()) == 15
     assert sum(v["support"] for v in m["per_class"].values()) == 12  # validation stays validation
-    assert "held-out images" in runs.read_status(tmp_path / "run")["message"]
+    estimate = m["accuracy_estimate"]
+    assert estimate["from"] == "test" and estimate["images"] == 15 and estimate["value"] == m["test"]["acc"]
+    assert "on 15 test images" in runs.read_status(tmp_path / "run")["message"]
     card = hub.model_card(tmp_path / "run", "alice/x").text
-    assert f"Test accuracy **{m['test']['acc']:.1%}** on 15 held-out test images" in card
+    assert f"**{m['test']['acc']:.1%}** (95% interval" in card and "15 test images" in card
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])

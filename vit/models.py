@@ -14,6 +14,7 @@ False)` exposes attention maps for explanations.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -256,3 +257,65 @@ def _weights_message(spec: ModelSpec, error: Exception) -> str:
             "in the app, or --no-pretrained on the command line; it needs more data and epochs), or supply the "
             "weights: download the model once where there is internet into the Hugging Face cache (HF_HOME) and "
             "copy the cache here, or on the command line give a weights file (--weights PATH).")
+
+
+def built(model: nn.Module, weights: str | None) -> dict:
+    """What a model is, as built: family, width, depth, heads, patch, image size, parameters, and what its
+    weights are (`weights`: "from scratch", "pretrained <tag>", "your run <id>", ...). A run records it in
+    config.json; every page and the card name the model by it."""
+    blocks = getattr(model, "blocks", None)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
+    arch = str(model.pretrained_cfg.get("architecture") or type(model).__name__) \
+        if hasattr(model, "pretrained_cfg") else type(model).__name__
+    return {"architecture": arch, "family": _family(arch), "width": getattr(model, "embed_dim", None),
+            "depth": len(blocks) if blocks is not None else None,
+            "heads": getattr(attn, "num_heads", None),
+            "patch": patch[0] if isinstance(patch, (tuple, list)) else patch,
+            "img_size": size[0] if isinstance(size, (tuple, list)) else size,
+            "class_token": getattr(model, "cls_token", None) is not None,
+            "params": count_parameters(model), "weights": weights}
+
+
+def built_text(b: dict | None, weights: bool = True) -> str:
+    """'ViT 96 wide, 6 blocks, patch 4, 32 px, 0.68M parameters, from scratch'."""
+    if not b:
+        return ""
+    shape = [f"{b['width']} wide" if b.get("width") else None, f"{b['depth']} block{'s' * (b['depth'] != 1)}" if b.get("depth") else None,
+             f"patch {b['patch']}" if b.get("patch") else None, f"{b['img_size']} px" if b.get("img_size") else None,
+             f"{b['params'] / 1e6:.2f}M parameters" if b.get("params") else None]
+    words = ", ".join(p for p in shape if p)
+    text = f"{b.get('family') or b.get('architecture')} {words}".strip()
+    return f"{text}, {b['weights']}" if weights and b.get("weights") else text
+
+
+def weights_words(model: nn.Module, pretrained: bool, weights: str | None) -> str:
+    """What a model's weights are, in a few words: the pretrained tag only when those weights were loaded."""
+    if weights:
+        path = Path(weights)
+        return f"from the run {path.name}" if path.is_dir() else f"from {path.name}"
+    if pretrained:
+        tag = getattr(model, "pretrained_cfg", {}).get("tag")
+        return f"pretrained {tag}" if tag else "pretrained"
+    return "from scratch"
+
+
+def planned(spec: ModelSpec, num_classes: int) -> dict:
+    """built() of the model a spec would create, on the meta device: nothing downloaded or allocated."""
+    import timm
+    import torch
+    name, kwargs = _resolve(spec)
+    kwargs.update(num_classes=num_classes, pretrained=False)
+    if name.startswith("local-dir:"):  # a run's architecture, from its config.json
+        config = json.loads((Path(name[len("local-dir:"):]) / "config.json").read_text())
+        name = config.get("architecture", name)
+        kwargs = {**(config.get("model_args") or {}), **{k: v for k, v in kwargs.items() if k != "img_size"}}
+    with torch.device("meta"):
+        model = timm.create_model(name, **kwargs)
+    return built(model, weights_words(model, spec.pretrained, spec.weights))
+
+
+def _family(arch: str) -> str:
+    prefix = arch.split("_")[0].lower()
+    return {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "eva02": "EVA-02", "beit": "BEiT"}.get(prefix, arch)

@@ -29,11 +29,12 @@ from PIL import Image
 
 from vit import runs
 from vit.data import DataError, Limits, read_rgb, reduced, to_rgb
+from vit.data.pixels import READ_MAX_SIDE, EvalPixels
 from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DISPLAY_MAX_SIDE = 2048  # an image to classify is decoded at most this large (the model sees 224 or so)
+DISPLAY_MAX_SIDE = READ_MAX_SIDE  # an image to classify is read as validation reads it (vit.data.pixels)
 
 
 class PredictError(ValueError):
@@ -52,8 +53,7 @@ class LoadedModel:
     source: str
 
     def __post_init__(self):
-        from timm.data import create_transform
-        self.transform = create_transform(**self.data_config, is_training=False)
+        self.transform = EvalPixels(self.data_config)  # as validation saw its images
         # explain() hooks the modules of the model it runs on, so each request borrows a replica of its
         # own: the modules are copied, the weights are shared (no extra memory for them).
         # Replicas are copied from a template that never runs: a model in use carries the hooks of the

@@ -190,6 +190,8 @@ def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_
         save_for_hf(model, tmp, model_config={"label_names": list(label_names)}, safe_serialization=True,
                     data_config=data_config)
         config = json.loads(Path(tmp, CONFIG).read_text())
+        if (train_config.get("built") or {}).get("weights") == "from scratch":  # no pretrained weights' tag
+            config.get("pretrained_cfg", {}).pop("tag", None)
         config[CONFIG_KEY] = public_record(train_config)
         write_json(Path(tmp, CONFIG), config)
         os.replace(Path(tmp, WEIGHTS), run_dir / WEIGHTS)

@@ -19,16 +19,20 @@ class DecodeCache:
     """Decoded training images kept in memory as uint8 HWC tensors (`cache[i]` is their CHW view).
 
     Each image is decoded once and resized so its shorter side is
-    `short_side` (never upscaled). Images beyond `max_bytes` are not kept and
-    are decoded from disk when asked for, so a large dataset still trains.
+    `short_side` (never upscaled), or, given `decode`, kept as decode(path)
+    gives it (the eval cache keeps vit.data.pixels' crop of each image).
+    Images beyond `max_bytes` are not kept and are decoded from disk when
+    asked for, so a large dataset still trains.
     """
 
     def __init__(self, items: Sequence[Item] | Sequence[str | os.PathLike], *, short_side: int = 256,
-                 max_bytes: int = 2 * 1024 ** 3, limits: Limits = Limits()):
+                 max_bytes: int = 2 * 1024 ** 3, limits: Limits = Limits(),
+                 decode: Callable[[Path], Image.Image] | None = None):
         self.paths = [Path(i.path) if isinstance(i, Item) else Path(i) for i in items]
         self.short_side = short_side
         self.max_bytes = max_bytes
         self.limits = limits
+        self.decode = decode
         self.nbytes = 0
         self._images: list = [None] * len(self.paths)
         self._lock = threading.Lock()
@@ -40,9 +44,10 @@ class DecodeCache:
     def cached(self) -> int:
         return sum(t is not None for t in self._images)
 
-    def fill(self, workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> "DecodeCache":
-        """Decode every image not yet cached, until the memory cap is reached."""
-        todo = [i for i, t in enumerate(self._images) if t is None]
+    def fill(self, workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+             indices: Sequence[int] | None = None) -> "DecodeCache":
+        """Decode every image (or those of `indices`) not yet cached, until the memory cap is reached."""
+        todo = [i for i in (range(len(self)) if indices is None else indices) if self._images[i] is None]
         done = 0
         with ThreadPoolExecutor(max_workers=worker_count(workers)) as pool:
             for i, tensor in zip(todo, pool.map(self._decode, todo)):
@@ -70,6 +75,8 @@ class DecodeCache:
     def _decode(self, i: int):
         import torch
 
+        if self.decode is not None:
+            return torch.from_numpy(np.asarray(self.decode(self.paths[i])).copy())
         img, _, _ = read_rgb(self.paths[i], limits=self.limits, draft_side=self.short_side)
         w, h = img.size
         if min(w, h) > self.short_side:

@@ -30,6 +30,7 @@ NEAR_SCALE = 0.3                    # ... and only when far closer than images' 
 MAX_PAIRS = 100
 MAX_SUSPECTS = 100                  # likely label errors kept in the report (the count says how many in all)
 CURVE = (0.25, 0.5, 0.75, 1.0)
+PIPELINE = "eval-crop-2"            # how images reach the model (vit.data.pixels): part of the cache's key
 
 
 class FeatureError(ValueError):
@@ -70,12 +71,13 @@ def extract(model: nn.Module, dcfg: dict, images: Callable[[int], "object"], sha
             progress: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
     """The frozen features (the pre-logits the classifier sees) of each image: `images(k)` gives the k-th
-    as a PIL image, `shas[k]` its sha256. Cached ones are read, the rest computed in eval mode and added to
+    as a PIL image already resized and cropped for the model (vit.data.pixels: EvalPixels.crop of
+    read_for_model), `shas[k]` its sha256. Cached ones are read, the rest computed in eval mode and added to
     the cache. `flip`: of the mirror image. None when `should_stop` asked to stop."""
-    from timm.data import create_transform
+    from vit.data.pixels import EvalPixels
     classifier(model)
-    transform = create_transform(**dcfg, is_training=False)
-    key = fingerprint(model, dcfg, "hflip" if flip else "")
+    transform = EvalPixels(dcfg).tensor
+    key = fingerprint(model, dcfg, PIPELINE + ("-hflip" if flip else ""))
     known = _read(cache_dir, key)
     todo = [k for k, s in enumerate(shas) if s not in known]
     firsts = list({shas[k]: k for k in reversed(todo)}.values())  # one computation per distinct image

@@ -2,7 +2,6 @@
 text lives there, the numbers are put together here), with the confusion matrix and learning curves."""
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -11,6 +10,8 @@ from PIL import Image
 
 from vit import runs
 from vit.hub.plots import confusion_image, curves_image
+from vit.data.pixels import describe
+from vit.train.metrics import SOURCE_WORDS
 
 CARD = "README.md"
 CONFUSION_PNG, CURVES_PNG = "confusion_matrix.png", "learning_curves.png"
@@ -34,15 +35,17 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
     report = runs.read_json(run_dir / runs.DATA_REPORT, {})
     train = config.get(runs.CONFIG_KEY, {})
     base = _base_model(train)
-    acc = metrics.get("val_acc")
+    estimate = metrics.get("accuracy_estimate") or {}
+    acc = estimate.get("value")
     dataset_name = report.get("source") and Path(str(report["source"])).name or "custom image folder"
     data = ModelCardData(
         library_name="timm", pipeline_tag="image-classification", license=None,
         tags=["image-classification", "timm", "vision-transformer", "vit-studio"], base_model=base,
         model_name=repo_id.split("/")[-1], metrics=["accuracy"] if acc is not None else None,
         eval_results=[EvalResult(task_type="image-classification", dataset_type="imagefolder",
-                                 dataset_name=dataset_name, dataset_split="validation", metric_type="accuracy",
-                                 metric_value=round(acc, 4))] if acc is not None else None)
+                                 dataset_name=dataset_name,
+                                 dataset_split="test" if estimate.get("from") == "test" else "validation",
+                                 metric_type="accuracy", metric_value=round(acc, 4))] if acc is not None else None)
     return ModelCard.from_template(data, template_path=TEMPLATE,
                                    **_context(repo_id, config, base, train, metrics, report))
 
@@ -50,12 +53,12 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
 def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics: dict, report: dict) -> dict:
     """What the template shows, ready to print."""
     labels = config.get("label_names") or []
-    acc = metrics.get("val_acc")
+    estimate = metrics.get("accuracy_estimate") or {}
+    chosen = metrics.get("selection")
     n_val = sum(v.get("support", 0) for v in metrics.get("per_class", {}).values())
     start = (f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else
              "trained from scratch (random initialisation)" if not train.get("pretrained", True) else
              f"fine-tuned from `{train.get('weights') or train.get('model')}`")
-    test = metrics.get("test")
     split = report.get("split_counts", {})
     warnings = list(report.get("warnings") or [])
     if report.get("leakage"):
@@ -65,20 +68,33 @@ def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics:
         "name": repo_id.split("/")[-1], "repo_id": repo_id, "arch": config.get("architecture", "unknown"),
         "start": start, "n_classes": len(labels), "class_list": ", ".join(f"`{lb}`" for lb in labels),
         "total": report.get("total"), "n_val": n_val,
-        "acc": None if acc is None else f"{acc:.1%}", "interval": _interval(acc, n_val),
-        "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
+        "results": bool(metrics.get("per_class")),
+        "estimate": estimate.get("value") is not None and {
+            "acc": f"{estimate['value']:.1%}", "interval": f"{estimate['low']:.1%} to {estimate['high']:.1%}",
+            "images": estimate["images"], "kind": SOURCE_WORDS.get(estimate.get("from"), "images"),
+            "says": estimate.get("says", "")},
+        "chosen": chosen and {"acc": f"{chosen['val_acc']:.1%}", "epoch": chosen["epoch"],
+                              "epochs": chosen["epochs"], "images": chosen["images"]},
+        "val_acc": None if metrics.get("val_acc") is None else f"{metrics['val_acc']:.1%}",
         "stopped_early": metrics.get("stopped_early"),
-        "test": test and {"acc": f"{test['acc']:.1%}", "images": test["images"],
-                          "interval": _interval(test["acc"], test["images"])},
         "per_class": [{"name": c, "precision": f"{v['precision']:.3f}", "recall": f"{v['recall']:.3f}",
                        "f1": f"{v['f1']:.3f}", "support": v["support"]}
                       for c, v in metrics.get("per_class", {}).items()],
+        "preprocessing": _preprocessing(config),
         "confusion_png": CONFUSION_PNG, "curves_png": CURVES_PNG, "method": _method(train),
         "settings": [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
                      and (key in QUICK_SETTINGS or not train.get("quick"))],
         "recipe": train.get("recipe") or [],
         "splits": ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) if split else "",
         "warnings": warnings}
+
+
+def _preprocessing(config: dict) -> str:
+    cfg = config.get("pretrained_cfg") or {}
+    try:
+        return describe(cfg)
+    except (KeyError, TypeError, ValueError):
+        return "as its pretrained_cfg says"
 
 
 def _method(train: dict) -> str | None:
@@ -92,13 +108,6 @@ def _method(train: dict) -> str | None:
                 + (f" ({probe['val_acc']:.1%} on validation)" if probe.get("val_acc") is not None else "")
                 + ", then the whole model fine-tuned from it")
     return None
-
-
-def _interval(p: float | None, n: int) -> str:
-    if p is None:
-        return ""
-    lo, hi = _wilson(p, n)
-    return f"{lo:.1%} to {hi:.1%}"
 
 
 def card_preview(run_dir: str | os.PathLike, repo_id: str) -> str:
@@ -150,11 +159,3 @@ def _base_model(train: dict) -> str | None:
     if model and not model.startswith("local-dir:") and re.fullmatch(r"[\w.\-]+", model):
         return f"timm/{model}"
     return None
-
-
-def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if not n:
-        return 0.0, 1.0
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

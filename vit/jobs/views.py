@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vit import runs
 from vit.jobs.worker import JOB
+from vit.models import built_text
 from vit.train import TrainConfig
 
 
@@ -15,10 +16,16 @@ def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, qu
     visitor may do with it (`mine`: their own run, or single-user mode)."""
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     state = status.get("state", "unknown")
-    best = metrics.get("val_acc", status.get("best_val_acc"))
+    best = status.get("best_val_acc")
+    if best is None and metrics:
+        best = (metrics.get("selection") or {}).get("val_acc", metrics.get("val_acc"))
+    built = (config.get(runs.CONFIG_KEY) or {}).get("built")
     return {
         "id": run_dir.name, "state": state, "message": status.get("message", ""),
         "model": status.get("model") or job.get("config", {}).get("model") or config.get("architecture"),
+        "arch": built_text(built) if built else status.get("arch"),  # the model as built, and its weights
+        "estimate": metrics.get("accuracy_estimate"),  # the accuracy on images that chose nothing
+        "selection": metrics.get("selection"),  # the best of N epochs on validation, chosen on those images
         "source": job.get("source"), "created_at": status.get("created_at"),
         "name": job.get("name") or run_dir.name, "recipe": start_summary(job.get("config") or {}),
         "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
@@ -45,5 +52,9 @@ def start_summary(config: dict) -> str:
 
 
 def default_name(source: str, config: TrainConfig) -> str:
-    """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05'."""
-    return f"{source[:40]} · {config.model.split('/')[-1].split('.')[0][:40]} · {time.strftime('%H:%M')}"
+    """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05' ('ViT from scratch' for a model with
+    random weights: its shape is the recipe's, not the named model's)."""
+    model = config.model.split("/")[-1].split(".")[0][:40]
+    if not config.pretrained and not config.weights:
+        model = "ViT from scratch"
+    return f"{source[:40]} · {model} · {time.strftime('%H:%M')}"

@@ -33,10 +33,10 @@ from vit.data import Dataset, DecodeCache
 from vit.train.config import ConfigError, TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, EventHandler, StopFlag, cancelled
-from vit.train.metrics import final_metrics
+from vit.train.metrics import Holdout, accuracy_estimate, estimate_line, final_metrics, holdout, selection
 from vit.train.prepare import prepare
 from vit.train.quick import fit_quick, probe_head
-from vit.train.transforms import (BatchAugment, Images, TrainImages, eval_transform, export_data_config, patch_size_of,
+from vit.train.transforms import (BatchAugment, Images, TrainImages, export_data_config, patch_size_of,
                                   progressive_sizes)
 
 
@@ -103,9 +103,13 @@ class _Run:
     dcfg: dict
     sizes: list | None
     cache: DecodeCache
+    eval_cache: DecodeCache                # validation and test images as inference sees them (vit.data.pixels)
+    pixels: object                         # ... and the rest of the eval transform (EvalPixels)
     labels: list
     train_set: TrainImages
-    val_set: Images
+    split: Holdout                       # which images choose the epoch, which estimate the accuracy
+    val_set: Images                      # the images each epoch is validated on: split.select (or, when nothing
+                                         # is chosen, split.estimate, only to show the curve)
     loader: torch.utils.data.DataLoader  # the training batches, every epoch (persistent workers)
     augment: BatchAugment                # colour jitter and normalisation, a batch at a time
     record: dict = field(default_factory=dict)       # config.json's training record
@@ -135,7 +139,7 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
     """Set up, then train epoch by epoch (checkpointing each), then report on the best weights."""
     run = _setup(dataset, config, run_dir, emit, resume, ddp)
     if not resume and config.lp_ft and (config.pretrained or config.weights):  # LP, then FT from its head
-        head = probe_head(run.model, run.dcfg, dataset, run.cache, run.labels, config, run_dir, emit, run.device,
+        head = probe_head(run.model, run.dcfg, dataset, run.eval_cache, run.labels, config, run_dir, emit, run.device,
                           StopFlag(run_dir, should_stop, ddp), ddp.is_main)
         if head is None:
             return cancelled(emit, 0, 0, [], {"epoch": None})
@@ -175,10 +179,13 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
     if config.grad_checkpointing:
         p.model.set_grad_checkpointing(True)
     train_set = TrainImages(p.cache, dataset.train, p.labels, config, p.dcfg)
-    return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.labels, train_set,
-                Images(p.cache, dataset.val, p.labels, eval_transform(p.dcfg)),
+    split = holdout(dataset, config.seed)
+    return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.eval_cache, p.pixels,
+                p.labels, train_set, split,
+                Images(p.eval_cache, split.select or split.estimate, p.labels, p.pixels.tensor),
                 ddp.train_loader(train_set, config.batch_size, config.seed, _workers(config, p.device)),
-                BatchAugment(config, p.dcfg, p.device), record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size})
+                BatchAugment(config, p.dcfg, p.device),
+                record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size, "built": p.built})
 
 
 def _optimisation(run: _Run, n_classes: int) -> None:
@@ -279,7 +286,9 @@ def _end_epoch(run: _Run, epoch: int, trained: dict, val_loss: float, val_acc: f
     """Keep the best weights, record the epoch (metrics.jsonl, last.pt to resume from, status); True when
     early stopping ends the run here."""
     config = run.config
-    if val_acc > run.best["val_acc"] or (val_acc == run.best["val_acc"] and val_loss < run.best["val_loss"]):
+    choosing = bool(run.split.select)  # else nothing is chosen on the images: the last epoch is kept
+    if not choosing or val_acc > run.best["val_acc"] or (val_acc == run.best["val_acc"]
+                                                         and val_loss < run.best["val_loss"]):
         run.best, run.stale = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}, 0
         if run.ddp.is_main:
             runs.save_model(run.run_dir, run.eval_model, run.record["classes"], run.record,
@@ -302,31 +311,37 @@ def _end_epoch(run: _Run, epoch: int, trained: dict, val_loss: float, val_acc: f
             "rng": _rng_state()})
         runs.write_metrics_log(run.run_dir, run.history)
     run.emit.epoch(row, config.epochs, run.best)
-    return bool(config.early_stopping) and run.stale >= config.early_stopping and epoch + 1 < config.epochs
+    return (choosing and bool(config.early_stopping) and run.stale >= config.early_stopping
+            and epoch + 1 < config.epochs)
 
 
 def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
-    """The final report, on the best weights: validation metrics, and the test split measured once."""
+    """The final report, on the delivered weights: validation metrics (every image), the test split measured
+    once, and the accuracy estimate on the images that chose nothing."""
     from safetensors.torch import load_file
     config, best, history, classes = run.config, run.best, run.history, dataset.classes
-    run.emit.status("running", message="Computing final metrics on the best model")
+    run.emit.status("running", message="Computing final metrics on the delivered model")
     run.ddp.barrier()  # rank 0 has written the best weights
     run.eval_model.load_state_dict(load_file(run.run_dir / runs.WEIGHTS))
-    _, _, predictions = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast, keep=True)
+    val_set = Images(run.eval_cache, dataset.val, run.labels, run.pixels.tensor)
+    _, _, predictions = evaluate(run.eval_model, val_set, config, run.device, run.autocast, keep=True)
     metrics = final_metrics(predictions, dataset, classes, best, history, stopped_early)
     if dataset.test:  # a held-out test split: measured once, on the chosen model, reported apart
-        test_set = Images(run.cache, dataset.test, run.labels, eval_transform(run.dcfg))
+        test_set = Images(run.eval_cache, dataset.test, run.labels, run.pixels.tensor)
         _, _, on_test = evaluate(run.eval_model, test_set, config, run.device, run.autocast, keep=True)
+        predictions = predictions + on_test
         held_out = final_metrics(on_test, dataset, classes, best, history, stopped_early)
         metrics["test"] = {"acc": held_out["val_acc"], "images": len(test_set), "per_class": held_out["per_class"],
                            "confusion_matrix": held_out["confusion_matrix"]}
+    metrics["accuracy_estimate"] = accuracy_estimate(predictions, run.split)
+    metrics["selection"] = chosen = selection(best, history, run.split)
     if run.ddp.is_main:
         runs.write_json(run.run_dir / runs.METRICS, metrics)
-    message = (f"Finished: best validation accuracy {best['val_acc']:.1%} at epoch {best['epoch']}"
-               + (f" (stopped early after {len(history)} epochs: no improvement in {config.early_stopping})"
-                  if stopped_early else "")
-               + (f"; test accuracy {metrics['test']['acc']:.1%} on {metrics['test']['images']} held-out images"
-                  if "test" in metrics else ""))
+    message = f"Finished: {estimate_line(metrics['accuracy_estimate'])}" + (
+        f"; best of {chosen['epochs']} epochs on validation {chosen['val_acc']:.1%} (epoch {chosen['epoch']}, "
+        f"chosen on those {chosen['images']} images)" if chosen else "") + (
+        f" (stopped early after {len(history)} epochs: no improvement in {config.early_stopping})"
+        if stopped_early else "")
     run.emit.status("completed", message=message, epoch=len(history))
     run.emit.event(type="end", metrics=metrics)
     return metrics
@@ -346,7 +361,8 @@ def _workers(config: TrainConfig, device: torch.device) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, autocast, keep: bool = False):
-    """Validation loss and accuracy; with keep=True also (index, true, pred, confidence) per image."""
+    """Validation loss and accuracy; with keep=True also (index, true, pred, confidence, probability of the
+    true class) per image."""
     if len(val_set) == 0:
         return float("nan"), 0.0, []
     was_training = model.training
@@ -363,8 +379,9 @@ def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, a
         conf, pred = prob.max(1)
         correct += (pred == y).sum().item()
         if keep:
-            for t, p, c in zip(y.tolist(), pred.tolist(), conf.tolist()):
-                out.append((val_set.indices[k], t, p, c))
+            p_true = prob.gather(1, y[:, None])[:, 0]
+            for t, p, c, pt in zip(y.tolist(), pred.tolist(), conf.tolist(), p_true.tolist()):
+                out.append((val_set.indices[k], t, p, c, pt))
                 k += 1
     model.train(was_training)
     return loss_sum / len(val_set), correct / len(val_set), out

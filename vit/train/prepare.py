@@ -13,7 +13,8 @@ from torch import nn
 
 from vit import runs
 from vit.data import Dataset, DecodeCache
-from vit.models import ModelSpec, create_model, data_config
+from vit.data.pixels import EvalPixels, read_for_model
+from vit.models import ModelSpec, built, built_text, create_model, data_config, weights_words
 from vit.train.config import TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter
@@ -24,14 +25,19 @@ class Prepared:
     device: torch.device
     model: nn.Module          # on the device
     dcfg: dict                # timm's preprocessing for it, crop_pct as the config asks
-    cache: DecodeCache        # every image of the dataset, decoded for the model's input size
+    cache: DecodeCache        # the training images, decoded for the model's input size (augmentation follows)
+    eval_cache: DecodeCache   # every image as validation and inference see it (EvalPixels' crop), made as needed
+    pixels: EvalPixels        # the eval transform: eval_cache's images through pixels.tensor
     labels: list[int]         # the class index of every image
+    built: dict               # what the model is (vit.models.built): config.json records it, pages show it
 
 
 def prepare(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, ddp: Distributed,
-            resume: bool = False, epochs: int | None = None) -> Prepared:
+            resume: bool = False, epochs: int | None = None, train_images: bool = True) -> Prepared:
     """The model (a resumed run is rebuilt from its own config.json: no download, same architecture) and the
-    data. `epochs` is what the status says the run will take (default: the config's)."""
+    data: the training images decoded for augmentation (unless not `train_images`), the validation and test
+    images as inference reads and crops them. `epochs` is what the status says the run will take (default: the
+    config's)."""
     device = ddp.device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
@@ -52,11 +58,23 @@ def prepare(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
     emit.status("running", message="Creating the model", epoch=0, epochs=epochs or config.epochs,
                 **runs.process_identity())
     model = create_model(spec, num_classes=len(dataset.classes)).to(device)
+    what = runs.read_config(run_dir).get(runs.CONFIG_KEY, {}).get("built") if resume else None
+    what = what or built(model, weights_words(model, config.pretrained, config.weights))
+    emit.status("running", arch=built_text(what))
     dcfg = data_config(model)
     if config.crop_pct:
         dcfg["crop_pct"] = config.crop_pct
     emit.status("running", message=f"Decoding {len(dataset.items)} images into memory")
     cache = DecodeCache(dataset.items, short_side=math.ceil(dcfg["input_size"][-1] / dcfg.get("crop_pct", 0.875)),
                         max_bytes=config.cache_max_bytes)
-    cache.fill(progress=lambda done, total: emit.event(type="cache", done=done, total=total))
-    return Prepared(device, model, dcfg, cache, dataset.labels(range(len(dataset.items))))
+    pixels = EvalPixels(dcfg)
+    eval_cache = DecodeCache(dataset.items, max_bytes=config.cache_max_bytes,
+                             decode=lambda path: pixels.crop(read_for_model(path)))
+    train, held = (dataset.train if train_images else []), [*dataset.val, *dataset.test]
+    total = len(train) + len(held)
+
+    def progress(base: int):
+        return lambda done, _: emit.event(type="cache", done=base + done, total=total)
+    cache.fill(progress=progress(0), indices=train)
+    eval_cache.fill(progress=progress(len(train)), indices=held)
+    return Prepared(device, model, dcfg, cache, eval_cache, pixels, dataset.labels(range(len(dataset.items))), what)

@@ -16,7 +16,7 @@ from vit.data import Dataset, DecodeCache
 from vit.train.config import TrainConfig
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, StopFlag, cancelled
-from vit.train.metrics import final_metrics, loss_acc, predicted
+from vit.train.metrics import accuracy_estimate, estimate_line, final_metrics, holdout, loss_acc, predicted
 from vit.train.prepare import prepare
 from vit.train.transforms import export_data_config
 
@@ -27,9 +27,9 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
     features, its penalty chosen on validation). Saved like any run, so everything downstream works."""
     t0 = time.perf_counter()
     classes = dataset.classes
-    p = prepare(dataset, config, run_dir, emit, ddp, epochs=1)
+    p = prepare(dataset, config, run_dir, emit, ddp, epochs=1, train_images=False)
     model, dcfg, labels = p.model, p.dcfg, p.labels
-    head = probe_head(model, dcfg, dataset, p.cache, labels, config, run_dir, emit, p.device,
+    head = probe_head(model, dcfg, dataset, p.eval_cache, labels, config, run_dir, emit, p.device,
                        StopFlag(run_dir, should_stop, ddp), ddp.is_main, keep=True)
     if head is None:
         return cancelled(emit, 0, 0, [], {"epoch": None})
@@ -37,13 +37,16 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
     layer = features.classifier(model)
     logits = x @ layer.weight.detach().cpu().T + layer.bias.detach().cpu()
     elapsed = time.perf_counter() - t0
+    split = holdout(dataset, config.seed)
     train_loss, train_acc = loss_acc(logits[dataset.train], y[dataset.train])
-    val_loss, val_acc = loss_acc(logits[dataset.val], y[dataset.val])
+    val_loss, val_acc = loss_acc(logits[split.select], y[split.select]) if split.select else \
+        loss_acc(logits[split.estimate], y[split.estimate])  # (the curve's point; the penalty chose on select)
     best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": 1}
     history = [{"epoch": 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                 "val_acc": val_acc, "lr": 0.0, "images_per_s": len(labels) / max(elapsed, 1e-9),
                 "epoch_time": elapsed, "img_size": dcfg["input_size"][-1], "eta_s": 0.0, "best_epoch": 1}]
-    record = {**asdict(config), "classes": classes, "img_size_used": dcfg["input_size"][-1], "probe_head": head}
+    record = {**asdict(config), "classes": classes, "img_size_used": dcfg["input_size"][-1], "probe_head": head,
+              "built": p.built}
     if ddp.is_main:
         runs.save_model(run_dir, model, classes, record, data_config=export_data_config(dcfg))
         runs.write_metrics_log(run_dir, history)
@@ -53,11 +56,12 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
         metrics["test"] = {"acc": held_out["val_acc"], "images": len(dataset.test),
                            "per_class": held_out["per_class"], "confusion_matrix": held_out["confusion_matrix"]}
     metrics["quick"] = True
+    metrics["accuracy_estimate"] = accuracy_estimate(predicted(logits, split.estimate, labels), split, quick=True)
+    metrics["selection"] = None  # (the penalty's choice is in config.json's probe_head)
     if ddp.is_main:
         runs.write_json(run_dir / runs.METRICS, metrics)
-    measured = f"{val_acc:.1%} validation accuracy" if dataset.val else "no validation images to measure it on"
-    emit.status("completed", epoch=1, message=f"Quick model: {measured} (a head fitted on frozen features in "
-                f"{elapsed:.0f} s)" + (f"; test accuracy {metrics['test']['acc']:.1%}" if "test" in metrics else ""))
+    emit.status("completed", epoch=1, message=f"Quick model: {estimate_line(metrics['accuracy_estimate'])} (a head "
+                f"fitted on frozen features in {elapsed:.0f} s)")
     emit.event(type="end", metrics=metrics)
     return metrics
 
@@ -65,7 +69,8 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
 def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCache, labels: list[int],
                 config: TrainConfig, run_dir: Path, emit: "Emitter", device, stop, is_main: bool,
                 keep: bool = False) -> dict | None:
-    """Fit the model's head on its frozen features (cached under the runs' root) and put it in the model;
+    """Fit the model's head on its frozen features (cached under the runs' root) and put it in the model; `cache`
+    holds the images as inference crops them (Prepared.eval_cache);
     write what the features say about the data (diagnostics.json). Returns what was chosen (with the
     features when `keep`), None when asked to stop."""
     shas = [it.sha256 for it in dataset.items]
@@ -80,7 +85,8 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
     if x is None or (config.probe_flip and mirrored is None):
         return None
     emit.status("running", message="Fitting the head on the frozen features")
-    y, train, val = torch.tensor(labels), torch.tensor(dataset.train), torch.tensor(dataset.val)
+    choosing = holdout(dataset, config.seed).select  # (the images that choose the penalty)
+    y, train, val = torch.tensor(labels), torch.tensor(dataset.train), torch.tensor(choosing, dtype=torch.long)
     x_train, y_train = x[train], y[train]
     if mirrored is not None:
         x_train, y_train = torch.cat([x_train, mirrored[train]]), torch.cat([y_train, y_train])
@@ -98,5 +104,6 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
                                    [splits.get(i, "") for i in range(len(labels))], dataset.classes, head.C,
                                    config.seed)
         runs.write_json(run_dir / runs.DIAGNOSTICS, report)
-    chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "flip": config.probe_flip}
+    chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "val_images": len(val),
+              "flip": config.probe_flip}
     return {**chosen, "features": x} if keep else chosen

@@ -189,10 +189,5 @@ def jitter_affine(grey_mean: float, factors: list[float], order: list[int]) -> t
     return a, o
 
 
-def eval_transform(dcfg: dict):
-    from timm.data import create_transform
-    return create_transform(**dcfg, is_training=False)
-
-
 def export_data_config(dcfg: dict) -> dict:
     return {k: dcfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in dcfg}

@@ -43,7 +43,7 @@ CSS = ""
 MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
 
 
-RUN_COLUMNS = ["run", "state", "model", "epoch", "best val acc", "message", "id"]
+RUN_COLUMNS = ["run", "state", "model", "epoch", "accuracy (95% interval)", "message", "id"]
 
 
 _METHOD_TITLES = {"chefer": "Gradient-weighted attention (default)", "rollout": "Attention rollout",
@@ -227,16 +227,36 @@ def _model_picker(rows: list[dict], current: str | None, follow: str | None = No
 
 
 def _model_text(r: dict) -> str:
+    """The model as built ('ViT 96 wide, 6 blocks, patch 4, 32 px, 0.68M parameters, from scratch'), or, before
+    it is built, the name asked for and how it starts."""
+    if r.get("arch"):
+        return r["arch"] + (", quick model" if "quick model" in (r.get("recipe") or "") else "")
     model = (r["model"] or "").split(".")[0]
     return f"{model} ({r['recipe']})" if r.get("recipe") else model
 
 
+ESTIMATE_FROM = {"test": "test images", "holdout": "held-out images", "unselected": "validation, unselected"}
+
+
+def _accuracy_text(r: dict, short: bool = False) -> str:
+    """A finished run's accuracy estimate with its interval and images ('84.0% (77-89%, 150 test images)'), or
+    while it trains the best validation accuracy so far (chosen on those images, and said so)."""
+    e = r.get("estimate") or {}
+    if e.get("value") is not None:
+        if short:
+            return f"{e['value']:.0%} ({e['low']:.0%}-{e['high']:.0%})"
+        return f"{e['value']:.1%} ({e['low']:.0%}-{e['high']:.0%}, {e['images']} {ESTIMATE_FROM.get(e['from'], '')})"
+    if r.get("best_val_acc") is not None and r["state"] != "completed":
+        return f"best val so far {r['best_val_acc']:.1%}"
+    return ""
+
+
 def _model_label(r: dict) -> str:
-    """'pets.zip · vit_small_patch16_224 · 14:05 · 93%' (the default name already names the model)."""
-    acc = "" if r["best_val_acc"] is None else f" · {r['best_val_acc']:.0%}"
+    """'pets.zip · 14:05 · ViT 96 wide, 6 blocks, ... from scratch · 84% (77-89%)': the name, the model as built,
+    the accuracy estimate, so that runs with the same name are told apart."""
+    acc = _accuracy_text(r, short=True)
     state = "" if r["state"] == "completed" else f" ({r['state']})"
-    model = "" if (r["model"] or "").split(".")[0] in r["name"] else f" · {_model_text(r)}"
-    return f"{r['name']}{model}{acc}{state}"
+    return f"{r['name']} · {_model_text(r)}{' · ' + acc if acc else ''}{state}"
 
 
 def _state_key(manager: jobs.JobManager, run_id: str | None) -> str:

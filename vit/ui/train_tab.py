@@ -13,8 +13,8 @@ from vit import data, jobs, runs, sessions
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
-from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, SETTINGS, RUN_COLUMNS, RUN_START, Page, _duration, _epoch_text,
-                           _live_choice, _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
+from vit.ui.common import (ADVANCED, ESTIMATE_FROM, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, SETTINGS, RUN_COLUMNS, RUN_START, Page, _duration, _epoch_text,
+                           _accuracy_text, _live_choice, _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
 from vit.ui.data_tab import restore_session
 
 
@@ -99,7 +99,8 @@ def _runs_view() -> SimpleNamespace:
         acc_plot = gr.LinePlot(x="epoch", y="value", color="curve", title="Accuracy", y_lim=[0, 1], min_width=280)
     with gr.Accordion("Compare finished runs", open=False):
         compare_table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
-                                     label="Finished runs, best first (click a column to sort)")
+                                     label="Finished runs by dataset, best first (accuracy on images that chose "
+                                           "nothing; click a column to sort)")
         use_best = gr.Button("Use the best run in Classify and Share")
     run_key = gr.State("")  # "<run id>:<state>" of the selected run: changes when its state does
     return SimpleNamespace(runs_table=runs_table, selected=selected, cancel_btn=cancel_btn, resume_btn=resume_btn,
@@ -297,9 +298,8 @@ def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None)
     """The runs table and the run picker. A choice that is still a run is left alone (the value is not sent
     back: a poll sent before a click on Start would otherwise undo the move to the new run)."""
     rows = manager.list(owner or None)
-    table = pd.DataFrame([[r["name"], r["state"], _model_text(r), _epoch_text(r),
-                           "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}", r["message"], r["id"]]
-                          for r in rows], columns=RUN_COLUMNS)
+    table = pd.DataFrame([[r["name"], r["state"], _model_text(r), _epoch_text(r), _accuracy_text(r), r["message"],
+                           r["id"]] for r in rows], columns=RUN_COLUMNS)
     if selected in {r["id"] for r in rows}:
         return table, gr.update(choices=_run_choices(rows))
     return table, _run_picker(rows, _live_choice(rows, selected))
@@ -315,6 +315,8 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     except jobs.JobError as e:
         return str(e), empty, empty
     lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
+    if p["state"] == "completed":
+        lines.append(headline(p))
     if p["state"] == "running" and p["steps_per_epoch"]:
         epochs, steps = p["epochs"] or 1, p["steps_per_epoch"]
         done = ((p["epoch"] or 0) * steps + (p["step"] or 0)) / (epochs * steps)
@@ -341,6 +343,21 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
             pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
 
 
+def headline(r: dict) -> str:
+    """A finished run's accuracy: the estimate on images that chose nothing, where they come from, and the best of
+    N epochs on validation labelled as chosen on those images."""
+    e, chosen = r.get("estimate") or {}, r.get("selection")
+    if e.get("value") is None:
+        return "No accuracy estimate: the dataset has no validation or test images to measure on."
+    text = (f"### Accuracy {e['value']:.1%} (95% interval {e['low']:.1%}-{e['high']:.1%}) on {e['images']} "
+            f"{ESTIMATE_FROM.get(e['from'], 'images')}\nMeasured on {e.get('says', '')}: expect about this on new "
+            "images like yours.")
+    if chosen:
+        text += (f" Best of {chosen['epochs']} epochs on validation: {chosen['val_acc']:.1%} (epoch "
+                 f"{chosen['epoch']}), chosen on those {chosen['images']} images, so optimistic.")
+    return text
+
+
 def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     """The loss and accuracy curves are hidden for a quick model: one fit, nothing to draw."""
     try:
@@ -360,38 +377,42 @@ CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model
                   "undone.')) ? [run, who] : [null, who]")
 
 
-COMPARE_COLUMNS = ["best", "run", "model", "epochs", "batch", "lr", "image size", "val acc", "test acc", "time",
-                   "id"]
+COMPARE_COLUMNS = ["best", "dataset", "run", "model", "accuracy", "95% interval", "measured on",
+                   "best val (chosen on it)", "epochs", "batch", "lr", "time", "id"]
 
 
 def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
-    """The visitor's finished runs side by side: model, settings, accuracy and training time, best first."""
+    """The visitor's finished runs side by side, grouped by dataset and ranked within it by the accuracy
+    estimate (images that chose nothing; one star per dataset): model as built, settings, the best validation
+    figure (chosen on its images, so labelled), training time."""
     rows = []
     for r in _finished(manager, owner):
         run_dir = manager.root / r["id"]
         config = runs.read_json(run_dir / jobs.JOB, {}).get("config", {})
         metrics = runs.read_json(run_dir / runs.METRICS, {})
         took = (r["finished_at"] or 0) - (r["created_at"] or 0)
-        test = metrics.get("test", {}).get("acc")
-        rows.append(["", r["name"], _model_text(r), r["epoch"] or "", config.get("batch_size", ""),
-                     f"{config['lr']:g}" if config.get("lr") else "", config.get("img_size") or "model's",
-                     f"{r['best_val_acc']:.1%}", "" if test is None else f"{test:.1%}",
+        e, chosen = r["estimate"], metrics.get("selection")
+        rows.append(["", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}",
+                     f"{e['low']:.1%}-{e['high']:.1%}", f"{e['images']} {ESTIMATE_FROM.get(e['from'], '')}",
+                     f"{chosen['val_acc']:.1%} (epoch {chosen['epoch']} of {chosen['epochs']})" if chosen else "",
+                     r["epoch"] or "", config.get("batch_size", ""), f"{config['lr']:g}" if config.get("lr") else "",
                      _duration(took) if took > 0 else "", r["id"]])
-    rows.sort(key=lambda row: -float(row[7].rstrip("%")))
-    if rows:
-        rows[0][0] = "★"
+    rows.sort(key=lambda row: (row[1], -float(row[4].rstrip("%"))))
+    for k, row in enumerate(rows):
+        if k == 0 or rows[k - 1][1] != row[1]:
+            row[0] = "★"  # the best of its dataset
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
 def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
-    """The visitor's finished run with the best validation accuracy (the newest among equals)."""
+    """The visitor's finished run with the best accuracy estimate (the newest among equals)."""
     done = _finished(manager, owner)
-    return max(done, key=lambda r: (r["best_val_acc"], r["created_at"] or 0))["id"] if done else None
+    return max(done, key=lambda r: (r["estimate"]["value"], r["created_at"] or 0))["id"] if done else None
 
 
 def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
-    return [r for r in manager.list(owner or None)
-            if r["state"] == "completed" and r["has_model"] and r["best_val_acc"] is not None]
+    return [r for r in manager.list(owner or None) if r["state"] == "completed" and r["has_model"]
+            and (r.get("estimate") or {}).get("value") is not None]
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
