@@ -28,6 +28,8 @@ bench: $(VENV)/.app-installed
 	HF_HUB_OFFLINE=1 $(PY) bench/app_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/scratch_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/probe_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/estimate_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/diagnose_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

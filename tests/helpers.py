@@ -57,6 +57,19 @@ def tiny(**over):
     return TrainConfig(**{**TINY, **over})
 
 
+def flipped_shapes(dest: Path, per_class: int = 12, flips: int = 2, size: int = 32, seed: int = 0) -> tuple[Path, list]:
+    """Sample shapes with `flips` labels wrong (files moved into another shape's folder); the moved names."""
+    import random
+    from vit.samples import SHAPES, make_shapes_dataset
+    make_shapes_dataset(dest, per_class=per_class, size=size, seed=seed)
+    rng, moved = random.Random(seed), []
+    for f in rng.sample(sorted(dest.rglob("*.png")), flips):
+        other = next(c for c in SHAPES if c != f.parent.name)
+        f.rename(dest / other / f"wrong-{f.name}")
+        moved.append(f"{other}/wrong-{f.name}")
+    return dest, moved
+
+
 ARTIFACTS = Path(__file__).parent / "e2e" / "artifacts"
 
 

@@ -58,8 +58,7 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
     assert row[2] == models.built_text(built) and row[2].endswith(", from scratch"), row
     metrics = runs.read_json(manager.root / run_id / runs.METRICS)
     estimate = metrics["accuracy_estimate"]  # 6 validation images, under HOLDOUT_MIN: nothing chosen on them
-    assert row[4] == (f"{estimate['value']:.1%} ({estimate['low']:.0%}-{estimate['high']:.0%}, 6 validation, "
-                      "unselected)"), row
+    assert row[4] == f"{estimate['value']:.1%} ({estimate['low']:.0%}-{estimate['high']:.0%}, 6 val, unselected)", row
     summary, losses, accs = client.predict(run_id, "me", api_name="/show_run")
     assert summary.startswith(f"**{run_id}**: completed. Finished: accuracy {estimate['value']:.1%}")
     assert f"### Accuracy {estimate['value']:.1%} (95% interval" in summary and "Best of" not in summary

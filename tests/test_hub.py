@@ -184,6 +184,35 @@ def test_onnx_export_matches_pytorch_for_any_batch(run_dir, tmp_path):
         assert np.abs(session.run(None, {"pixel_values": x.numpy()})[0] - ours(x).numpy()).max() < 1e-4
 
 
+def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_predict(run_dir, tmp_path):
+    """Its metadata alone (labels, input name and size, mean, std, resize and crop) is enough: preprocessing an
+    oblong photo by hand from it, the ONNX file gives predict's probabilities."""
+    import json as _json
+    import onnxruntime as ort
+    path, _ = hub.export_onnx(run_dir, tmp_path / "m.onnx")
+    meta = hub.onnx_metadata(path)
+    loaded = predict.load_model(run_dir)
+    assert _json.loads(meta["labels"]) == loaded.labels and meta["input_name"] == "pixel_values"
+    assert _json.loads(meta["input_size"]) == [3, 32, 32] and meta["interpolation"] == "bicubic"
+    assert _json.loads(meta["mean"]) == pytest.approx(list(loaded.data_config["mean"]))
+    assert "crop the centre 32x32" in meta["preprocessing"]
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (61, 97, 3), dtype=np.uint8)).save(photo)
+    img = predict.read_image(str(photo))
+    size, crop = _json.loads(meta["input_size"])[-1], float(meta["crop_pct"])
+    short = int(size / crop)
+    w, h = img.size
+    resized = img.resize((round(w * short / h), short) if w >= h else (short, round(h * short / w)), Image.BICUBIC)
+    left, top = int(round((resized.width - size) / 2.0)), int(round((resized.height - size) / 2.0))
+    x = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255
+    x = ((x - np.array(_json.loads(meta["mean"]))) / np.array(_json.loads(meta["std"]))).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {meta["input_name"]: x.transpose(2, 0, 1)[None]})[0][0]
+    theirs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    ours = loaded.probabilities([img])[0].numpy()
+    assert np.abs(theirs - ours).max() < 1e-3
+
+
 def test_cli_export(run_dir, tmp_path, capsys):
     from vit import cli
     assert cli.main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0
@@ -262,8 +291,27 @@ def test_on_a_space_the_app_is_multi_user_and_warns_when_runs_are_not_kept(tmp_p
         manager.shutdown()
 
 
-def test_a_run_downloads_as_a_zip_without_resume_state(run_dir, tmp_path):
+def test_a_run_downloads_as_a_zip_with_its_card_and_onnx_file_without_resume_state(run_dir, tmp_path):
     import zipfile
+    from vit import jobs, ui
+    manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0)
+    try:
+        import shutil
+        shutil.copytree(run_dir, manager.root / run_dir.name)
+        zipped = zipfile.ZipFile(ui.download_run(manager, run_dir.name, None))
+        names = zipfile.ZipFile(zipped.filename).namelist()
+        assert {f"{run_dir.name}/{n}" for n in ("README.md", "model.onnx", "confusion_matrix.png")} <= set(names)
+        card = zipped.read(f"{run_dir.name}/README.md").decode()
+        assert "## Use it with timm" in card and "your-name/" in card
+        exported = (manager.root / run_dir.name / "model.onnx").stat().st_mtime_ns
+        ui.download_run(manager, run_dir.name, None)  # the same weights: the ONNX file is not made again
+        assert (manager.root / run_dir.name / "model.onnx").stat().st_mtime_ns == exported
+        served, said = ui.export_run(manager, run_dir.name, None)  # the Share tab says what the file needs
+        labels = runs.read_config(run_dir)["label_names"]
+        assert "Input `pixel_values`: float32 [batch, 3, 32, 32]" in said and ", ".join(labels) in said
+        assert "Preprocessing: RGB; resize the shorter side to" in said and Path(served).name.endswith(".onnx")
+    finally:
+        manager.shutdown(grace_s=1)
     names = zipfile.ZipFile(runs.archive(run_dir, tmp_path)).namelist()
     assert f"{run_dir.name}/model.safetensors" in names and f"{run_dir.name}/config.json" in names
     assert not any(n.endswith("last.pt") for n in names)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny
+from helpers import flipped_shapes, tiny
 from vit import cli, hub, jobs, predict, probe, runs, ui
 from vit.data import features
 from vit.data import load_dataset
@@ -68,18 +68,85 @@ def test_cross_validation_never_judges_an_image_by_a_head_fitted_on_it():
 
 def test_the_features_say_near_duplicates_leakage_label_errors_and_a_learning_curve():
     x, y = _clusters(90)
-    x[1] = x[0] * 1.001  # a near-copy of image 0, in another split
+    x[4] = x[1] * 1.001  # a near-copy of image 1, of its class, in another split
     y_noisy = y.clone()
     y_noisy[5] = (y[5] + 1) % 3
     names = [f"{int(c)}/{i}.png" for i, c in enumerate(y)]
     splits = ["val" if i % 5 == 1 else "train" for i in range(90)]
-    found = features.diagnose(x, y_noisy.tolist(), names, splits, ["a", "b", "c"], C=1.0)
-    assert [(p["a"], p["b"], p["leak"]) for p in found["near_duplicates"]] == [(names[0], names[1], True)]
-    first = found["label_errors"][0]
-    assert (first["name"], first["label"], first["suggested"]) == (names[5], "abc"[y_noisy[5]], "abc"[y[5]])
+    copies = torch.full((12,), 0.9999)  # copies of the images are found at 0.9999
+    found = features.diagnose(x, y_noisy.tolist(), names, splits, ["a", "b", "c"], C=1.0, copies=copies)
+    assert [(p["a"], p["b"], p["leak"]) for p in found["near_duplicates"]] == [(names[1], names[4], True)]
+    assert found["judged"]["near_duplicates"]["ok"] and found["judged"]["labels"]["ok"]
+    assert [(e["name"], e["label"], e["suggested"]) for e in found["label_errors"]] == [
+        (names[5], "abc"[y_noisy[5]], "abc"[y[5]])], "confident learning lists the flip and nothing else"
     curve = found["learning_curve"]
     assert [p["fraction"] for p in curve["points"]] == [0.25, 0.5, 0.75, 1.0] and curve["verdict"]
     assert curve["points"][-1]["images"] == splits.count("train")
+
+
+def test_label_errors_are_listed_as_cleanlab_finds_them_and_ranked_by_self_confidence():
+    """The list is cleanlab's find_label_issues (per-class thresholds, pruned by noise rate) on the probe's
+    out-of-fold probabilities, least confident in their label first."""
+    from cleanlab.filter import find_label_issues
+    x, y = _clusters(120, d=4, seed=3)  # overlapping clusters: some mistakes, some flips
+    y[[3, 10, 50, 77]] = (y[[3, 10, 50, 77]] + 1) % 3
+    probs = probe.cross_val_proba(x, y, 3, 1.0)
+    expected = find_label_issues(y.numpy(), probs.double().numpy(), filter_by="prune_by_noise_rate",
+                                 return_indices_ranked_by="self_confidence")
+    listed = features.label_issues(probs, y, [str(i) for i in range(120)], ["a", "b", "c"])
+    assert [int(e["name"]) for e in listed] == [int(i) for i in expected] and len(listed) >= 4
+    given = [e["p_label"] for e in listed]
+    assert given == sorted(given)
+
+
+def test_weak_features_list_no_label_errors_and_say_why():
+    """Features that cannot tell the classes apart (a cross-validated probe under JUDGE_FLOOR) list no label
+    errors, whatever they doubt, and say so; the Data tab's summary repeats the reason."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(80, 8, generator=g), torch.arange(80) % 2
+    x[:, 0] += y * 0.8  # a weak signal: about 65% right
+    found = features.diagnose(x, y.tolist(), [f"{i}.png" for i in range(80)], ["train"] * 80, ["ant", "bee"],
+                              copies=torch.full((12,), 0.999))
+    judged = found["judged"]["labels"]
+    assert not judged["ok"] and judged["cv_acc"] < features.JUDGE_FLOOR
+    assert found["label_errors"] == [] and found["suspects"] == 0
+    assert "too weak to judge labels" in judged["why"] and f"{judged['cv_acc']:.0%}" in judged["why"]
+    summary = "\n".join(ui.common._features_summary(found, set()))
+    assert "Likely label errors:** not listed: the features are too weak to judge labels yet" in summary
+
+
+def test_near_duplicates_are_withheld_when_distinct_images_are_as_close_as_copies():
+    x, y = _clusters(90)
+    x[1] = x[0] * 1.001
+    names = [f"{i}.png" for i in range(90)]
+    # copies found at 0.98: most distinct images have two others that close, so no pair means anything
+    threshold, judged = features.copy_threshold(x, torch.full((12,), 0.98))
+    assert threshold is None and not judged["ok"] and judged["crowded"] > features.MAX_CROWDED
+    found = features.diagnose(x, y.tolist(), names, ["train"] * 90, ["a", "b", "c"],
+                              copies=torch.full((12,), 0.98))
+    assert found["near_duplicates"] == [] and "too weak to find near-duplicates" in found["judged"][
+        "near_duplicates"]["why"]
+    # the threshold is where COPY_RECALL of the copies are found
+    sims = torch.linspace(0.9, 1.0, 11)
+    assert features.copy_threshold(x, sims)[1]["threshold"] == pytest.approx(
+        float(torch.quantile(sims, 1 - features.COPY_RECALL)), abs=1e-4)
+    summary = "\n".join(ui.common._features_summary(found, set()))
+    assert "Near-duplicates:** not listed: the features are too weak" in summary
+
+
+def test_copies_of_an_image_are_measured_through_the_models_own_pipeline(source):
+    """copy_similarities: one similarity per image and copy (resized, re-encoded, cropped), each near 1 for
+    features that do not move under such changes, and exactly 1 for an unchanged copy."""
+    from vit.samples import draw_shape
+    import random as _random
+    loaded = predict.load_model(source)
+    images = [draw_shape("circle", (96, 80), _random.Random(k)) for k in range(3)]
+    sims = features.copy_similarities(loaded.model, loaded.data_config, images)
+    assert sims.shape == (9,) and bool(((sims > 0.5) & (sims <= 1.0001)).all())
+    from PIL import Image
+    flat = [Image.new("RGB", (64, 64), (90, 120, 30))]  # every copy of a flat image is the same image
+    assert features.copy_similarities(loaded.model, loaded.data_config, flat) == pytest.approx(torch.ones(3),
+                                                                                               abs=1e-4)
 
 
 def test_quick_model_is_a_normal_run_and_its_features_are_cached(shapes, source):
@@ -150,13 +217,14 @@ def test_the_command_line_makes_a_quick_model(shapes, source, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_it(shapes, source, tmp_path):
+def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_it(trained_shapes, tmp_path):
     manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0, single_user=False)
+    shapes, moved = flipped_shapes(tmp_path / "shapes", per_class=30, flips=2, size=96)
     try:
         with load_dataset(shapes) as ds:
             *_, state, _ = ui.common._show(ds, str(shapes), "shapes")  # the Data tab's view of it
-        # Alice starts a quick model from one of her runs, picked as the Model
-        alice_source = manager.submit(str(shapes), tiny(), owner=ALICE)
+        # Alice starts a quick model from one of her runs (on features that know shapes), picked as the Model
+        alice_source = manager.submit(str(shapes), TrainConfig(weights=str(trained_shapes), quick=True), owner=ALICE)
         assert manager.wait(alice_source, 300) == "completed"
         ui.start_training(manager, state, f"{ui.RUN_START}{alice_source}", True, None, None, None, ALICE,
                           quick=True)
@@ -174,13 +242,15 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
         assert ui.data_features(manager, quick, state, BOB) == ""
         assert ui.data_features(manager, quick, {**state, "name": "other.zip"}, ALICE) == ""
         flagged = runs.read_json(manager.root / quick / runs.DIAGNOSTICS)["label_errors"]
-        assert flagged, "a 2-epoch tiny model finds something to doubt"
+        assert set(moved) <= {e["name"] for e in flagged[:4]} and flagged[0]["name"] in moved, "flips come first"
+        assert all(e["suggested"] == e["name"].split("/wrong-")[1].split("_")[0]  # what it really is
+                   for e in flagged if e["name"] in moved)
         name, suggested = flagged[0]["name"], flagged[0]["suggested"]
-        assert picker.value == name and action.value == suggested
+        assert picker.value == name and action.value == "keep", "changing the data is never the default"
         label = flagged[0]["label"]
         other = next(c for c in ("circle", "square", "triangle") if c not in (label, suggested))
         offered = [value for _, value in ui.review_choices(manager, quick, name, ALICE).choices]
-        assert offered == [suggested, "keep", "drop", other]
+        assert offered == ["keep", suggested, "drop", other]
         images = len(ds.items)
         # each action, in turn, on the same image: the Data tab's report and the dataset state follow
         report, _, _, state, _, said = ui.review_image(manager, state, quick, name, suggested, ALICE)

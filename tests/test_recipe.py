@@ -35,7 +35,7 @@ def test_small_images_keep_their_size_with_a_4x4_grid_a_small_model_and_a_higher
     assert c.epochs == 45 and c.warmup_epochs == 4 and c.progressive is False
     text = "\n".join(c.recipe)
     for said in ("Image size 32 px", "not enlarged", "Patch size 8", "4x4 grid", "96 wide", "lr 0.001 for batch 32",
-                 "max pooling", "45 epochs: about 2025 updates", "pad 4 px", "No flips", "whole image",
+                 "max pooling", "45 epochs: about 2025 updates", "pad 4 px", "No flips", "keep the centre square",
                  "No early stopping"):
         assert said in text, (said, text)
 

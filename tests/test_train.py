@@ -534,6 +534,32 @@ def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
     assert timm.create_model(f"local-dir:{out}", pretrained=True).num_classes == 3
 
 
+def test_the_model_is_named_for_what_was_built_and_its_weights(shapes, tmp_path):
+    """config.json records the architecture as built (width, depth, heads, patch, image size, parameters) and
+    what its weights are; a model from scratch carries no pretrained weights' tag; the card and the plan line
+    say the same."""
+    from vit import hub, ui
+    with load_dataset(shapes) as ds:
+        train(ds, tiny(epochs=1), tmp_path / "run")
+        facts = ui.common.recipe.DataFacts.of(ds)
+    config = runs.read_config(tmp_path / "run")
+    built = config[runs.CONFIG_KEY]["built"]
+    model = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)
+    assert built == {"architecture": "vit_tiny_patch16_224", "family": "ViT", "width": 32, "depth": 1, "heads": 2,
+                     "patch": 8, "img_size": 32, "class_token": True, "params": models.count_parameters(model),
+                     "weights": "from scratch"}
+    assert "tag" not in config["pretrained_cfg"], "no pretrained weights were loaded: no weights' tag"
+    text = models.built_text(built)
+    assert text == f"ViT 32 wide, 1 block, patch 8, 32 px, {built['params'] / 1e6:.2f}M parameters, from scratch"
+    card = hub.model_card(tmp_path / "run", "alice/x").text
+    assert "ViT 32 wide, 1 block, patch 8, 32 px" in card and "augreg" not in card
+    assert f"| model | `{text}` |" in card and "| pretrained weights |" not in card
+    plan = ui.describe_config(tiny(epochs=1), facts.classes)
+    assert plan.startswith(text), plan  # the plan, before Start, names the same model
+    pretrained = models.planned(models.ModelSpec("vit_small_patch16_224.augreg_in21k_ft_in1k"), 3)
+    assert models.built_text(pretrained).endswith("21.67M parameters, pretrained augreg_in21k_ft_in1k")
+
+
 def test_a_test_split_is_evaluated_once_and_reported_apart(split_shapes, tmp_path, monkeypatch):
     from vit import hub
     from vit.train import engine

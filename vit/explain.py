@@ -31,7 +31,8 @@ from PIL import Image
 METHODS = {
     "chefer": "Gradient-weighted attention (Chefer et al. 2021): which patches made the model choose this class.",
     "rollout": "Attention rollout (Abnar & Zuidema 2020): attention followed through every layer; not class-specific.",
-    "attention": "Raw attention of the last layer from the classifier token. Attention, not an explanation: by the "
+    "attention": "Raw attention of the last layer from the token(s) the head reads (the classifier token; without one, "
+                 "the patch tokens averaged). Attention, not an explanation: by the "
                  "last layer every token carries information from the whole image, so it often points at background.",
     "gradcam": "Grad-CAM on the tokens entering the last block: class-specific, coarse.",
 }

@@ -319,3 +319,19 @@ def planned(spec: ModelSpec, num_classes: int) -> dict:
 def _family(arch: str) -> str:
     prefix = arch.split("_")[0].lower()
     return {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "eva02": "EVA-02", "beit": "BEiT"}.get(prefix, arch)
+
+
+def weights_cached(name: str) -> bool:
+    """Whether the pretrained weights of a timm name (or hf-hub: id) are in the local Hugging Face cache, so that
+    they load without the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        if name.startswith("hf-hub:"):
+            repo = name[len("hf-hub:"):]
+        else:
+            import timm
+            repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)
+                                  for f in ("model.safetensors", "open_clip_model.safetensors"))
+    except Exception:  # (an unknown name: creating it says why)
+        return False

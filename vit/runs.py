@@ -290,14 +290,18 @@ def remove_partial_files(run_dir: str | os.PathLike) -> None:
 ARCHIVED = (WEIGHTS, CONFIG, METRICS, METRICS_LOG, DATA_REPORT, DIAGNOSTICS, STATUS)
 
 
-def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """A zip of the run for download: its model, config, metrics, status and health report. Nothing
-    that names a visitor or the machine goes in: no job description (it records the owner), no log,
-    no copy of the data or resume state; local paths in the config and report are cut to names."""
+def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike,
+            extra: dict[str, Path] | None = None) -> Path:
+    """A zip of the run for download: its model, config, metrics, status and health report, and the `extra`
+    files (name in the zip -> file: the model card, the ONNX file). Nothing that names a visitor or the
+    machine goes in: no job description (it records the owner), no log, no copy of the data or resume state;
+    local paths in the config and report are cut to names."""
     import zipfile
     run_dir = Path(run_dir)
     out = Path(dest_dir) / f"{run_dir.name}.zip"
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, path in (extra or {}).items():
+            zf.write(path, f"{run_dir.name}/{name}")
         for name in ARCHIVED:
             p = run_dir / name
             if not p.is_file() or p.is_symlink():

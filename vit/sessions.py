@@ -16,7 +16,7 @@ from vit import runs
 from vit.safety import owner_hash
 
 FOLDER = ".sessions"
-KEYS = ("dataset", "settings")
+KEYS = ("dataset", "settings", "models")  # models: {"classify": run id or hf-hub id, "share": run id}
 
 
 def remember(root: str | os.PathLike, owner: str | None, **values) -> None:

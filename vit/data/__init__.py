@@ -18,8 +18,10 @@ fix it; single bad files are skipped and listed in the report with a reason.
 - sources.py   zip / folder / per-class uploads / labels.csv, archive safety, caps, the label review, export
 - images.py    header checks, bounded decode to 8-bit RGB, thumbnails
 - report.py    duplicates and leakage, the split, the health report
-- cache.py     the decode cache training reads from
-- features.py  frozen features: cache, near-duplicates, likely label errors, learning curve
+- cache.py     the decode cache training reads from (and the eval cache: validation's crops)
+- pixels.py    what a model sees of an image: one pipeline for validation, test, features and inference
+- features.py  frozen features: cache, near-duplicates (calibrated on copies), likely label errors (cleanlab),
+               learning curve
 """
 from vit.data.cache import DecodeCache
 from vit.data.images import (BIG_IMAGE_PIXELS, IMAGE_SUFFIXES, SAFE_FORMATS, WIDE_MODES, read_rgb, reduced,

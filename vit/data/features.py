@@ -25,8 +25,11 @@ from vit import probe
 
 CACHE_MAX_BYTES = 512 * 1024 ** 2   # the whole feature cache; the least recently used files go first
 BATCH = 64
-NEAR_DUPLICATE = 0.95               # cosine similarity from which two images count as near-duplicates
-NEAR_SCALE = 0.3                    # ... and only when far closer than images' usual nearest neighbour
+NEAR_DUPLICATE = 0.95               # cosine similarity of near-duplicates, when no copies calibrate it
+COPY_RECALL = 0.9                   # the share of known copies found at the calibrated similarity
+MAX_CROWDED = 0.05                  # images with two others that similar, from which the features cannot tell
+COPY_SAMPLES = 24                   # images copied to calibrate on
+JUDGE_FLOOR = 0.90                  # the probe's cross-validated accuracy from which it may doubt labels
 MAX_PAIRS = 100
 MAX_SUSPECTS = 100                  # likely label errors kept in the report (the count says how many in all)
 CURVE = (0.25, 0.5, 0.75, 1.0)
@@ -106,58 +109,154 @@ def extract(model: nn.Module, dcfg: dict, images: Callable[[int], "object"], sha
 
 
 def diagnose(x: torch.Tensor, labels: list[int], names: list[str], splits: list[str], classes: list[str],
-             C: float = 1.0, seed: int = 0) -> dict:
+             C: float = 1.0, seed: int = 0, copies: torch.Tensor | None = None) -> dict:
     """What the features say about a dataset: near-duplicate pairs (with those that cross from train into
-    validation or test), likely label errors by a cross-validated probe, and a learning curve."""
+    validation or test), likely label errors by confident learning on a cross-validated probe, and a learning
+    curve. Each list is given only where the features can judge: label errors when the probe's cross-validated
+    accuracy reaches JUDGE_FLOOR, near-duplicates at the similarity where known copies of the dataset's own
+    images are found (`copies`: their similarities to their originals, copy_similarities) and only when that
+    similarity sets copies apart from distinct images. `judged` says why a list is withheld."""
     y = torch.tensor(labels, dtype=torch.long)
     train = torch.tensor([s == "train" for s in splits])
     val = torch.tensor([s == "val" for s in splits])
-    suspects = label_errors(x, y, names, classes, C, seed)
-    return {"near_duplicates": near_duplicates(x, names, splits),
+    labels_judged = {"ok": False, "cv_acc": None, "floor": JUDGE_FLOOR,
+                     "why": "a single class: no other label to suggest"}
+    suspects = []
+    if len(torch.unique(y)) >= 2:
+        probs = probe.cross_val_proba(x, y, len(classes), C, folds=5, seed=seed)
+        cv_acc = int((probs.argmax(1) == y).sum()) / len(y)  # (exact: 54 of 60 is 90%, not a float below it)
+        ok = cv_acc >= JUDGE_FLOOR
+        labels_judged = {"ok": ok, "cv_acc": round(cv_acc, 4), "floor": JUDGE_FLOOR, "why": "" if ok else (
+            f"the features are too weak to judge labels yet: a head fitted on them gets {cv_acc:.0%} of the images "
+            f"right when it has not seen them (cross-validated), under the {JUDGE_FLOOR:.0%} from which its doubts "
+            "mean more than its own mistakes")}
+        suspects = label_issues(probs, y, names, classes) if ok else []
+    threshold, pairs_judged = copy_threshold(x, copies)
+    return {"near_duplicates": near_duplicates(x, names, splits, threshold) if threshold is not None else [],
             "label_errors": suspects[:MAX_SUSPECTS], "suspects": len(suspects),
+            "judged": {"labels": labels_judged, "near_duplicates": pairs_judged},
             "learning_curve": learning_curve(x[train], y[train], x[val], y[val], len(classes), C, seed),
             "images": len(names), "C": C}
 
 
-def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str]) -> list[dict]:
-    """Pairs of images whose features are nearly the same: cosine similarity at least NEAR_DUPLICATE and
-    the pair far closer than images' usual nearest neighbour (so a dataset of look-alikes is not all
-    flagged). Most similar first; `leak` when one is in train and the other in validation or test."""
+def copy_threshold(x: torch.Tensor, copies: torch.Tensor | None) -> tuple[float | None, dict]:
+    """The similarity from which a pair counts as a near-duplicate: the level at which COPY_RECALL of the known
+    copies (resized, re-encoded, cropped) are found, or NEAR_DUPLICATE without copies to calibrate on. None (no
+    pairs shown) when more than MAX_CROWDED of the images have two others that similar (one may be a real copy):
+    the features cannot tell copies from distinct images."""
+    calibrated = copies is not None and len(copies) > 0
+    threshold = float(torch.quantile(copies.float(), 1 - COPY_RECALL)) if calibrated else NEAR_DUPLICATE
+    second = nearest_similarity(x, k=2)  # (the second nearest: a real pair of copies does not crowd itself)
+    crowded = float((second >= threshold).float().mean()) if len(second) else 0.0
+    ok = crowded <= MAX_CROWDED
+    found_at = (f"copies of your images (resized, re-encoded, cropped) are found at a similarity of {threshold:.3f}"
+                if calibrated else f"a pair needs a similarity of {threshold:.3f}")
+    why = "" if ok else (f"the features are too weak to find near-duplicates yet: {found_at}, and {crowded:.0%} of "
+                         "your images have two others that close, so a pair at that similarity is no sign of a copy")
+    return (threshold if ok else None), {"ok": ok, "threshold": round(threshold, 4),
+                                         "copies": len(copies) if calibrated else 0, "crowded": round(crowded, 4),
+                                         "why": why}
+
+
+def nearest_similarity(x: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Each image's cosine similarity to its k-th most similar other image."""
+    n = len(x)
+    if n <= k:
+        return torch.zeros(0)
+    z = nn.functional.normalize(x.float(), dim=1)
+    nearest = torch.empty(n)
+    for start in range(0, n, 1024):
+        sim = z[start:start + 1024] @ z.T
+        rows = torch.arange(start, min(start + 1024, n))
+        sim[rows - start, rows] = -1.0
+        nearest[rows] = sim.topk(k, dim=1).values[:, -1]
+    return nearest
+
+
+def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str], threshold: float = NEAR_DUPLICATE
+                    ) -> list[dict]:
+    """Pairs of images whose features have a cosine similarity of at least `threshold` (copy_threshold), most
+    similar first; `leak` when one is in train and the other in validation or test."""
     n = len(x)
     if n < 2:
         return []
     z = nn.functional.normalize(x.float(), dim=1)
-    nearest = torch.empty(n)
     pairs = []
     for start in range(0, n, 1024):  # blocks: memory stays (1024 x n)
         sim = z[start:start + 1024] @ z.T
         rows = torch.arange(start, min(start + 1024, n))
         sim[rows - start, rows] = -1.0
-        nearest[rows] = sim.max(1).values
-        hits = torch.nonzero(sim >= NEAR_DUPLICATE)
+        hits = torch.nonzero(sim >= threshold)
         pairs += [(float(sim[i, j]), int(rows[i]), int(j)) for i, j in hits.tolist() if rows[i] < j]
-    usual = 1.0 - float(nearest.median())  # the typical distance to a nearest neighbour
-    found = sorted((p for p in pairs if 1.0 - p[0] <= NEAR_SCALE * usual), reverse=True)[:MAX_PAIRS]
+    found = sorted(pairs, reverse=True)[:MAX_PAIRS]
     return [{"a": names[i], "b": names[j], "similarity": round(s, 4), "splits": [splits[i], splits[j]],
              "leak": "train" in (splits[i], splits[j]) and splits[i] != splits[j]} for s, i, j in found]
 
 
-def label_errors(x: torch.Tensor, y: torch.Tensor, names: list[str], classes: list[str], C: float,
-                 seed: int = 0) -> list[dict]:
-    """Images the probe, fitted without them (5-fold), finds more like another class than their own, ranked
-    by the probability of the label given (lowest first: cleanlab's self-confidence). A threshold on the
-    other class's probability lost recall in bench/probe_bench.py (0.75 against 0.80 in the top 2x ranks)."""
-    if len(torch.unique(y)) < 2:
-        return []
-    probs = probe.cross_val_proba(x, y, len(classes), C, folds=5, seed=seed)
+def label_issues(probs: torch.Tensor, y: torch.Tensor, names: list[str], classes: list[str]) -> list[dict]:
+    """Likely label errors by confident learning (cleanlab's find_label_issues: per-class thresholds, pruned by
+    the estimated noise rates) on out-of-fold probabilities, the least confident in their label first."""
+    from cleanlab.filter import find_label_issues
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (cleanlab warns about tiny classes; they are judged all the same)
+        found = find_label_issues(labels=y.numpy(), pred_probs=probs.double().numpy(), filter_by="prune_by_noise_rate",
+                                  return_indices_ranked_by="self_confidence", n_jobs=1)
     given = probs[torch.arange(len(y)), y]
     other = probs.clone()
     other[torch.arange(len(y)), y] = -1.0
     best_p, best = other.max(1)
-    order = torch.argsort(given)
     return [{"name": names[i], "label": classes[y[i]], "suggested": classes[best[i]],
              "p_suggested": round(float(best_p[i]), 4), "p_label": round(float(given[i]), 4)}
-            for i in order.tolist() if best_p[i] > given[i]]
+            for i in (int(k) for k in found)]
+
+
+def label_errors(x: torch.Tensor, y: torch.Tensor, names: list[str], classes: list[str], C: float,
+                 seed: int = 0) -> list[dict]:
+    """label_issues of a probe fitted without each image (5-fold)."""
+    if len(torch.unique(y)) < 2:
+        return []
+    return label_issues(probe.cross_val_proba(x, y, len(classes), C, folds=5, seed=seed), y, names, classes)
+
+
+@torch.no_grad()
+def copy_similarities(model: nn.Module, dcfg: dict, originals: list, device: torch.device | str = "cpu"
+                      ) -> torch.Tensor:
+    """The cosine similarity of each image's features to those of its known copies: shrunk to half and enlarged
+    back, re-encoded as a JPEG of quality 60, cropped to 90% of each side. `originals`: images as read for the
+    model (vit.data.pixels.read_for_model); they go through the same crop and transform."""
+    import io
+    from PIL import Image
+    from vit.data.pixels import EvalPixels
+    pixels = EvalPixels(dcfg)
+
+    def reencoded(img):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=60)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    def cropped(img):
+        w, h = img.size
+        return img.crop((w // 20, h // 20, w - w // 20, h - h // 20))
+
+    def resized(img):
+        w, h = img.size
+        return img.resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR).resize((w, h), Image.BILINEAR)
+
+    was_training = model.training
+    model.eval()
+    try:
+        sims = []
+        for start in range(0, len(originals), BATCH // 4):
+            chunk = originals[start:start + BATCH // 4]
+            views = [v for img in chunk for v in (img, resized(img), reencoded(img), cropped(img))]
+            x = torch.stack([pixels(v) for v in views]).to(device)
+            f = nn.functional.normalize(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu(),
+                                        dim=1).view(len(chunk), 4, -1)
+            sims.append((f[:, 1:] * f[:, :1]).sum(-1).flatten())
+    finally:
+        model.train(was_training)
+    return torch.cat(sims) if sims else torch.zeros(0)
 
 
 def label_error_ranking(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, seed: int = 0) -> list[int]:

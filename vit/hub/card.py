@@ -11,6 +11,7 @@ from PIL import Image
 from vit import runs
 from vit.hub.plots import confusion_image, curves_image
 from vit.data.pixels import describe
+from vit.models import built_text
 from vit.train.metrics import SOURCE_WORDS
 
 CARD = "README.md"
@@ -66,6 +67,7 @@ def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics:
                         "validation accuracy may be optimistic.")
     return {
         "name": repo_id.split("/")[-1], "repo_id": repo_id, "arch": config.get("architecture", "unknown"),
+        "shape": built_text(train.get("built"), weights=False),
         "start": start, "n_classes": len(labels), "class_list": ", ".join(f"`{lb}`" for lb in labels),
         "total": report.get("total"), "n_val": n_val,
         "results": bool(metrics.get("per_class")),
@@ -82,11 +84,20 @@ def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics:
                       for c, v in metrics.get("per_class", {}).items()],
         "preprocessing": _preprocessing(config),
         "confusion_png": CONFUSION_PNG, "curves_png": CURVES_PNG, "method": _method(train),
-        "settings": [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
-                     and (key in QUICK_SETTINGS or not train.get("quick"))],
+        "settings": _settings(train),
         "recipe": train.get("recipe") or [],
         "splits": ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) if split else "",
         "warnings": warnings}
+
+
+def _settings(train: dict) -> list[tuple[str, object]]:
+    """The training table: the model as built (with what its weights are) in place of the name asked for and the
+    pretrained flag, then the settings that applied."""
+    rows = [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
+            and (key in QUICK_SETTINGS or not train.get("quick"))]
+    if train.get("built"):
+        rows = [("model", built_text(train["built"]))] + [r for r in rows if r[0] not in ("model", "pretrained weights")]
+    return rows
 
 
 def _preprocessing(config: dict) -> str:

@@ -43,7 +43,37 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         reference = model(x).float().numpy()
     diffs = [np.abs(session.run(None, {"pixel_values": x[:1].numpy()})[0] - reference[:1]).max(),
              np.abs(session.run(None, {"pixel_values": x.numpy()})[0] - reference).max()]
+    _describe(out, loaded.labels, loaded.data_config)
     return out, float(max(diffs))
+
+
+def metadata(labels: list[str], dcfg: dict) -> dict[str, str]:
+    """What a user of the ONNX file needs beside it, as its metadata: the labels in output order, the input's
+    name and size, and the preprocessing (timm's data config, and in words)."""
+    import json
+    from vit.data.pixels import describe
+    return {"labels": json.dumps(list(labels)), "input_name": "pixel_values",
+            "input_size": json.dumps(list(dcfg["input_size"])), "mean": json.dumps(list(dcfg["mean"])),
+            "std": json.dumps(list(dcfg["std"])), "interpolation": str(dcfg.get("interpolation", "bicubic")),
+            "crop_pct": str(dcfg.get("crop_pct", 0.875)), "crop_mode": str(dcfg.get("crop_mode", "center")),
+            "preprocessing": describe(dcfg), "output": "logits (softmax them for probabilities)"}
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """An ONNX file's metadata_props as a dict (metadata() for the files this app exports)."""
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _describe(path: Path, labels: list[str], dcfg: dict) -> None:
+    """Write metadata() into the ONNX file's metadata_props."""
+    import onnx
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata(labels, dcfg).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 linear head fitted on them (vit.train.probe) and put in the model, which is saved as any run."""
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import nn
 from vit import probe, runs
 from vit.data import features
 from vit.data import Dataset, DecodeCache
+from vit.data.pixels import read_for_model
 from vit.train.config import TrainConfig
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, StopFlag, cancelled
@@ -100,9 +102,12 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
         emit.status("running", message="Reading the features for near-duplicates, label errors, a learning curve")
         splits = {i: s for s, idx in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
                   for i in idx}
+        picked = random.Random(config.seed).sample(range(len(labels)), min(features.COPY_SAMPLES, len(labels)))
+        copies = features.copy_similarities(model, dcfg, [read_for_model(dataset.items[i].path) for i in picked],
+                                            device)
         report = features.diagnose(x, labels, [it.name for it in dataset.items],
                                    [splits.get(i, "") for i in range(len(labels))], dataset.classes, head.C,
-                                   config.seed)
+                                   config.seed, copies=copies)
         runs.write_json(run_dir / runs.DIAGNOSTICS, report)
     chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "val_images": len(val),
               "flip": config.probe_flip}

@@ -19,7 +19,7 @@ image, 224-pixel inputs, a 12-block model) barely learns from a few hundred imag
 - AdamW at lr 1e-3 for a batch of 32 (scaled with the batch size), warm-up then cosine, label smoothing;
 - augmentation that keeps the object: inputs of 32 px or less are padded and cropped at random, larger
   ones cropped to no less than 70% of the image; no flips for grey images (digits, scans, X-rays have a
-  handedness); validation sees the whole image;
+  handedness); validation keeps the centre square, no further crop;
 - progressive resizing on a grid of 8x8 tokens or more (a 4x4 grid has nothing to shrink);
 - enough epochs for about 200 updates per class (600 to 4,000 in all, at least 15 epochs: ten digits
   need three times the updates of three shapes), no early stopping (accuracy climbs late from random
@@ -134,7 +134,9 @@ def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set
                                                    "(the object stays in view)."),
         "hflip": (0.0, "No flips: grey images (scans, digits, X-rays) often have a handedness that a mirror "
                        "image changes.") if facts.grayscale else (config.hflip, None),
-        "crop_pct": (1.0, "Validation sees the whole image (no centre crop)."),
+        "crop_pct": (1.0, f"Validation and Classify resize the shorter side to {img} px and keep the centre square, "
+                          "with no further crop (an oblong image loses its two ends: Classify outlines what is "
+                          "seen)."),
         "early_stopping": (None, "No early stopping: the cosine schedule needs its last epochs."),
         "progressive": (img // patch >= 8,
                         f"Progressive resizing: the first epochs train on smaller images, growing to {img} px (on "

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from vit import jobs
+from vit import jobs, sessions
 from vit.safety import HostLimits
 from vit.ui import classify_tab, data_tab, results, share_tab, train_tab
 from vit.ui.common import INTRO, PRIVATE, TITLE, Page, _ensure_owner, _manager_getter, _model_picker, refused
@@ -53,6 +53,8 @@ def _wire_across(page: Page, data: SimpleNamespace, train: SimpleNamespace, clas
     pickers = [share.run, classify.model_source]
     train.use_best.click(page.bind(best_in_pickers), page.owner, pickers, api_visibility="private")
     finished_seen = gr.State(None)  # finished runs the pickers know of: a new one is followed
+    for which, picker in (("share", share.run), ("classify", classify.model_source)):  # kept for a reload
+        picker.input(page.bind(remember_model, which), [picker, page.owner], None, **PRIVATE)
     lists = page.bind(model_lists)
     looked = dict(inputs=[*pickers, finished_seen, page.owner], outputs=[*pickers, finished_seen, train.fields["model"]])
     page.app.load(lists, **looked, api_visibility="private")
@@ -67,8 +69,21 @@ def model_lists(manager: jobs.JobManager, for_share: str | None, for_classify: s
     finished = [r["id"] for r in rows if r["state"] == "completed"]
     new = [i for i in finished if known is not None and i not in known]
     follow = new[0] if new else None
+    if known is None:  # the page (re)loads: the models the visitor picked last
+        picked = sessions.recall(manager.root, owner).get("models") or {}
+        for_share = for_share or (picked.get("share") if isinstance(picked, dict) else None)
+        for_classify = for_classify or (picked.get("classify") if isinstance(picked, dict) else None)
     starts = gr.update() if finished == known else gr.Dropdown(choices=_start_choices(rows))
     return _model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished, starts
+
+
+def remember_model(manager: jobs.JobManager, which: str, value: str | None, owner: str | None) -> None:
+    """The model the visitor picked in Classify or Share, for a reload (an id or an hf-hub: name; what it
+    names is checked again, as the visitor's, whenever it is used)."""
+    picked = sessions.recall(manager.root, owner).get("models")
+    picked = dict(picked) if isinstance(picked, dict) else {}
+    picked[which] = str(value)[:200] if value else None
+    sessions.remember(manager.root, owner, models=picked)
 
 
 def best_in_pickers(manager: jobs.JobManager, owner: str | None):
@@ -76,4 +91,5 @@ def best_in_pickers(manager: jobs.JobManager, owner: str | None):
     best = best_run(manager, owner)
     if best is None:
         raise refused("No finished run with a model yet.")
+    sessions.remember(manager.root, owner, models={"share": best, "classify": best})
     return gr.Dropdown(value=best), gr.Dropdown(value=best)

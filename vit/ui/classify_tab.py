@@ -65,6 +65,8 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner]
     shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
     tab.classify_btn.click(page.bind(classify_view), asked, shown, api_name="classify", **at_once)
+    # a new image (or a cleared one, or a file that is not an image) clears the last one's results
+    tab.image.change(lambda _: (None, None, "", [], gr.update(value=PREDICTED)), tab.image, shown, **PRIVATE)
     # per-head maps exist for raw attention only: their box shows with it
     tab.method.change(lambda how: gr.Gallery(visible=how == "attention"), tab.method, tab.heads_out, **PRIVATE)
     for control, event in ((tab.method, "input"), (tab.target, "input"), (tab.layer, "submit"), (tab.head, "submit"),
@@ -148,7 +150,12 @@ def _map_title(method: str, loaded: LoadedModel, target: int, layer: int, head: 
     if method == "attention":
         depth = len(loaded.model.blocks)
         which = f"head {head}" if head else "the mean of its heads"
-        return (f"**Raw attention of {_layer_name(layer, depth)}** ({which}), from the classifier token. "
+        grid = loaded.model.patch_embed.grid_size
+        readers = explain.token_layout(loaded.model, tuple(g * p for g, p in zip(
+            grid, loaded.model.patch_embed.patch_size))).readers
+        source = ("from the classifier token" if readers else
+                  "of the patch tokens, averaged: this model has no class token (its head pools the patches)")
+        return (f"**Raw attention of {_layer_name(layer, depth)}** ({which}), {source}. "
                 "Attention, not an explanation: it is the same whatever the class, and by the last layers every "
                 "token carries information from the whole image, so it often points at background.")
     text = f"**{_METHOD_TITLES[method]}**"

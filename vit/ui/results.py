@@ -15,6 +15,9 @@ from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL
 from vit.ui.data_tab import keeping
 
 
+PAIR_SIDE, SUSPECT_SIDE = 320, 256  # pictures big enough to judge a pair or a label by
+
+
 def layout() -> SimpleNamespace:
     """The results accordion: the run's report, then what its features say, with the review."""
     with gr.Accordion("Results of the selected run", open=True):
@@ -27,9 +30,9 @@ def layout() -> SimpleNamespace:
             with gr.Row():
                 curve = gr.LinePlot(x="images", y="accuracy", y_lim=[0, 1],
                                     title="Learning curve (the head alone, on part of the data)", min_width=280)
-                pairs = gr.Gallery(label="Near-duplicates, side by side", columns=2, height="auto",
-                                   object_fit="contain", min_width=280)
-            suspects = gr.Gallery(label="Likely label errors", columns=6, height="auto")
+            pairs = gr.Gallery(label="Near-duplicates, side by side", columns=1, height="auto",
+                               object_fit="contain", preview=False)
+            suspects = gr.Gallery(label="Likely label errors", columns=3, height="auto", object_fit="contain")
             with gr.Row():
                 suspect = gr.Dropdown([], label="Review an image", scale=3)
                 verdict = gr.Dropdown([], label="Action", scale=2)
@@ -110,7 +113,7 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
                     if pic is not None]
     gallery = []
     for e in errors[:MAX_SUSPECTS]:
-        pic = _run_image(run_dir, e["name"])
+        pic = _run_image(run_dir, e["name"], SUSPECT_SIDE)
         if pic is not None:
             gallery.append((pic, f"{e['label']} -> {e['suggested']}? ({e['p_suggested']:.0%}) {e['name']}"))
     names = [e["name"] for e in errors[:MAX_SUSPECTS]]
@@ -120,15 +123,16 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
 
 
 def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):
-    """What can be done with a likely label error: relabel as the class suggested (first), keep, relabel
-    as another class, or drop it."""
+    """What can be done with a likely label error: keep it (the default), relabel as the class suggested,
+    drop it, or relabel as another class."""
     suspect, classes = _suspect(manager, run_id, name, owner)
     if suspect is None:
         return gr.Dropdown(choices=[], value=None)
-    choices = [(f"Relabel as {suspect['suggested']} (suggested)", suspect["suggested"]),
-               (f"Keep it as {suspect['label']}", "keep"), ("Drop it from the dataset", "drop")]
+    choices = [(f"Keep it as {suspect['label']}", "keep"),
+               (f"Relabel as {suspect['suggested']} (the head's guess)", suspect["suggested"]),
+               ("Drop it from the dataset", "drop")]
     choices += [(f"Relabel as {c}", c) for c in classes if c not in (suspect["label"], suspect["suggested"])]
-    return gr.Dropdown(choices=choices, value=suspect["suggested"])
+    return gr.Dropdown(choices=choices, value="keep")  # a change to the data is a choice, never a default
 
 
 def review_image(manager: jobs.JobManager, dataset: dict | None, run_id: str | None, name: str | None,
@@ -175,7 +179,7 @@ def _suspect(manager: jobs.JobManager, run_id: str | None, name: str | None,
 def _pair_picture(run_dir: Path, pair: dict):
     """Two near-duplicates side by side, and a caption with their names, splits and similarity."""
     from PIL import Image
-    a, b = _run_image(run_dir, pair["a"], 128), _run_image(run_dir, pair["b"], 128)
+    a, b = _run_image(run_dir, pair["a"], PAIR_SIDE), _run_image(run_dir, pair["b"], PAIR_SIDE)
     if a is None or b is None:
         return None, ""
     both = Image.new("RGB", (a.width + b.width + 8, max(a.height, b.height)), (128, 128, 128))

@@ -2,13 +2,20 @@
 Hub, ONNX, the run as a zip."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
 from vit import hub, jobs, runs, safety
 from vit.ui.common import Page, _download_folder, refused
+
+
+ONNX = "model.onnx"
 
 
 def layout() -> SimpleNamespace:
@@ -79,23 +86,61 @@ def preview_card(manager: jobs.JobManager, run_id: str | None, repo: str | None,
 
 
 def download_run(manager: jobs.JobManager, run_id: str | None, owner: str | None = None) -> str:
-    """A zip of the run (model, config, metrics, health report) to download."""
+    """A zip of the run to download: model, config, metrics, health report, its model card (README.md, with its
+    pictures) and the model as one ONNX file."""
+    import tempfile
     if not run_id:
         raise refused("Pick a run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "download")
-        return str(runs.archive(run_dir, _download_folder()))
+        extra = {}
+        with tempfile.TemporaryDirectory(prefix="vit-card-") as tmp:  # (zipped, then removed)
+            if (run_dir / runs.WEIGHTS).is_file():
+                for path in hub.write_card(run_dir, tmp, f"your-name/{run_id}"):
+                    extra[path.name] = path
+                extra["model.onnx"] = _onnx(run_dir)[0]
+            return str(runs.archive(run_dir, _download_folder(), extra))
+    except (jobs.JobError, hub.HubError) as e:
+        raise refused(str(e), duration=None)
     except (ValueError, OSError) as e:
         raise refused(str(e))
 
 
 def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
-    """model.onnx of a run (dynamic batch), checked against PyTorch."""
+    """model.onnx of a run (dynamic batch, labels and preprocessing in its metadata), checked against PyTorch."""
     if not run_id:
         raise refused("Pick a finished run.")
     try:
         run_dir = manager.own_run(run_id, owner or None, "export")
-        path, diff = hub.export_onnx(run_dir, _download_folder() / f"{run_id}.onnx")
+        made, diff = _onnx(run_dir)
+        path = _download_folder() / f"{run_id}.onnx"
+        shutil.copyfile(made, path)
     except (jobs.JobError, hub.HubError) as e:
         raise refused(str(e), duration=None)
-    return str(path), f"Exported **{run_id}** to ONNX; largest difference from PyTorch on test inputs: {diff:.1e}."
+    except OSError as e:
+        raise refused(runs.DISK_FULL if runs.disk_full(e) else str(e))
+    meta = hub.onnx_metadata(path)
+    checked = f"largest difference from PyTorch on test inputs: {diff:.1e}" if diff is not None else \
+        "exported earlier from these same weights, and checked against PyTorch then"
+    return str(path), (f"Exported **{run_id}** to ONNX; {checked}.\n\n- Input `{meta['input_name']}`: float32 [batch, "
+                       f"{', '.join(str(n) for n in json.loads(meta['input_size']))}]\n- Preprocessing: {meta['preprocessing']}\n"
+                       f"- Output: {meta['output']}, in the order of the labels: "
+                       f"{', '.join(json.loads(meta['labels']))}\n\nAll of it is in the file's metadata too "
+                       "(onnx.load(path).metadata_props).")
+
+
+def _onnx(run_dir: Path) -> tuple[Path, float | None]:
+    """The run's ONNX file (kept in the run's folder), exported once per saved model: a later export or
+    download of the same weights reuses it (the difference from PyTorch is then None: it was checked before)."""
+    path = run_dir / ONNX
+    weights = run_dir / runs.WEIGHTS
+    if path.is_file() and weights.is_file() and path.stat().st_mtime_ns > weights.stat().st_mtime_ns:
+        return path, None
+    # written beside it, then moved: a failed export leaves no file that looks finished, two at once do not mix
+    partial = run_dir / f".{ONNX}.{os.getpid()}-{threading.get_ident()}.tmp"
+    try:
+        _, diff = hub.export_onnx(run_dir, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path, diff

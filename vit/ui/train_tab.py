@@ -3,6 +3,8 @@ TrainConfig (what will run, before Start), starting runs and quick models, the r
 comparison and actions. The selected run's results are in results.py."""
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,9 +41,11 @@ def layout() -> SimpleNamespace:
     gr.Markdown("*Quick model*: only the head is fitted, on the frozen features of the starting weights (pretrained, "
                 "or one of your runs picked as the Model). Its results also show what those features say about your "
                 "data: near-duplicates, likely label errors, and whether more images would help.")
+    quick_note = gr.Markdown()  # why Quick model is off, when it is
     start_msg = gr.Markdown()
     return SimpleNamespace(data_line=data_line, fields=fields, run_name=run_name, plan=plan, start_btn=start_btn,
-                           quick_btn=quick_btn, start_msg=start_msg, **vars(_runs_view()))
+                           quick_btn=quick_btn, quick_note=quick_note, start_msg=start_msg, offline=offline,
+                           **vars(_runs_view()))
 
 
 def form(offline: bool) -> dict:
@@ -86,7 +90,7 @@ def _runs_view() -> SimpleNamespace:
     """The visitor's runs, the picked one's actions and live view, and the comparison."""
     # the name stays in view on a phone while the other columns scroll; long cells are cut
     runs_table = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (newest first)", interactive=False, wrap=False,
-                              max_chars=40, pinned_columns=1, elem_id="runs-table")
+                              max_chars=80, pinned_columns=1, elem_id="runs-table")
     with gr.Row():
         selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
         cancel_btn = gr.Button("Cancel", scale=1)
@@ -113,8 +117,14 @@ def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
     """The Train tab's events. `shown`: what a returning visitor's dataset fills (the Data tab); `welcome`: the
     page's load event, which made the visitor's token."""
     settings = [tab.fields[name] for name in FORM]
-    page.dataset.change(lambda ds: [gr.Button(interactive=bool(ds) and not ds.get("problem"))] * 2, page.dataset,
-                        [tab.start_btn, tab.quick_btn], api_visibility="private")
+    gate = [page.dataset, tab.fields["model"], tab.fields["scratch"]]
+    for event in (page.dataset.change, tab.fields["model"].change, tab.fields["scratch"].change):
+        event(functools.partial(buttons, offline=tab.offline), gate, [tab.start_btn, tab.quick_btn, tab.quick_note],
+              **PRIVATE)
+    # a run to start from has trained weights: From scratch goes off with it (the form and the plan agree)
+    tab.fields["model"].input(lambda m: gr.update(value=False) if str(m or "").startswith(RUN_START) else gr.update(),
+                              tab.fields["model"], tab.fields["scratch"], **PRIVATE)
+    page.timer.tick(page.bind(start_message_now), [tab.start_msg, page.owner], tab.start_msg, **PRIVATE)
     asked = [page.dataset, *settings[:len(SETTINGS)], page.owner, *settings[len(SETTINGS):], tab.run_name]
     tab.start_btn.click(page.bind(start_from_form, False), asked, [tab.start_msg, tab.selected],
                         api_name="start_training")
@@ -155,6 +165,42 @@ def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
     page.app.load(refresh, picked, listing, api_visibility="private")
 
 
+def buttons(dataset: dict | None, model: str | None, scratch: bool, offline: bool = False):
+    """Start and Quick model, on or off, and why Quick model is off: it needs trained weights (one of the
+    visitor's runs, or pretrained weights that can be downloaded or are cached here)."""
+    ready = bool(dataset) and not dataset.get("problem")
+    why = quick_unavailable(model, scratch, offline)
+    note = f"*Quick model is off: {why}*" if why and ready else ""
+    return gr.Button(interactive=ready), gr.Button(interactive=ready and not why), note
+
+
+def quick_unavailable(model: str | None, scratch: bool, offline: bool) -> str:
+    """Why a quick model cannot start with this Model and From scratch setting ("" when it can)."""
+    model = str(model or "").strip()
+    if model.startswith(RUN_START):
+        return ""
+    if scratch:
+        return ("it fits a head on the features of trained weights, and random weights (From scratch) have none "
+                "worth fitting. Pick one of your runs as the Model, or untick From scratch.")
+    if offline and not models.weights_cached(model or DEFAULT_MODEL):
+        return ("the pretrained weights cannot be downloaded here (offline) and are not in the local Hugging Face "
+                "cache. Pick one of your finished runs as the Model: its features work offline.")
+    return ""
+
+
+def start_message_now(manager: jobs.JobManager, message: str | None, owner: str | None):
+    """The start message, cleared once its run has ended (completed, failed, cancelled) or is deleted: the run's
+    own view says what became of it."""
+    found = re.search(r"\(([\w.-]+)\) is (queued|running)", message or "")
+    if not found:
+        return gr.update()
+    try:
+        state = manager.progress(found.group(1), owner or None)["state"]
+    except jobs.JobError:
+        return ""
+    return gr.update() if state in runs.ACTIVE_STATES else ""
+
+
 def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None, model: str, scratch: bool, epochs,
                     batch_size, lr, owner: str | None, *advanced_and_name):
     """start_training with the form's values as the page sends them: SETTINGS, the owner, ADVANCED, the name."""
@@ -184,6 +230,9 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
         raise refused(f"The dataset {dataset['name']} cannot be trained on: {dataset['problem']} Fix it and upload "
                        "it again in the Data tab.", duration=None)
     config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset), quick=quick, **advanced)
+    why = quick_unavailable(model_name, scratch, not models.hub_reachable()) if quick else ""
+    if why:  # refused before a run is made: no failed run is left behind
+        raise refused(f"Quick model is off: {why}", duration=None)
     try:
         if config.weights:  # "run:<id>": the weights of one of the visitor's own runs
             run_dir = manager.own_run(config.weights[len(RUN_START):], owner or None, "start from")
@@ -231,20 +280,21 @@ def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts
     return config
 
 
-def describe_config(config: TrainConfig) -> str:
-    """What will run: the model as built, its start, the image size and the schedule in a line, then each
-    choice the recipe made for the data (an empty field in the form), and why."""
+def describe_config(config: TrainConfig, classes: int = 2) -> str:
+    """What will run: the model as built (built on the meta device: width, depth, patch, parameters) and what its
+    weights are, the image size and the schedule in a line, then each choice the recipe made for the data (an
+    empty field in the form), and why."""
     entry = models.catalog_entry(config.model)
-    arch = config.model.split(".")[0]
     if config.weights:
         model = f"the model of your run {Path(config.weights).name.removeprefix(RUN_START)}"
-    elif config.pretrained:
-        model = f"{entry.title if entry else config.model}, pretrained weights"
     else:
-        shape = [f"{config.model_args['embed_dim']} wide" if "embed_dim" in config.model_args else None,
-                 f"{config.model_args['depth']} blocks" if "depth" in config.model_args else None,
-                 f"patch {config.patch_size}" if config.patch_size else None]
-        model = f"{arch} from scratch (random weights{', ' + ', '.join(p for p in shape if p) if any(shape) else ''})"
+        spec = models.ModelSpec(config.model, pretrained=config.pretrained, img_size=config.img_size,
+                                patch_size=config.patch_size, model_args=config.model_args)
+        try:
+            shape = models.built_text(models.planned(spec, classes))
+        except Exception:  # (a model timm cannot build here: the run says why when it starts)
+            shape = f"{config.model}, {'pretrained' if config.pretrained else 'from scratch'}"
+        model = f"{entry.title}: {shape}" if entry and config.pretrained else shape
     size = f"{config.img_size} px images" if config.img_size else "the model's own image size"
     grow = ", growing from smaller images" if config.progressive else ""
     line = f"{model}; {size}{grow}; {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}."
@@ -267,7 +317,8 @@ def run_plan(dataset: dict | None, model_name, scratch, epochs, batch_size, lr, 
                                 **dict(zip(ADVANCED, more)))
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
-    return f"**Will train:** {describe_config(config)}"
+    facts = recipe.DataFacts.from_dict(_facts(dataset))
+    return f"**Will train:** {describe_config(config, facts.classes if facts else 2)}"
 
 
 def _auto_field(label: str) -> gr.Textbox:
@@ -384,35 +435,37 @@ COMPARE_COLUMNS = ["best", "dataset", "run", "model", "accuracy", "95% interval"
 def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
     """The visitor's finished runs side by side, grouped by dataset and ranked within it by the accuracy
     estimate (images that chose nothing; one star per dataset): model as built, settings, the best validation
-    figure (chosen on its images, so labelled), training time."""
+    figure (chosen on its images, so labelled), training time. A run made before estimates existed comes last
+    in its dataset, unranked."""
     rows = []
     for r in _finished(manager, owner):
         run_dir = manager.root / r["id"]
         config = runs.read_json(run_dir / jobs.JOB, {}).get("config", {})
         metrics = runs.read_json(run_dir / runs.METRICS, {})
         took = (r["finished_at"] or 0) - (r["created_at"] or 0)
-        e, chosen = r["estimate"], metrics.get("selection")
-        rows.append(["", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}",
-                     f"{e['low']:.1%}-{e['high']:.1%}", f"{e['images']} {ESTIMATE_FROM.get(e['from'], '')}",
+        e, chosen = r.get("estimate") or {}, metrics.get("selection")
+        measured = e.get("value") is not None
+        rows.append(["", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
+                     f"{e['low']:.1%}-{e['high']:.1%}" if measured else "",
+                     f"{e['images']} {ESTIMATE_FROM.get(e['from'], '')}" if measured else "not measured",
                      f"{chosen['val_acc']:.1%} (epoch {chosen['epoch']} of {chosen['epochs']})" if chosen else "",
                      r["epoch"] or "", config.get("batch_size", ""), f"{config['lr']:g}" if config.get("lr") else "",
                      _duration(took) if took > 0 else "", r["id"]])
-    rows.sort(key=lambda row: (row[1], -float(row[4].rstrip("%"))))
+    rows.sort(key=lambda row: (row[1], -float(row[4].rstrip("%") or -1)))
     for k, row in enumerate(rows):
-        if k == 0 or rows[k - 1][1] != row[1]:
+        if row[4] and (k == 0 or rows[k - 1][1] != row[1]):
             row[0] = "★"  # the best of its dataset
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
 def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
     """The visitor's finished run with the best accuracy estimate (the newest among equals)."""
-    done = _finished(manager, owner)
+    done = [r for r in _finished(manager, owner) if (r.get("estimate") or {}).get("value") is not None]
     return max(done, key=lambda r: (r["estimate"]["value"], r["created_at"] or 0))["id"] if done else None
 
 
 def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
-    return [r for r in manager.list(owner or None) if r["state"] == "completed" and r["has_model"]
-            and (r.get("estimate") or {}).get("value") is not None]
+    return [r for r in manager.list(owner or None) if r["state"] == "completed" and r["has_model"]]
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
