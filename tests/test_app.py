@@ -192,7 +192,7 @@ def test_finished_runs_are_compared_within_their_dataset_best_first(app_url, app
     assert shapes_accs == sorted(shapes_accs, reverse=True)
     for r in rows:
         estimate = runs.read_json(app_manager.root / r[-1] / runs.METRICS)["accuracy_estimate"]
-        assert r[col["accuracy"]] == f"{estimate['value']:.1%}" and r[col["measured on"]] == "6 validation, unselected"
+        assert r[col["accuracy"]] == f"{estimate['value']:.1%}" and r[col["measured on"]] == "6 validation images, nothing chosen on them"
         assert r[col["best val (chosen on it)"]] == "", "nothing was chosen on 6 validation images"
         assert r[col["epochs"]] == 2 and r[col["batch"]] == 8 and r[col["lr"]] == "0.001"
         assert r[col["model"]].startswith("ViT 32 wide, 1 block, patch 8, 32 px")

@@ -29,18 +29,23 @@ def test_quick_model_from_your_run_then_review_a_likely_label_error(page, app_ur
     page.get_by_role("option", name=re.compile("Start from your run: weights to start from")).click()
     visible_text(page, "the model of your run")  # the plan names the start
     page.get_by_role("button", name="Quick model (seconds)").click()
-    visible_text(page, re.compile(r"Quick model: accuracy \d+(\.\d)?% \(95% interval"), timeout=60_000)
+    visible_text(page, re.compile(r"\) is (queued|running)"))
+    newest = app_manager.list()[0]  # (newest first)
+    assert newest["name"] != "weights to start from" and "quick model" in newest["recipe"]
+    quick = newest["id"]
+    assert app_manager.wait(quick, 120) == "completed"
+    visible_text(page, re.compile(r"completed\. Quick model: accuracy \d+(\.\d)?% \(95% interval"))  # its view
     visible_text(page, "Would more images help?")
-    quick = next(r["id"] for r in app_manager.list() if r["name"] != "weights to start from")
     flagged = runs.read_json(app_manager.root / quick / runs.DIAGNOSTICS)["label_errors"]
     assert set(moved) <= {e["name"] for e in flagged[:4]} and flagged[0]["name"] in moved, "flips come first"
-    page.get_by_label("Action").filter(visible=True).wait_for()
-    assert page.get_by_label("Action").input_value().startswith("Keep it as"), "changing data is never a default"
+    page.get_by_role("combobox", name="Action").wait_for()
+    action = page.get_by_role("combobox", name="Action").input_value()
+    assert action.startswith("Keep it as"), f"changing data is never a default: {action}"
     page.screenshot(path=str(ARTIFACTS / "quick-results.png"), full_page=True)
 
     page.get_by_role("button", name="Apply to my dataset").click()  # Keep: nothing changes but the review
     visible_text(page, re.compile(r"kept as \w+\. The Data tab's report shows the change"))
-    page.get_by_label("Action").click()
+    page.get_by_role("combobox", name="Action").click()
     page.get_by_role("option", name=re.compile(r"Relabel as \w+ \(the head's guess\)")).click()
     page.get_by_role("button", name="Apply to my dataset").click()
     visible_text(page, re.compile(r"relabelled as \w+\. The Data tab's report shows the change"))

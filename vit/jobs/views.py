@@ -53,8 +53,11 @@ def start_summary(config: dict) -> str:
 
 def default_name(source: str, config: TrainConfig) -> str:
     """dataset · model · time, e.g. 'pets.zip · vit_tiny_patch16_224 · 14:05' ('ViT from scratch' for a model with
-    random weights: its shape is the recipe's, not the named model's)."""
+    random weights: its shape is the recipe's, not the named model's; 'from your run' for one started from a
+    run)."""
     model = config.model.split("/")[-1].split(".")[0][:40]
-    if not config.pretrained and not config.weights:
+    if config.weights:
+        model = "from your run"  # (its architecture, not the model named in the form)
+    elif not config.pretrained:
         model = "ViT from scratch"
     return f"{source[:40]} · {model} · {time.strftime('%H:%M')}"

@@ -250,7 +250,8 @@ def _model_text(r: dict) -> str:
     return f"{model} ({r['recipe']})" if r.get("recipe") else model
 
 
-ESTIMATE_FROM = {"test": "test images", "holdout": "held-out images", "unselected": "validation, unselected"}
+ESTIMATE_FROM = {"test": "test images", "holdout": "held-out validation images",
+                 "unselected": "validation images, nothing chosen on them"}
 ESTIMATE_SHORT = {"test": "test", "holdout": "held out", "unselected": "val, unselected"}  # (the runs table)
 
 
@@ -354,7 +355,7 @@ def expectations(facts: recipe.DataFacts, offline: bool) -> str:
                  "training from scratch; a Quick model, LP-FT or a fine-tune started from one of your finished runs; "
                  "Classify, heatmaps, ONNX and the zip of your runs. What does not: the catalog's pretrained models, "
                  "unless their weights are already in this machine's Hugging Face cache.")
-    photos = not facts.grayscale and facts.side >= 96
+    photos = not facts.grayscale and facts.side >= 128  # (the sample shapes are 96 px)
     if photos:
         text += ("\n\n**From scratch, on photos like these, expect little:** a ViT from random weights on a few "
                  "hundred photos learns colours and textures, not objects. Tried on about 400 photos of two insect "

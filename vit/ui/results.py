@@ -117,7 +117,8 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
         if pic is not None:
             gallery.append((pic, f"{e['label']} -> {e['suggested']}? ({e['p_suggested']:.0%}) {e['name']}"))
     names = [e["name"] for e in errors[:MAX_SUSPECTS]]
-    return ("\n".join(lines), table, side_by_side, gallery,
+    return ("\n".join(lines), table, gr.Gallery(value=side_by_side, visible=bool(side_by_side)),
+            gr.Gallery(value=gallery, visible=bool(gallery)),
             gr.Dropdown(choices=names, value=names[0] if names else None),
             review_choices(manager, run_id, names[0] if names else None, owner), gr.Column(visible=True))
 
