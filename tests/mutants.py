@@ -94,6 +94,15 @@ MUTANTS = [
            "BASE_LR, BASE_BATCH = 1e-3, 32", "BASE_LR, BASE_BATCH = 1e-2, 32", ["tests/test_recipe.py"]),
     Mutant("recipe: half the updates per class", "vit/train/recipe.py",
            "UPDATES_PER_CLASS = 200 ", "UPDATES_PER_CLASS = 100 ", ["tests/test_recipe.py"]),
+    # the diagnostics
+    Mutant("label errors: listed whatever the features", "vit/data/features.py",
+           "JUDGE_FLOOR = 0.90 ", "JUDGE_FLOOR = 0.0 ", k("tests/test_probe.py", "weak_features")),
+    Mutant("near-duplicates: shown where distinct images are as close as copies", "vit/data/features.py",
+           "        if s_ij - max(other_i, other_j) >= rule[\"margin\"]:", "        if True:",
+           k("tests/test_probe.py", "withheld or stands_out")),
+    Mutant("label review: relabelling preselected", "vit/ui/results.py",
+           'return gr.Dropdown(choices=choices, value="keep")', 'return gr.Dropdown(choices=choices, value=choices[1][1])',
+           k("tests/test_probe.py", "review")),
     # the heatmaps
     Mutant("explain: gradient-weighted attention keeps the negative part", "vit/explain.py",
            "cam = (grad.float() * attn.float()).clamp(min=0).mean(0)", "cam = (grad.float() * attn.float()).mean(0)",

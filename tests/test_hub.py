@@ -184,6 +184,7 @@ def test_onnx_export_matches_pytorch_for_any_batch(run_dir, tmp_path):
         assert np.abs(session.run(None, {"pixel_values": x.numpy()})[0] - ours(x).numpy()).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_predict(run_dir, tmp_path):
     """Its metadata alone (labels, input name and size, mean, std, resize and crop) is enough: preprocessing an
     oblong photo by hand from it, the ONNX file gives predict's probabilities."""
@@ -291,6 +292,7 @@ def test_on_a_space_the_app_is_multi_user_and_warns_when_runs_are_not_kept(tmp_p
         manager.shutdown()
 
 
+@pytest.mark.slow
 def test_a_run_downloads_as_a_zip_with_its_card_and_onnx_file_without_resume_state(run_dir, tmp_path):
     import zipfile
     from vit import jobs, ui

@@ -79,7 +79,7 @@ def _snippet_read(card_text: str):
     return namespace["read"]
 
 
-@pytest.mark.parametrize("img_size, patch", [(32, 8), (224, 32)])
+@pytest.mark.parametrize("img_size, patch", [(32, 8), pytest.param(224, 32, marks=pytest.mark.slow)])
 def test_predict_and_the_cards_snippet_repeat_the_engines_validation(photos, tmp_path, img_size, patch):
     with load_dataset(photos) as ds:
         assert len(ds.val) == 2 * len(VALIDATION)
@@ -111,6 +111,7 @@ def test_the_cards_read_gives_the_apps_pixels(photos):
         assert ours.size == theirs.size and np.array_equal(np.asarray(ours), np.asarray(theirs)), path.name
 
 
+@pytest.mark.slow
 def test_the_quick_models_features_are_the_inference_pixels(photos, tmp_path):
     """A quick model's reported validation results (from cached, cropped images) are what predict gets from
     the files: its features saw the same pixels."""

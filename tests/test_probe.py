@@ -117,21 +117,37 @@ def test_weak_features_list_no_label_errors_and_say_why():
 
 def test_near_duplicates_are_withheld_when_distinct_images_are_as_close_as_copies():
     x, y = _clusters(90)
-    x[1] = x[0] * 1.001
     names = [f"{i}.png" for i in range(90)]
-    # copies found at 0.98: most distinct images have two others that close, so no pair means anything
-    threshold, judged = features.copy_threshold(x, torch.full((12,), 0.98))
-    assert threshold is None and not judged["ok"] and judged["crowded"] > features.MAX_CROWDED
-    found = features.diagnose(x, y.tolist(), names, ["train"] * 90, ["a", "b", "c"],
-                              copies=torch.full((12,), 0.98))
+    nearest = features.nearest_similarity(x)
+    copied = [0, 10, 20, 30]
+    # copies found at 0.98, but the originals' nearest other images are closer than that: nothing stands out
+    weak = torch.full((12,), 0.98)
+    assert float(nearest[copied].min()) > 0.98
+    rule = features.copy_rule(x, weak, copied)
+    assert not rule["ok"] and rule["margin"] < 0
+    found = features.diagnose(x, y.tolist(), names, ["train"] * 90, ["a", "b", "c"], copies=weak, copied=copied)
     assert found["near_duplicates"] == [] and "too weak to find near-duplicates" in found["judged"][
         "near_duplicates"]["why"]
-    # the threshold is where COPY_RECALL of the copies are found
-    sims = torch.linspace(0.9, 1.0, 11)
-    assert features.copy_threshold(x, sims)[1]["threshold"] == pytest.approx(
-        float(torch.quantile(sims, 1 - features.COPY_RECALL)), abs=1e-4)
     summary = "\n".join(ui.common._features_summary(found, set()))
     assert "Near-duplicates:** not listed: the features are too weak" in summary
+
+
+def test_a_pair_is_a_near_duplicate_only_where_it_stands_out_as_copies_do():
+    """The rule calibrated on copies: similar enough (where COPY_RECALL of the copies are), and ahead of each
+    image's next most similar image by the copies' margin. A real copy is; two look-alikes in a crowd are not."""
+    x, y = _clusters(90)
+    x[4] = x[1] * 1.0001  # a copy of image 1
+    x[7] = x[8] + 0.02 * torch.randn(16, generator=torch.Generator().manual_seed(1))  # 7 and 8 look alike...
+    x[9] = x[8] + 0.02 * torch.randn(16, generator=torch.Generator().manual_seed(2))  # ... and so does 9
+    nearest = features.nearest_similarity(x)
+    copied = [i for i in nearest.argsort(descending=True).tolist() if i not in (1, 4, 7, 8, 9)][:4]  # crowded ones
+    copies = torch.full((12,), 0.9999)  # copies: nearly the same features, ahead of the originals' neighbours
+    rule = features.copy_rule(x, copies, copied)
+    margin = float(torch.quantile(copies - nearest[copied].repeat_interleave(3), 1 - features.COPY_MARGIN))
+    assert rule["ok"] and rule["margin"] == pytest.approx(margin, abs=1e-5) and margin > 0
+    assert rule["threshold"] == pytest.approx(float(torch.quantile(copies, 1 - features.COPY_RECALL)), abs=1e-5)
+    pairs = features.near_duplicates(x, [str(i) for i in range(90)], ["train"] * 90, rule)
+    assert [(p["a"], p["b"]) for p in pairs] == [("1", "4")], "the copy, not the crowd of look-alikes"
 
 
 def test_copies_of_an_image_are_measured_through_the_models_own_pipeline(source):
@@ -189,6 +205,7 @@ def _accuracy_in_classify(run_dir: Path, ds) -> float:
     return sum(loaded.classify(str(ds.items[i].path))[0][0][0] == ds.items[i].label for i in ds.val) / len(ds.val)
 
 
+@pytest.mark.slow
 def test_lp_ft_starts_fine_tuning_from_the_fitted_head(shapes, source):
     with load_dataset(shapes) as ds:
         # a learning rate too small to move anything: the result is the head LP-FT fitted

@@ -27,7 +27,7 @@ CACHE_MAX_BYTES = 512 * 1024 ** 2   # the whole feature cache; the least recentl
 BATCH = 64
 NEAR_DUPLICATE = 0.95               # cosine similarity of near-duplicates, when no copies calibrate it
 COPY_RECALL = 0.9                   # the share of known copies found at the calibrated similarity
-MAX_CROWDED = 0.05                  # images with two others that similar, from which the features cannot tell
+COPY_MARGIN = 0.5                   # ... and the share that stand out from the originals' neighbours by the margin
 COPY_SAMPLES = 24                   # images copied to calibrate on
 JUDGE_FLOOR = 0.90                  # the probe's cross-validated accuracy from which it may doubt labels
 MAX_PAIRS = 100
@@ -109,13 +109,14 @@ def extract(model: nn.Module, dcfg: dict, images: Callable[[int], "object"], sha
 
 
 def diagnose(x: torch.Tensor, labels: list[int], names: list[str], splits: list[str], classes: list[str],
-             C: float = 1.0, seed: int = 0, copies: torch.Tensor | None = None) -> dict:
+             C: float = 1.0, seed: int = 0, copies: torch.Tensor | None = None,
+             copied: list[int] | None = None) -> dict:
     """What the features say about a dataset: near-duplicate pairs (with those that cross from train into
     validation or test), likely label errors by confident learning on a cross-validated probe, and a learning
     curve. Each list is given only where the features can judge: label errors when the probe's cross-validated
-    accuracy reaches JUDGE_FLOOR, near-duplicates at the similarity where known copies of the dataset's own
-    images are found (`copies`: their similarities to their originals, copy_similarities) and only when that
-    similarity sets copies apart from distinct images. `judged` says why a list is withheld."""
+    accuracy reaches JUDGE_FLOOR, near-duplicates by a rule calibrated on known copies of the dataset's own
+    images (`copies`: their similarities to the originals `copied`, copy_similarities; copy_rule), only when
+    copies stand out from distinct images. `judged` says why a list is withheld."""
     y = torch.tensor(labels, dtype=torch.long)
     train = torch.tensor([s == "train" for s in splits])
     val = torch.tensor([s == "val" for s in splits])
@@ -131,64 +132,83 @@ def diagnose(x: torch.Tensor, labels: list[int], names: list[str], splits: list[
             f"right when it has not seen them (cross-validated), under the {JUDGE_FLOOR:.0%} from which its doubts "
             "mean more than its own mistakes")}
         suspects = label_issues(probs, y, names, classes) if ok else []
-    threshold, pairs_judged = copy_threshold(x, copies)
-    return {"near_duplicates": near_duplicates(x, names, splits, threshold) if threshold is not None else [],
+    pairs_judged = copy_rule(x, copies, copied)
+    return {"near_duplicates": near_duplicates(x, names, splits, pairs_judged) if pairs_judged["ok"] else [],
             "label_errors": suspects[:MAX_SUSPECTS], "suspects": len(suspects),
             "judged": {"labels": labels_judged, "near_duplicates": pairs_judged},
             "learning_curve": learning_curve(x[train], y[train], x[val], y[val], len(classes), C, seed),
             "images": len(names), "C": C}
 
 
-def copy_threshold(x: torch.Tensor, copies: torch.Tensor | None) -> tuple[float | None, dict]:
-    """The similarity from which a pair counts as a near-duplicate: the level at which COPY_RECALL of the known
-    copies (resized, re-encoded, cropped) are found, or NEAR_DUPLICATE without copies to calibrate on. None (no
-    pairs shown) when more than MAX_CROWDED of the images have two others that similar (one may be a real copy):
-    the features cannot tell copies from distinct images."""
-    calibrated = copies is not None and len(copies) > 0
-    threshold = float(torch.quantile(copies.float(), 1 - COPY_RECALL)) if calibrated else NEAR_DUPLICATE
-    second = nearest_similarity(x, k=2)  # (the second nearest: a real pair of copies does not crowd itself)
-    crowded = float((second >= threshold).float().mean()) if len(second) else 0.0
-    ok = crowded <= MAX_CROWDED
-    found_at = (f"copies of your images (resized, re-encoded, cropped) are found at a similarity of {threshold:.3f}"
-                if calibrated else f"a pair needs a similarity of {threshold:.3f}")
-    why = "" if ok else (f"the features are too weak to find near-duplicates yet: {found_at}, and {crowded:.0%} of "
-                         "your images have two others that close, so a pair at that similarity is no sign of a copy")
-    return (threshold if ok else None), {"ok": ok, "threshold": round(threshold, 4),
-                                         "copies": len(copies) if calibrated else 0, "crowded": round(crowded, 4),
-                                         "why": why}
+def copy_rule(x: torch.Tensor, copies: torch.Tensor | None, copied: list[int] | None = None) -> dict:
+    """When a pair counts as a near-duplicate, calibrated on known copies of the dataset's own images (`copies`:
+    the similarities of COPY_VIEWS copies of each image `copied` to it; resized, re-encoded, cropped):
+    - `threshold`: the similarity at which COPY_RECALL of the copies are found;
+    - `margin`: by how much a copy stands out from the original's nearest other image in the dataset, for
+      COPY_MARGIN of them (the median: the harsher copies, a half-size image or a crop, stand out less than the
+      copies people make). A pair must beat each image's next most similar image by that much: distinct
+      look-alikes in a crowd of similar images do not, copies do.
+    `ok` is False (no pair shown, `why` says so) when more than 1 - COPY_RECALL of the copies do not stand out at
+    all: the features cannot tell a copy from a distinct image. Without copies: NEAR_DUPLICATE and no margin."""
+    if copies is None or not len(copies):
+        return {"ok": True, "threshold": NEAR_DUPLICATE, "margin": 0.0, "copies": 0, "why": ""}
+    copies = copies.float()
+    threshold = float(torch.quantile(copies, 1 - COPY_RECALL))
+    margin, ok = 0.0, True
+    if copied:
+        nearest = nearest_similarity(x)[torch.tensor(copied)].repeat_interleave(len(copies) // len(copied))
+        ahead = copies - nearest
+        margin = float(torch.quantile(ahead, 1 - COPY_MARGIN))
+        ok = float(torch.quantile(ahead, 1 - COPY_RECALL)) > 0  # (most copies must stand out at all)
+    why = "" if ok else (
+        f"the features are too weak to find near-duplicates yet: copies of your images (resized, re-encoded, "
+        f"cropped) are found at a similarity of {threshold:.3f}, but they are no closer to their originals than "
+        "the originals' nearest other images are, so a similar pair is no sign of a copy")
+    return {"ok": ok, "threshold": round(threshold, 6), "margin": round(margin, 6), "copies": len(copies),
+            "why": why}
 
 
 def nearest_similarity(x: torch.Tensor, k: int = 1) -> torch.Tensor:
     """Each image's cosine similarity to its k-th most similar other image."""
-    n = len(x)
-    if n <= k:
-        return torch.zeros(0)
-    z = nn.functional.normalize(x.float(), dim=1)
-    nearest = torch.empty(n)
-    for start in range(0, n, 1024):
-        sim = z[start:start + 1024] @ z.T
-        rows = torch.arange(start, min(start + 1024, n))
-        sim[rows - start, rows] = -1.0
-        nearest[rows] = sim.topk(k, dim=1).values[:, -1]
-    return nearest
+    return _neighbours(x, k)[0][:, -1] if len(x) > k else torch.zeros(0)
 
 
-def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str], threshold: float = NEAR_DUPLICATE
-                    ) -> list[dict]:
-    """Pairs of images whose features have a cosine similarity of at least `threshold` (copy_threshold), most
-    similar first; `leak` when one is in train and the other in validation or test."""
+def _neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's k most similar other images: (similarities, indices), [n, k] each, most similar first."""
     n = len(x)
-    if n < 2:
-        return []
     z = nn.functional.normalize(x.float(), dim=1)
-    pairs = []
+    values, indices = torch.empty(n, k), torch.empty(n, k, dtype=torch.long)
     for start in range(0, n, 1024):  # blocks: memory stays (1024 x n)
         sim = z[start:start + 1024] @ z.T
         rows = torch.arange(start, min(start + 1024, n))
         sim[rows - start, rows] = -1.0
-        hits = torch.nonzero(sim >= threshold)
-        pairs += [(float(sim[i, j]), int(rows[i]), int(j)) for i, j in hits.tolist() if rows[i] < j]
-    found = sorted(pairs, reverse=True)[:MAX_PAIRS]
+        top = sim.topk(k, dim=1)
+        values[rows], indices[rows] = top.values, top.indices
+    return values, indices
+
+
+def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str], rule: dict | None = None) -> list[dict]:
+    """Pairs of images at least `rule["threshold"]` similar (cosine of their features) that also beat each
+    image's next most similar image by `rule["margin"]` (copy_rule), most similar first; `leak` when one is in
+    train and the other in validation or test."""
+    rule = rule or {"threshold": NEAR_DUPLICATE, "margin": 0.0}
+    n = len(x)
+    if n < 3:
+        return []
+    values, indices = _neighbours(x, 2)
+    pairs = []
+    for i in range(n):
+        j, s_ij = int(indices[i, 0]), float(values[i, 0])
+        if i >= j and int(indices[j, 0]) == i:
+            continue  # (a mutual pair, taken from its first image)
+        if s_ij < rule["threshold"]:
+            continue
+        other_i = float(values[i, 1])
+        other_j = float(values[j, 1]) if int(indices[j, 0]) == i else float(values[j, 0])
+        if s_ij - max(other_i, other_j) >= rule["margin"]:
+            a, b = min(i, j), max(i, j)
+            pairs.append((s_ij, a, b))
+    found = sorted(set(pairs), reverse=True)[:MAX_PAIRS]
     return [{"a": names[i], "b": names[j], "similarity": round(s, 4), "splits": [splits[i], splits[j]],
              "leak": "train" in (splits[i], splits[j]) and splits[i] != splits[j]} for s, i, j in found]
 

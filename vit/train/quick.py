@@ -107,7 +107,7 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
                                             device)
         report = features.diagnose(x, labels, [it.name for it in dataset.items],
                                    [splits.get(i, "") for i in range(len(labels))], dataset.classes, head.C,
-                                   config.seed, copies=copies)
+                                   config.seed, copies=copies, copied=picked)
         runs.write_json(run_dir / runs.DIAGNOSTICS, report)
     chosen = {"C": head.C, "val_acc": head.val_acc, "val_loss": head.val_loss, "val_images": len(val),
               "flip": config.probe_flip}
