@@ -191,6 +191,8 @@ def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_pred
     import json as _json
     import onnxruntime as ort
     path, _ = hub.export_onnx(run_dir, tmp_path / "m.onnx")
+    blob = path.read_bytes()
+    assert b"site-packages" not in blob and str(Path.cwd()).encode() not in blob, "no paths of this machine"
     meta = hub.onnx_metadata(path)
     loaded = predict.load_model(run_dir)
     assert _json.loads(meta["labels"]) == loaded.labels and meta["input_name"] == "pixel_values"

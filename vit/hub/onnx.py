@@ -66,9 +66,15 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _describe(path: Path, labels: list[str], dcfg: dict) -> None:
-    """Write metadata() into the ONNX file's metadata_props."""
+    """Write metadata() into the ONNX file's metadata_props, and strip what the exporter records of this machine
+    (each node's stack trace and source locations: the paths of the installed packages)."""
     import onnx
     model = onnx.load(str(path))
+    for graph in [model.graph, *[f for f in model.functions]]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    model.graph.doc_string = ""
     del model.metadata_props[:]
     for key, value in metadata(labels, dcfg).items():
         entry = model.metadata_props.add()
