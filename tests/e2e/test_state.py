@@ -18,7 +18,7 @@ def test_a_reload_finds_the_dataset_and_the_settings(page, app_url):
     page.get_by_label("Epochs", exact=True).fill("7")
     page.get_by_label("Learning rate (head)").fill("0.002")
     page.get_by_label("Learning rate (head)").press("Tab")
-    visible_text(page, "lr 0.002")
+    visible_text(page, "lr 0.002", timeout=60_000)  # (the plan follows each keystroke: a busy queue is slow)
     page.wait_for_timeout(1000)  # (the settings are saved as they change)
 
     page.reload()
