@@ -261,7 +261,7 @@ def _weights_message(spec: ModelSpec, error: Exception) -> str:
 
 def built(model: nn.Module, weights: str | None) -> dict:
     """What a model is, as built: family, width, depth, heads, patch, image size, parameters, and what its
-    weights are (`weights`: "from scratch", "pretrained <tag>", "your run <id>", ...). A run records it in
+    weights are (`weights`, weights_words: "from scratch", "pretrained <tag>", "from the run <id>"). A run records it in
     config.json; every page and the card name the model by it."""
     blocks = getattr(model, "blocks", None)
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
@@ -282,7 +282,8 @@ def built_text(b: dict | None, weights: bool = True) -> str:
     """'ViT 96 wide, 6 blocks, patch 4, 32 px, 0.68M parameters, from scratch'."""
     if not b:
         return ""
-    shape = [f"{b['width']} wide" if b.get("width") else None, f"{b['depth']} block{'s' * (b['depth'] != 1)}" if b.get("depth") else None,
+    shape = [f"{b['width']} wide" if b.get("width") else None,
+             f"{b['depth']} block{'s' * (b['depth'] != 1)}" if b.get("depth") else None,
              f"patch {b['patch']}" if b.get("patch") else None, f"{b['img_size']} px" if b.get("img_size") else None,
              f"{b['params'] / 1e6:.2f}M parameters" if b.get("params") else None]
     words = ", ".join(p for p in shape if p)

@@ -28,13 +28,12 @@ import torch
 from PIL import Image
 
 from vit import runs
-from vit.data import DataError, Limits, read_rgb, reduced, to_rgb
-from vit.data.pixels import READ_MAX_SIDE, EvalPixels
+from vit.data import DataError, Limits, reduced, to_rgb
+from vit.data.pixels import READ_MAX_SIDE, EvalPixels, read_for_model
 from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DISPLAY_MAX_SIDE = READ_MAX_SIDE  # an image to classify is read as validation reads it (vit.data.pixels)
 
 
 class PredictError(ValueError):
@@ -196,15 +195,15 @@ def _refuse_over(n: int, max_params_m: float) -> None:
                            "visitor). Use it with timm on your own machine, or raise the limit where you host the app.")
 
 
-def read_image(image: ImageInput, limits: Limits = Limits(), max_side: int | None = DISPLAY_MAX_SIDE
-               ) -> Image.Image:
-    """Any supported image input -> 8-bit RGB (no side longer than max_side), or a PredictError saying
-    what is wrong. A file's size is checked from its header before it is decoded."""
+def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
+    """Any supported image input -> 8-bit RGB as validation read its images (vit.data.pixels.read_for_model: no
+    side longer than READ_MAX_SIDE), or a PredictError saying what is wrong. A file's size is checked from its
+    header before it is decoded."""
     if isinstance(image, Image.Image):
         w, h = image.size
         if w * h > limits.max_pixels:
             raise PredictError(f"The image has too many pixels ({w}x{h}; cap {limits.max_pixels:,}).")
-        return reduced(to_rgb(image), max_side)
+        return reduced(to_rgb(image), READ_MAX_SIDE)
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise PredictError("The image is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
@@ -218,10 +217,9 @@ def read_image(image: ImageInput, limits: Limits = Limits(), max_side: int | Non
             raise PredictError(f"{path.name} is empty (0 bytes). Choose an image file (JPEG, PNG, WebP, ...).")
         source, name = path, path.name
     try:
-        rgb, _, _ = read_rgb(source, limits=limits, max_side=max_side)
+        return read_for_model(source, limits)
     except DataError as e:
         raise PredictError(f"{name}: {e}") from None
-    return rgb
 
 
 def input_box(size: tuple[int, int], dcfg: dict) -> tuple[float, float, float, float]:

@@ -132,32 +132,37 @@ def diagnose(x: torch.Tensor, labels: list[int], names: list[str], splits: list[
             f"right when it has not seen them (cross-validated), under the {JUDGE_FLOOR:.0%} from which its doubts "
             "mean more than its own mistakes")}
         suspects = label_issues(probs, y, names, classes) if ok else []
-    pairs_judged = copy_rule(x, copies, copied)
-    return {"near_duplicates": near_duplicates(x, names, splits, pairs_judged) if pairs_judged["ok"] else [],
+    neighbours = _neighbours(x, 2) if len(x) > 2 else None  # (one pass over the pairs serves both)
+    nearest = neighbours[0][:, 0] if neighbours is not None else None
+    pairs_judged = copy_rule(x, copies, copied, nearest=nearest)
+    pairs = near_duplicates(x, names, splits, pairs_judged, neighbours) if pairs_judged["ok"] else []
+    return {"near_duplicates": pairs,
             "label_errors": suspects[:MAX_SUSPECTS], "suspects": len(suspects),
             "judged": {"labels": labels_judged, "near_duplicates": pairs_judged},
             "learning_curve": learning_curve(x[train], y[train], x[val], y[val], len(classes), C, seed),
             "images": len(names), "C": C}
 
 
-def copy_rule(x: torch.Tensor, copies: torch.Tensor | None, copied: list[int] | None = None) -> dict:
+def copy_rule(x: torch.Tensor, copies: torch.Tensor | None, copied: list[int] | None = None,
+              nearest: torch.Tensor | None = None) -> dict:
     """When a pair counts as a near-duplicate, calibrated on known copies of the dataset's own images (`copies`:
-    the similarities of COPY_VIEWS copies of each image `copied` to it; resized, re-encoded, cropped):
+    the similarities of the copies of each image `copied` to it, copy_similarities; resized, re-encoded, cropped):
     - `threshold`: the similarity at which COPY_RECALL of the copies are found;
     - `margin`: by how much a copy stands out from the original's nearest other image in the dataset, for
       COPY_MARGIN of them (the median: the harsher copies, a half-size image or a crop, stand out less than the
       copies people make). A pair must beat each image's next most similar image by that much: distinct
       look-alikes in a crowd of similar images do not, copies do.
     `ok` is False (no pair shown, `why` says so) when more than 1 - COPY_RECALL of the copies do not stand out at
-    all: the features cannot tell a copy from a distinct image. Without copies: NEAR_DUPLICATE and no margin."""
+    all: the features cannot tell a copy from a distinct image. Without copies: NEAR_DUPLICATE and no margin.
+    `nearest`: nearest_similarity(x), when the caller has it."""
     if copies is None or not len(copies):
         return {"ok": True, "threshold": NEAR_DUPLICATE, "margin": 0.0, "copies": 0, "why": ""}
     copies = copies.float()
     threshold = float(torch.quantile(copies, 1 - COPY_RECALL))
     margin, ok = 0.0, True
     if copied:
-        nearest = nearest_similarity(x)[torch.tensor(copied)].repeat_interleave(len(copies) // len(copied))
-        ahead = copies - nearest
+        nearest = nearest_similarity(x) if nearest is None else nearest
+        ahead = copies - nearest[torch.tensor(copied)].repeat_interleave(len(copies) // len(copied))
         margin = float(torch.quantile(ahead, 1 - COPY_MARGIN))
         ok = float(torch.quantile(ahead, 1 - COPY_RECALL)) > 0  # (most copies must stand out at all)
     why = "" if ok else (
@@ -168,9 +173,9 @@ def copy_rule(x: torch.Tensor, copies: torch.Tensor | None, copied: list[int] | 
             "why": why}
 
 
-def nearest_similarity(x: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Each image's cosine similarity to its k-th most similar other image."""
-    return _neighbours(x, k)[0][:, -1] if len(x) > k else torch.zeros(0)
+def nearest_similarity(x: torch.Tensor) -> torch.Tensor:
+    """Each image's cosine similarity to its most similar other image."""
+    return _neighbours(x, 1)[0][:, 0] if len(x) > 1 else torch.zeros(0)
 
 
 def _neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,15 +192,16 @@ def _neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, indices
 
 
-def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str], rule: dict | None = None) -> list[dict]:
+def near_duplicates(x: torch.Tensor, names: list[str], splits: list[str], rule: dict | None = None,
+                    neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """Pairs of images at least `rule["threshold"]` similar (cosine of their features) that also beat each
     image's next most similar image by `rule["margin"]` (copy_rule), most similar first; `leak` when one is in
-    train and the other in validation or test."""
+    train and the other in validation or test. `neighbours`: _neighbours(x, 2), when the caller has it."""
     rule = rule or {"threshold": NEAR_DUPLICATE, "margin": 0.0}
     n = len(x)
     if n < 3:
         return []
-    values, indices = _neighbours(x, 2)
+    values, indices = neighbours if neighbours is not None else _neighbours(x, 2)
     pairs = []
     for i in range(n):
         j, s_ij = int(indices[i, 0]), float(values[i, 0])
@@ -229,14 +235,6 @@ def label_issues(probs: torch.Tensor, y: torch.Tensor, names: list[str], classes
     return [{"name": names[i], "label": classes[y[i]], "suggested": classes[best[i]],
              "p_suggested": round(float(best_p[i]), 4), "p_label": round(float(given[i]), 4)}
             for i in (int(k) for k in found)]
-
-
-def label_errors(x: torch.Tensor, y: torch.Tensor, names: list[str], classes: list[str], C: float,
-                 seed: int = 0) -> list[dict]:
-    """label_issues of a probe fitted without each image (5-fold)."""
-    if len(torch.unique(y)) < 2:
-        return []
-    return label_issues(probe.cross_val_proba(x, y, len(classes), C, folds=5, seed=seed), y, names, classes)
 
 
 @torch.no_grad()

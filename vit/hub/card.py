@@ -96,7 +96,8 @@ def _settings(train: dict) -> list[tuple[str, object]]:
     rows = [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
             and (key in QUICK_SETTINGS or not train.get("quick"))]
     if train.get("built"):
-        rows = [("model", built_text(train["built"]))] + [r for r in rows if r[0] not in ("model", "pretrained weights")]
+        asked = ("model", "pretrained weights")  # (the name and flag asked for, where built says what was made)
+        rows = [("model", built_text(train["built"]))] + [r for r in rows if r[0] not in asked]
     return rows
 
 

@@ -139,8 +139,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
     """Set up, then train epoch by epoch (checkpointing each), then report on the best weights."""
     run = _setup(dataset, config, run_dir, emit, resume, ddp)
     if not resume and config.lp_ft and (config.pretrained or config.weights):  # LP, then FT from its head
-        head = probe_head(run.model, run.dcfg, dataset, run.eval_cache, run.labels, config, run_dir, emit, run.device,
-                          StopFlag(run_dir, should_stop, ddp), ddp.is_main)
+        head = probe_head(run.model, run.dcfg, dataset, run.eval_cache, run.labels, config, run_dir, emit,
+                          run.device, StopFlag(run_dir, should_stop, ddp), ddp.is_main)
         if head is None:
             return cancelled(emit, 0, 0, [], {"epoch": None})
         run.record["lp_ft_head"] = head

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from vit.data import Dataset
+
+if TYPE_CHECKING:  # (torch is imported where it is used: the web page reads the wording here without it)
+    import torch
 
 HOLDOUT_MIN = 40   # validation images from which half is held out for the estimate (when there is no test split)
 Z95 = 1.959964     # the normal quantile of a two-sided 95% interval
@@ -45,6 +47,7 @@ class Holdout:
 
 def holdout(dataset: Dataset, seed: int = 0) -> Holdout:
     """Which images choose and which estimate (see the module's docstring)."""
+    import torch
     from vit.probe import stratified_folds
     val = list(dataset.val)
     if dataset.test:
@@ -77,7 +80,7 @@ def accuracy_estimate(predictions, split: Holdout, quick: bool = False) -> dict:
 
 
 SOURCE_WORDS = {"test": "test images", "holdout": "held-out validation images",
-                "unselected": "validation images (nothing chosen on them)"}
+                "unselected": "validation images, nothing chosen on them"}  # (the pages and the card say these)
 
 
 def estimate_line(estimate: dict | None) -> str:
@@ -131,6 +134,7 @@ def predicted(logits: torch.Tensor, indices: list[int], labels: list[int]) -> li
 
 
 def loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    from torch import nn
     if not len(y):
         return float("nan"), 0.0
     return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())

@@ -22,6 +22,7 @@ from vit import models, safety
 from vit.models import CATALOG
 from vit.safety import HostLimits
 from vit.train import recipe
+from vit.train.metrics import SOURCE_WORDS
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
@@ -250,8 +251,6 @@ def _model_text(r: dict) -> str:
     return f"{model} ({r['recipe']})" if r.get("recipe") else model
 
 
-ESTIMATE_FROM = {"test": "test images", "holdout": "held-out validation images",
-                 "unselected": "validation images, nothing chosen on them"}
 ESTIMATE_SHORT = {"test": "test", "holdout": "held out", "unselected": "val, unselected"}  # (the runs table)
 
 

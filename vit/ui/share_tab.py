@@ -123,7 +123,8 @@ def export_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     checked = f"largest difference from PyTorch on test inputs: {diff:.1e}" if diff is not None else \
         "exported earlier from these same weights, and checked against PyTorch then"
     return str(path), (f"Exported **{run_id}** to ONNX; {checked}.\n\n- Input `{meta['input_name']}`: float32 [batch, "
-                       f"{', '.join(str(n) for n in json.loads(meta['input_size']))}]\n- Preprocessing: {meta['preprocessing']}\n"
+                       f"{', '.join(str(n) for n in json.loads(meta['input_size']))}]\n"
+                       f"- Preprocessing: {meta['preprocessing']}\n"
                        f"- Output: {meta['output']}, in the order of the labels: "
                        f"{', '.join(json.loads(meta['labels']))}\n\nAll of it is in the file's metadata too "
                        "(onnx.load(path).metadata_props).")

@@ -15,8 +15,9 @@ from vit import data, jobs, runs, sessions
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
-from vit.ui.common import (ADVANCED, ESTIMATE_FROM, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, SETTINGS, RUN_COLUMNS, RUN_START, Page, _duration, _epoch_text,
-                           _accuracy_text, _live_choice, _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
+from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START, SETTINGS,
+                           SOURCE_WORDS, Page, _accuracy_text, _duration, _epoch_text, _live_choice, _model_label,
+                           _model_text, _run_choices, _run_picker, _state_key, refused)
 from vit.ui.data_tab import restore_session
 
 
@@ -401,7 +402,7 @@ def headline(r: dict) -> str:
     if e.get("value") is None:
         return "No accuracy estimate: the dataset has no validation or test images to measure on."
     text = (f"### Accuracy {e['value']:.1%} (95% interval {e['low']:.1%}-{e['high']:.1%}) on {e['images']} "
-            f"{ESTIMATE_FROM.get(e['from'], 'images')}\nMeasured on {e.get('says', '')}: expect about this on new "
+            f"{SOURCE_WORDS.get(e['from'], 'images')}\nMeasured on {e.get('says', '')}: expect about this on new "
             "images like yours.")
     if chosen:
         text += (f" Best of {chosen['epochs']} epochs on validation: {chosen['val_acc']:.1%} (epoch "
@@ -447,7 +448,7 @@ def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
         measured = e.get("value") is not None
         rows.append(["", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
                      f"{e['low']:.1%}-{e['high']:.1%}" if measured else "",
-                     f"{e['images']} {ESTIMATE_FROM.get(e['from'], '')}" if measured else "not measured",
+                     f"{e['images']} {SOURCE_WORDS.get(e['from'], '')}" if measured else "not measured",
                      f"{chosen['val_acc']:.1%} (epoch {chosen['epoch']} of {chosen['epochs']})" if chosen else "",
                      r["epoch"] or "", config.get("batch_size", ""), f"{config['lr']:g}" if config.get("lr") else "",
                      _duration(took) if took > 0 else "", r["id"]])
