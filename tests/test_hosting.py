@@ -128,7 +128,7 @@ def test_another_visitor_can_neither_see_nor_act_on_a_run(shared, tmp_path):
     table, _ = client.predict(None, BOB, api_name="/list_runs")
     assert run_id not in json.dumps(table)
     assert "There is no run" in client.predict(run_id, BOB, api_name="/show_run")[0]
-    per_class, confusion, mistakes = client.predict(run_id, BOB, api_name="/run_results")
+    per_class, confusion, mistakes, _ = client.predict(run_id, BOB, api_name="/run_results")
     assert not per_class["data"] and confusion is None and not mistakes["value"]
     image = handle_file(_png(tmp_path))
     assert_refused(client.predict(run_id, image, "chefer", 0.5, None, -1, 0, BOB, api_name="/classify"),
@@ -271,8 +271,8 @@ def test_the_web_process_refuses_a_model_over_the_size_cap(tmp_path):
 
 def test_results_show_when_runs_live_outside_the_working_and_temp_dirs(shared):
     assert not shared.store.is_relative_to(Path.cwd()) and not shared.store.is_relative_to(tempfile.gettempdir())
-    per_class, confusion, mistakes = Client(shared.url, verbose=False).predict(shared.run_id, ALICE,
-                                                                               api_name="/run_results")
+    per_class, confusion, mistakes, _ = Client(shared.url, verbose=False).predict(shared.run_id, ALICE,
+                                                                                  api_name="/run_results")
     assert {row[0] for row in per_class["data"]} == {"circle", "square", "triangle"}
     assert confusion is not None and Image.open(confusion["path"] if isinstance(confusion, dict) else confusion)
     metrics = runs.read_json(shared.manager.root / shared.run_id / runs.METRICS)

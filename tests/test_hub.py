@@ -26,7 +26,8 @@ TOKEN = "hf_write_alice"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hub")
-    with load_dataset(make_shapes_dataset(tmp / "shapes", per_class=12, size=32)) as ds:
+    # (validation images enough for a temperature and a "none of these" threshold: vit.trust)
+    with load_dataset(make_shapes_dataset(tmp / "shapes", per_class=12, size=32), val_fraction=0.6) as ds:
         train(ds, tiny(), tmp / "run")
     return tmp / "run"
 
@@ -70,7 +71,8 @@ def test_push_then_stock_timm_loads_it_and_predicts_exactly_as_the_app(run_dir, 
     assert f"{fake_hub.url}/alice/shapes-vit" in pushed.stdout
     assert TOKEN not in pushed.stdout + pushed.stderr
     files = fake_hub.repos["alice/shapes-vit"]["files"]
-    assert {"config.json", "model.safetensors", "README.md", "confusion_matrix.png", "learning_curves.png"} <= set(files)
+    assert {"config.json", "model.safetensors", "ood.safetensors", "README.md", "confusion_matrix.png",
+            "learning_curves.png", "reliability.png"} <= set(files)
     assert "last.pt" not in files and "status.json" not in files
     assert fake_hub.validated and fake_hub.validated[-1]["library_name"] == "timm"  # the card's YAML passed
 
@@ -94,8 +96,14 @@ def test_push_then_stock_timm_loads_it_and_predicts_exactly_as_the_app(run_dir, 
         [sys.executable, "-m", "vit", "predict", "--model", "hf-hub:alice/shapes-vit", "--image", images[0], "--json"],
         env=_env(fake_hub, tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ours_from_hub.returncode == 0, ours_from_hub.stderr
-    top = json.loads(ours_from_hub.stdout)["results"][0]["top"]
+    said = json.loads(ours_from_hub.stdout)
+    top = said["results"][0]["top"]
     assert top[0]["label"] == ours.classify(images[0])[0][0][0]
+    # ... calibrated, with its "none of these" check: the files travelled with the push and the download
+    assert top[0]["probability"] == pytest.approx(ours.classify(images[0])[0][0][1], abs=1e-5)
+    (answer,) = ours.answers([predict.read_image(images[0])])
+    assert said["temperature"] == ours.trust.temperature != 1.0 and said["threshold"] == pytest.approx(
+        ours.trust.threshold()) and said["results"][0]["ood_score"] == pytest.approx(answer.ood_score, abs=1e-4)
     commits = len(fake_hub.repos["alice/shapes-vit"]["commits"])
     again = subprocess.run([sys.executable, "-m", "vit", "push", "--run", str(run_dir), "--repo", "shapes-vit"],
                            env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -138,7 +146,8 @@ def test_a_private_push_is_private_and_a_run_without_a_model_is_refused(run_dir,
 def test_model_card_metadata_text_and_pictures(run_dir, tmp_path):
     from huggingface_hub import ModelCard
     files = hub.write_card(run_dir, tmp_path / "card", "alice/shapes-vit")
-    assert sorted(f.name for f in files) == ["README.md", "confusion_matrix.png", "learning_curves.png"]
+    assert sorted(f.name for f in files) == ["README.md", "confusion_matrix.png", "learning_curves.png",
+                                             "reliability.png"]
     card = ModelCard.load(tmp_path / "card" / "README.md")
     assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
     assert {"image-classification", "vision-transformer"} <= set(card.data.tags)
@@ -148,8 +157,13 @@ def test_model_card_metadata_text_and_pictures(run_dir, tmp_path):
     assert 'timm.create_model("hf-hub:alice/shapes-vit", pretrained=True)' in text
     assert "| circle |" in text and "95% interval" in text and "## Intended use and limitations" in text
     assert "trained from scratch" in text and "`circle`, `square`, `triangle`" in text
-    for name in ("confusion_matrix.png", "learning_curves.png"):
+    for name in ("confusion_matrix.png", "learning_curves.png", "reliability.png"):
         assert Image.open(tmp_path / "card" / name).size[0] > 200
+    calibration = runs.read_config(run_dir)["vit_studio"]["calibration"]
+    assert (f"divided by a temperature of {calibration['temperature']:.2f}, fitted on {calibration['images']} "
+            f"held-out images. Expected calibration error {calibration['ece_before']:.3f} before, "
+            f"{calibration['ece_after']:.3f} after") in text
+    assert f"temperature = {calibration['temperature']}" in text and '### "None of these"' in text
     meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", (tmp_path / "card" / "README.md").read_text(), re.S).group(1))
     assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
 
@@ -211,6 +225,8 @@ def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_pred
     x = ((x - np.array(_json.loads(meta["mean"]))) / np.array(_json.loads(meta["std"]))).astype(np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits = session.run(None, {meta["input_name"]: x.transpose(2, 0, 1)[None]})[0][0]
+    logits = logits / float(meta["temperature"])  # (the calibration, from the metadata too)
+    assert float(meta["temperature"]) == pytest.approx(loaded.trust.temperature, rel=1e-5)
     theirs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     ours = loaded.probabilities([img])[0].numpy()
     assert np.abs(theirs - ours).max() < 1e-3
@@ -318,4 +334,5 @@ def test_a_run_downloads_as_a_zip_with_its_card_and_onnx_file_without_resume_sta
         manager.shutdown(grace_s=1)
     names = zipfile.ZipFile(runs.archive(run_dir, tmp_path)).namelist()
     assert f"{run_dir.name}/model.safetensors" in names and f"{run_dir.name}/config.json" in names
+    assert f"{run_dir.name}/ood.safetensors" in names  # the "none of these" check goes with the model
     assert not any(n.endswith("last.pt") for n in names)

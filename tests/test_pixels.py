@@ -80,13 +80,19 @@ def _snippet_read(card_text: str):
 
 
 @pytest.mark.parametrize("img_size, patch", [(32, 8), pytest.param(224, 32, marks=pytest.mark.slow)])
-def test_predict_and_the_cards_snippet_repeat_the_engines_validation(photos, tmp_path, img_size, patch):
+def test_predict_and_the_cards_snippet_repeat_the_engines_validation(photos, tmp_path, img_size, patch, monkeypatch):
+    """...calibrated alike: the run's temperature (fitted here on few images) is in the card's snippet."""
+    from vit import trust
+    monkeypatch.setattr(trust, "MIN_CALIBRATION", 4)
     with load_dataset(photos) as ds:
         assert len(ds.val) == 2 * len(VALIDATION)
         metrics = train(ds, tiny(img_size=img_size, patch_size=patch, epochs=1), tmp_path / "run")
         files = {ds.items[i].name: ds.items[i].path for i in ds.val}
     loaded = predict.load_model(tmp_path / "run")
-    read = _snippet_read(model_card(tmp_path / "run", "alice/ants").text)
+    card = model_card(tmp_path / "run", "alice/ants").text
+    read = _snippet_read(card)
+    temperature = float(re.search(r"\ntemperature = ([0-9.]+)", card).group(1))
+    assert temperature == pytest.approx(loaded.trust.temperature, abs=1e-4) and temperature != 1.0
     stock = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True).eval()
     stock_transform = timm.data.create_transform(**timm.data.resolve_data_config(model=stock))
     assert len(metrics["predictions"]) == len(files)
@@ -98,7 +104,7 @@ def test_predict_and_the_cards_snippet_repeat_the_engines_validation(photos, tmp
         assert float(probs.max()) == pytest.approx(row["confidence"], abs=1e-4), row["name"]
         assert float(probs[labels.index(row["true"])]) == pytest.approx(row["p_true"], abs=1e-4), row["name"]
         with torch.no_grad():
-            theirs = stock(stock_transform(read(path)).unsqueeze(0)).softmax(-1)[0]
+            theirs = (stock(stock_transform(read(path)).unsqueeze(0)) / temperature).softmax(-1)[0]
         assert torch.allclose(theirs, probs, atol=1e-4), row["name"]
 
 

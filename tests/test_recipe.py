@@ -177,3 +177,36 @@ def test_the_sample_data_size_is_bounded():
     for hostile in (10 ** 9, -5, float("nan"), "500"):
         with pytest.raises(gr.Error, match=f"from 2 to {ui.SAMPLE_MAX} images per class"):
             ui.sample_dataset(hostile)
+
+
+def test_imbalanced_classes_turn_on_class_balance_with_a_reason_and_a_given_value_wins():
+    skewed = replace(SHAPES, imbalance=recipe.BALANCE_FROM)
+    for start in (scratch(), TrainConfig()):  # from scratch and fine-tuning alike
+        c = recipe.choose(start, skewed)
+        assert c.class_balance == "on" and any(n.startswith("Class-balanced sampling: the largest class has 3.0x")
+                                               for n in c.recipe), c.recipe
+        assert recipe.choose(start, replace(SHAPES, imbalance=2.9)).class_balance == "auto"
+        kept = recipe.choose(replace(start, class_balance="off"), skewed, given={"class_balance"})
+        assert kept.class_balance == "off" and not any("Class-balanced" in n for n in kept.recipe)
+    assert recipe.balancing("auto", [30, 10]) == recipe.BALANCE_BY and recipe.balancing("auto", [29, 10]) is None
+    assert recipe.balancing("off", [100, 1]) is None and recipe.balancing("sampling", [1, 1]) == "sampling"
+    weights = recipe.class_weights([30, 10, 0])
+    assert weights == pytest.approx([40 / 60, 2.0, 0.0]) and 30 * weights[0] + 10 * weights[1] == pytest.approx(40)
+    with pytest.raises(Exception, match="class_balance must be one of auto, on, off"):
+        TrainConfig(class_balance="maybe").check()
+
+
+def test_the_form_and_the_cli_set_class_balance(tmp_path, capsys):
+    from vit import ui
+    facts = replace(SHAPES, imbalance=5.0).to_dict()
+    assert ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts).class_balance == "on"
+    assert ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts, class_balance="off").class_balance == "off"
+    assert "Class-balanced sampling" in ui.run_plan({"path": "x", "name": "s", "facts": facts}, ui.DEFAULT_MODEL, True,
+                                                None, None, None)
+    folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(folder), "--no-pretrained", "--epochs", "1", "--out", str(out),
+                     "--model-arg", "depth=1", "--threads", "1", "--class-balance", "on"]) == 0
+    record = json.loads((out / "config.json").read_text())["vit_studio"]
+    assert record["class_balance"] == "on" and record["class_balance_used"] == recipe.BALANCE_BY
+    assert record["class_weights"] == pytest.approx([1.0, 1.0, 1.0])

@@ -634,3 +634,48 @@ def test_the_training_batch_gets_torchvisions_colour_jitter_image_by_image_then_
     # under RandAugment there is no colour jitter (as in timm): the model's normalisation alone
     plain = BatchAugment(tiny(randaugment=True), dcfg, torch.device("cpu"))(torch.from_numpy(pixels), 3, 5)
     assert torch.allclose(plain, (torch.from_numpy(pixels).float() - mean) / std)
+
+
+def test_imbalanced_classes_weigh_the_loss_or_the_sampling_and_balanced_metrics_are_reported(tmp_path, monkeypatch):
+    """A 4:1 dataset: "weights" weighs the loss by inverse class frequency (soft targets under mixup alike),
+    "sampling" (what auto chooses) draws the small class as often as the others, "off" neither; the metrics carry
+    balanced accuracy and macro F1."""
+    from collections import Counter
+
+    from vit.train import engine
+    data = make_shapes_dataset(tmp_path / "d", per_class=20, size=32)
+    for f in sorted((data / "circle").iterdir())[5:]:
+        f.unlink()
+    seen = {}
+
+    def capture(run, epoch, stop):
+        seen.update(criterion=run.criterion, sampler=run.loader.sampler, labels=[run.labels[i] for i in
+                                                                                    run.train_set.indices])
+        return None  # (cancelled: nothing to train here)
+    monkeypatch.setattr(engine, "train_one_epoch", capture)
+    with load_dataset(data) as ds:
+        circle = ds.classes.index("circle")
+        for mode, mixup in (("weights", 0.0), ("weights", 0.2), ("auto", 0.0), ("off", 0.0)):
+            train(ds, tiny(class_balance=mode, mixup=mixup), tmp_path / f"{mode}-{mixup}")
+            counts = Counter(seen["labels"])
+            weight = getattr(seen["criterion"], "weight", None)
+            if mode == "weights":
+                assert weight[circle] == pytest.approx(weight.max()) and float(weight[circle] / weight.min()) == \
+                    pytest.approx(max(counts.values()) / counts[circle])
+                assert isinstance(seen["criterion"], engine.WeightedSoftTargetCrossEntropy) == (mixup > 0)
+            else:
+                assert weight is None
+            drawn = Counter(seen["labels"][k] for k, _, _ in seen["sampler"])
+            if mode == "auto":  # (recipe.BALANCE_BY)
+                assert drawn[circle] > 2 * counts[circle], "the small class is drawn about as often as the others"
+            else:
+                assert drawn == counts
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    w = torch.tensor([3.0, 1.0, 0.5])
+    soft = engine.WeightedSoftTargetCrossEntropy(w)(logits, torch.nn.functional.one_hot(target, 3).float())
+    assert float(soft) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target, weight=w)), rel=1e-5)
+    m = metrics.final_metrics([(0, 0, 0, 0.9, 0.9), (1, 1, 0, 0.6, 0.4), (2, 1, 1, 0.8, 0.8), (3, 0, 0, 0.7, 0.7)],
+                              type("D", (), {"items": [type("I", (), {"name": str(i)}) for i in range(4)],
+                                             "train": [], "classes": ["a", "b"]})(), ["a", "b"],
+                              {"epoch": 1, "val_loss": 0.0}, [], False)
+    assert m["balanced_acc"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2, abs=1e-4)

@@ -143,10 +143,14 @@ def predict_command(args) -> int:
     explaining = args.explain is not None
     if explaining and len(args.image) > 1 and args.out and not args.out.endswith("/"):
         raise predict.PredictError("--out names one file; with several images give a folder ending in '/'.")
+    accept = _acceptance(args.accept)
+    threshold = loaded.trust.threshold(accept)
     for path in args.image:
         image = predict.read_image(path)
-        top = loaded.classify(image, topk=args.topk)[0]
-        result = {"image": str(path), "top": [{"label": lb, "probability": round(p, 6)} for lb, p in top]}
+        (answer,) = loaded.answers([image], accept)
+        result = {"image": str(path), "unsure": answer.unsure,
+                  "ood_score": None if answer.ood_score is None else round(answer.ood_score, 6),
+                  "top": [{"label": lb, "probability": round(p, 6)} for lb, p in answer.top(loaded.labels, args.topk)]}
         if explaining:
             target = None
             if args.target is not None:
@@ -164,15 +168,30 @@ def predict_command(args) -> int:
                                      "grid": list(e.heatmap.shape), "notes": e.notes}
         results.append(result)
     if args.json:
-        print(json.dumps({"model": str(args.model), "labels": loaded.labels, "results": results}, indent=2))
+        print(json.dumps({"model": str(args.model), "labels": loaded.labels, "temperature": loaded.trust.temperature,
+                          "threshold": threshold, "accept": accept if threshold is not None else None,
+                          "check": loaded.trust.method, "note": loaded.trust.note or None, "results": results},
+                         indent=2))
     else:
+        if threshold is None:
+            print(f"note: {loaded.trust.note}", file=sys.stderr)
         for r in results:
-            print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top"]))
+            unsure = " (not sure: this does not look like the training images)" if r["unsure"] else ""
+            print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top"]) + unsure)
             if "explanation" in r:
                 x = r["explanation"]
                 print(f"  {x['method']} map for '{x['target']}' -> {x['overlay']}"
                       + "".join(f"\n  note: {n}" for n in x["notes"]))
     return 0
+
+
+def _acceptance(value: float | None) -> float | None:
+    """--accept: the share of held-out images of the training classes that count as familiar (None: the run's)."""
+    if value is not None and not 0.5 <= value <= 1.0:
+        from vit.predict import PredictError
+        raise PredictError(f"--accept must be from 0.5 to 1 (the share of your own held-out images accepted; "
+                           f"got {value:g}).")
+    return value
 
 
 def push_command(args) -> int:
@@ -250,7 +269,7 @@ def _given_settings(args, **more) -> dict:
         "grad_accum": args.grad_accum, "grad_checkpointing": args.grad_checkpointing, "seed": args.seed,
         "val_fraction": args.val_fraction, "device": args.device, "randaugment": args.randaugment,
         "mixup": args.mixup, "cutmix": args.cutmix, "quick": args.quick or None, "lp_ft": args.lp_ft,
-        "probe_flip": args.probe_flip or None, **more}
+        "probe_flip": args.probe_flip or None, "class_balance": args.class_balance, **more}
     settings = {k: v for k, v in settings.items() if v is not None}
     settings["layer_decay"] = args.layer_decay  # has a default: always given
     if args.early_stopping is not None:
@@ -338,6 +357,9 @@ def _train_parser(sub) -> None:
 
 
 def _augment_and_run_options(tr: argparse.ArgumentParser, t) -> None:
+    tr.add_argument("--class-balance", choices=["auto", "on", "off"],
+                    help="draw each class about as often in training (default auto: on when the largest class "
+                         "has 3x the images of the smallest)")
     tr.add_argument("--randaugment", action="store_true")
     tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
@@ -366,7 +388,9 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--colormap", choices=COLORMAPS, default="turbo")
     pr.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="rollout: how heads are fused")
     pr.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: weakest attention links dropped")
-    pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.add_argument("--json", action="store_true", help="print the results as JSON (each with unsure and ood_score)")
+    pr.add_argument("--accept", type=float, help="'not sure' threshold: the share of the run's held-out images "
+                                                 "of its classes accepted (default: the run's, 0.95)")
     pr.set_defaults(func=predict_command)
 
 

@@ -2,12 +2,16 @@
 
     loaded = load_model("checkpoints/<run-id>")       # or a timm-format folder, or "hf-hub:user/repo"
     loaded.classify(["cat.jpg"], topk=3)             # [[("cat", 0.93), ("dog", 0.05), ("fox", 0.02)]]
+    loaded.answers([read_image("cat.jpg")])[0]       # Answer(probs, ood_score, threshold): .unsure, .top()
+
+Every probability is calibrated by the run's temperature, and an image unlike the training images is "unsure"
+where the model carries the check (vit.trust: config.json's vit_studio.calibration, ood.safetensors).
 
 A model is a timm-format folder: config.json (architecture, label_names,
 pretrained_cfg) and model.safetensors. Only safetensors weights are read: a
 pickle file (.bin, .pt, .pth) could run code, so it is refused with a message.
-Loaded models are kept in a small cache, keyed by folder and weights
-timestamp, so repeated requests do not reload and a retrained run is reloaded.
+Loaded models are kept in a small cache, keyed by folder and its files'
+timestamps, so repeated requests do not reload and a retrained run is reloaded.
 Images are read as data.py reads them (EXIF orientation, palette, alpha,
 16-bit, CMYK, HEIC; a pixel cap against decompression bombs).
 """
@@ -21,7 +25,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,8 +33,11 @@ from PIL import Image
 
 from vit import runs
 from vit.data import DataError, Limits, reduced, to_rgb
+from vit import trust as trust_file
+from vit.data.features import FeatureError, classifier
 from vit.data.pixels import READ_MAX_SIDE, EvalPixels, read_for_model
 from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure
+from vit.trust import Trust, watching
 
 CACHE_SIZE = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -44,12 +51,30 @@ ImageInput = str | os.PathLike | bytes | Image.Image
 
 
 @dataclass
+class Answer:
+    """One image's answer: the calibrated probabilities, and how unlike the training images it is."""
+    probs: torch.Tensor             # one per class, calibrated (vit.trust)
+    ood_score: float | None         # higher: less like the training images; None: the model has no such check
+    threshold: float | None         # the score above which the answer is "not sure"
+
+    @property
+    def unsure(self) -> bool | None:
+        return None if self.threshold is None or self.ood_score is None else self.ood_score > self.threshold
+
+    def top(self, labels: list[str], k: int = 5) -> list[tuple[str, float]]:
+        k = max(1, min(int(k), len(labels)))
+        values, indices = self.probs.topk(k)
+        return [(labels[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+
+
+@dataclass
 class LoadedModel:
     model: torch.nn.Module
     labels: list[str]
     data_config: dict
     folder: Path
     source: str
+    trust: Trust = field(default_factory=Trust)   # the temperature and the "none of these" check (vit.trust)
 
     def __post_init__(self):
         self.transform = EvalPixels(self.data_config)  # as validation saw its images
@@ -89,21 +114,31 @@ class LoadedModel:
         return input_box(size, self.data_config)
 
     @torch.inference_mode()
-    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+    def answers(self, images: list[Image.Image], accept: float | None = None) -> list[Answer]:
+        """Each RGB image's answer: calibrated probabilities and its out-of-distribution score, judged at the
+        threshold that accepts `accept` of the held-out images of the training classes (None: the run's)."""
         x = torch.cat([self.preprocess(im) for im in images])
-        with self.borrow() as model:
-            return model(x).float().softmax(-1)
+        with self.borrow() as model, watching(model) as seen:
+            logits = model(x).float()
+        return self.judge(logits, seen.features(), accept)
+
+    def judge(self, logits: torch.Tensor, features: dict | None, accept: float | None = None) -> list[Answer]:
+        """Answers from a forward's logits and features (what the classifier read: vit.trust.watching)."""
+        probs = self.trust.probabilities(logits)
+        scores = self.trust.score(features, logits) if features is not None or self.trust.method == "msp" else None
+        threshold = self.trust.threshold(accept) if scores is not None else None
+        return [Answer(p, None if scores is None else float(scores[k]), threshold) for k, p in enumerate(probs)]
+
+    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+        """The calibrated probabilities of each RGB image: [images, classes]."""
+        return torch.stack([a.probs for a in self.answers(images)])
 
     def classify(self, images: ImageInput | list[ImageInput], topk: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) for each image, most likely first."""
+        """Top-k (label, calibrated probability) for each image, most likely first."""
         batch = images if isinstance(images, list) else [images]
         if not batch:
             return []
-        probs = self.probabilities([read_image(im) for im in batch])
-        k = max(1, min(int(topk), len(self.labels)))
-        top = probs.topk(k, dim=-1)
-        return [[(self.labels[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
-                for ps, idx in zip(top.values, top.indices)]
+        return [a.top(self.labels, topk) for a in self.answers([read_image(im) for im in batch])]
 
 
 def load_model(source: str | os.PathLike, device: str = "cpu", *, max_params_m: float | None = None
@@ -114,8 +149,7 @@ def load_model(source: str | os.PathLike, device: str = "cpu", *, max_params_m: 
     built: its size is read from config.json on the meta device and from the safetensors header. A model
     already in the cache is measured as it is (no file is read again on this path of every request)."""
     folder = _resolve(str(source))
-    weights = folder / runs.WEIGHTS
-    key = (str(folder.resolve()), weights.stat().st_mtime_ns, device)
+    key = (str(folder.resolve()), *(_mtime(folder / name) for name in (runs.WEIGHTS, runs.CONFIG, runs.OOD)), device)
     with _lock:
         cached = _cache.get(key)
         if cached is not None:
@@ -281,7 +315,8 @@ def _resolve(source: str) -> Path:
 
 
 def _download(repo_id: str) -> Path:
-    """config.json and model.safetensors of a Hub repo, fetched once per process."""
+    """config.json, model.safetensors and (when there is one) the "none of these" check of a Hub repo, fetched
+    once per process."""
     if repo_id in _hub_folders and (_hub_folders[repo_id] / runs.WEIGHTS).is_file():
         return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
@@ -291,13 +326,21 @@ def _download(repo_id: str) -> Path:
     except ModelError as e:
         raise PredictError(str(e)) from None
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS]))
+        folder = Path(snapshot_download(repo_id, allow_patterns=[runs.CONFIG, runs.WEIGHTS, runs.OOD]))
     except (HfHubHTTPError, OSError, ValueError) as e:  # (huggingface_hub's errors derive from these)
         raise PredictError(hub_failure(e, f"hf-hub:{repo_id}")) from None
     if not (folder / runs.WEIGHTS).is_file():
         raise PredictError(f"hf-hub:{repo_id} has no model.safetensors; pickle weights are refused.")
     _hub_folders[repo_id] = folder
     return folder
+
+
+def _mtime(path: Path) -> int | None:
+    """A file's modification time (None when absent): a changed one reloads the model."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def _replica(model: torch.nn.Module) -> torch.nn.Module:
@@ -332,4 +375,9 @@ def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
         dcfg = data_config(model)
     except ModelError as e:
         raise PredictError(str(e)) from None
-    return LoadedModel(model, labels, dcfg, folder, source)
+    try:
+        dim = classifier(model).in_features
+    except FeatureError:
+        dim = None
+    early_dim = getattr(model, "embed_dim", None)
+    return LoadedModel(model, labels, dcfg, folder, source, trust_file.load(folder, n, dim, early_dim))

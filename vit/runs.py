@@ -10,6 +10,8 @@ checkpoints/<run-id>/
     metrics.jsonl      one line per epoch
     metrics.json       final metrics of the best model
     data_report.json   the dataset's health report at the start of training (for the model card)
+    ood.safetensors    what the "none of these" check compares an image with (vit.trust); the temperature that
+                       calibrates the probabilities is in config.json's vit_studio.calibration
     CANCEL             present when a cancel was requested
 
 Every write goes to a temporary file that is renamed into place, so a reader
@@ -39,6 +41,7 @@ CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
     "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
 DATA_REPORT = "data_report.json"
 DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.data.features)
+OOD = "ood.safetensors"           # what the "none of these" check compares with (vit.trust)
 FEATURES = ".features"  # under the runs' root: the frozen-feature cache, shared by the runs
 CONFIG_KEY = "vit_studio"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -96,7 +99,7 @@ def create_run_dir(root: str | os.PathLike | None = None, model_name: str = "mod
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically."""
-    with _atomic(path) as tmp, open(tmp, "w") as f:
+    with atomic(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
 
 
@@ -133,7 +136,7 @@ def update_status(run_dir: str | os.PathLike, state: str | None = None, **fields
 
 def write_metrics_log(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite metrics.jsonl with `rows` (atomically)."""
-    with _atomic(Path(run_dir) / METRICS_LOG) as tmp, open(tmp, "w") as f:
+    with atomic(Path(run_dir) / METRICS_LOG) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r, default=_json_default) + "\n" for r in rows)
 
 
@@ -200,7 +203,7 @@ def save_model(run_dir: str | os.PathLike, model, label_names: list[str], train_
 
 def save_resume_state(run_dir: str | os.PathLike, state: dict) -> None:
     import torch  # here, not at the top: the web page lists runs without torch
-    with _atomic(Path(run_dir) / RESUME) as tmp:
+    with atomic(Path(run_dir) / RESUME) as tmp:
         torch.save(state, tmp)
 
 
@@ -287,7 +290,7 @@ def remove_partial_files(run_dir: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-ARCHIVED = (WEIGHTS, CONFIG, METRICS, METRICS_LOG, DATA_REPORT, DIAGNOSTICS, STATUS)
+ARCHIVED = (WEIGHTS, CONFIG, OOD, METRICS, METRICS_LOG, DATA_REPORT, DIAGNOSTICS, STATUS)
 
 
 def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike,
@@ -335,7 +338,7 @@ def delete_run(run_dir: str | os.PathLike, state: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _atomic(path: str | os.PathLike):
+def atomic(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

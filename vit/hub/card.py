@@ -9,13 +9,13 @@ from pathlib import Path
 from PIL import Image
 
 from vit import runs
-from vit.hub.plots import confusion_image, curves_image
+from vit.hub.plots import confusion_image, curves_image, reliability_image
 from vit.data.pixels import describe
 from vit.models import built_text
-from vit.train.metrics import SOURCE_WORDS
+from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 
 CARD = "README.md"
-CONFUSION_PNG, CURVES_PNG = "confusion_matrix.png", "learning_curves.png"
+CONFUSION_PNG, CURVES_PNG, RELIABILITY_PNG = "confusion_matrix.png", "learning_curves.png", "reliability.png"
 TEMPLATE = Path(__file__).with_name("card_template.md")
 SETTINGS = (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
             ("patch_size", "patch size"), ("model_args", "model arguments"), ("progressive", "progressive resizing"),
@@ -74,7 +74,11 @@ def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics:
         "estimate": estimate.get("value") is not None and {
             "acc": f"{estimate['value']:.1%}", "interval": f"{estimate['low']:.1%} to {estimate['high']:.1%}",
             "images": estimate["images"], "kind": SOURCE_WORDS.get(estimate.get("from"), "images"),
-            "says": estimate.get("says", "")},
+            "says": estimate.get("says", ""), "balanced": _percent(estimate.get("balanced")),
+            "macro_f1": None if estimate.get("macro_f1") is None else f"{estimate['macro_f1']:.3f}"},
+        "imbalance": (f"{metrics['imbalance']:.1f}" if (metrics.get("imbalance") or 0) >= IMBALANCED else None),
+        "calibration": _calibration(train.get("calibration")), "ood": train.get("ood"),
+        "temperature": _temperature(train.get("calibration")), "reliability_png": RELIABILITY_PNG,
         "chosen": chosen and {"acc": f"{chosen['val_acc']:.1%}", "epoch": chosen["epoch"],
                               "epochs": chosen["epochs"], "images": chosen["images"]},
         "val_acc": None if metrics.get("val_acc") is None else f"{metrics['val_acc']:.1%}",
@@ -88,6 +92,23 @@ def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics:
         "recipe": train.get("recipe") or [],
         "splits": ", ".join(f"{s} {sum(v.values())}" for s, v in split.items() if v) if split else "",
         "warnings": warnings}
+
+
+def _percent(value) -> str | None:
+    return None if value is None else f"{value:.1%}"
+
+
+def _temperature(calibration: dict | None) -> float:
+    t = (calibration or {}).get("temperature")
+    return round(float(t), 4) if isinstance(t, (int, float)) and not isinstance(t, bool) else 1.0
+
+
+def _calibration(calibration: dict | None) -> dict | None:
+    """The calibration in words: temperature, images, and the error before and after."""
+    if not calibration or calibration.get("ece_after") is None:
+        return None
+    return {"t": f"{calibration['temperature']:.2f}", "images": calibration["images"],
+            "before": f"{calibration['ece_before']:.3f}", "after": f"{calibration['ece_after']:.3f}"}
 
 
 def _settings(train: dict) -> list[tuple[str, object]]:
@@ -150,12 +171,15 @@ def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str
 
 
 def _card_pictures(run_dir: Path) -> dict[str, Image.Image]:
-    """The pictures the card shows, by file name: the confusion matrix and the learning curves."""
+    """The pictures the card shows, by file name: the confusion matrix, the learning curves and the reliability
+    diagram."""
     metrics = runs.read_json(run_dir / runs.METRICS, {})
     labels = runs.read_config(run_dir).get("label_names") or []
     pictures = {}
     if metrics.get("confusion_matrix"):
         pictures[CONFUSION_PNG] = confusion_image(metrics["confusion_matrix"], labels)
+    if (metrics.get("calibration") or {}).get("diagram_after"):
+        pictures[RELIABILITY_PNG] = reliability_image(metrics["calibration"])
     history = metrics.get("history") or runs.read_metrics_log(run_dir)
     if history:
         pictures[CURVES_PNG] = curves_image(history)

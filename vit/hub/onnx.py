@@ -43,20 +43,22 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         reference = model(x).float().numpy()
     diffs = [np.abs(session.run(None, {"pixel_values": x[:1].numpy()})[0] - reference[:1]).max(),
              np.abs(session.run(None, {"pixel_values": x.numpy()})[0] - reference).max()]
-    _describe(out, loaded.labels, loaded.data_config)
+    _describe(out, loaded.labels, loaded.data_config, loaded.trust.temperature)
     return out, float(max(diffs))
 
 
-def metadata(labels: list[str], dcfg: dict) -> dict[str, str]:
+def metadata(labels: list[str], dcfg: dict, temperature: float = 1.0) -> dict[str, str]:
     """What a user of the ONNX file needs beside it, as its metadata: the labels in output order, the input's
-    name and size, and the preprocessing (timm's data config, and in words)."""
+    name and size, the preprocessing (timm's data config, and in words) and the temperature that calibrates the
+    probabilities."""
     import json
     from vit.data.pixels import describe
     return {"labels": json.dumps(list(labels)), "input_name": "pixel_values",
             "input_size": json.dumps(list(dcfg["input_size"])), "mean": json.dumps(list(dcfg["mean"])),
             "std": json.dumps(list(dcfg["std"])), "interpolation": str(dcfg.get("interpolation", "bicubic")),
             "crop_pct": str(dcfg.get("crop_pct", 0.875)), "crop_mode": str(dcfg.get("crop_mode", "center")),
-            "preprocessing": describe(dcfg), "output": "logits (softmax them for probabilities)"}
+            "preprocessing": describe(dcfg), "temperature": f"{temperature:g}",
+            "output": "logits (divide them by temperature, then softmax, for calibrated probabilities)"}
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -65,7 +67,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def _describe(path: Path, labels: list[str], dcfg: dict) -> None:
+def _describe(path: Path, labels: list[str], dcfg: dict, temperature: float) -> None:
     """Write metadata() into the ONNX file's metadata_props, and strip what the exporter records of this machine
     (each node's stack trace and source locations: the paths of the installed packages)."""
     import onnx
@@ -76,7 +78,7 @@ def _describe(path: Path, labels: list[str], dcfg: dict) -> None:
             node.doc_string = ""
     model.graph.doc_string = ""
     del model.metadata_props[:]
-    for key, value in metadata(labels, dcfg).items():
+    for key, value in metadata(labels, dcfg, temperature).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))

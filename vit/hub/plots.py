@@ -1,4 +1,4 @@
-"""The pictures of a run: its confusion matrix and its learning curves, drawn with Pillow (no plotting library
+"""The pictures of a run: its confusion matrix, its learning curves and its reliability diagram, drawn with Pillow (no plotting library
 in the web process)."""
 from __future__ import annotations
 
@@ -43,6 +43,39 @@ def curves_image(history: list[dict], width: int = 420, height: int = 260) -> Im
               ("Accuracy", [("train", [r["train_acc"] for r in history]), ("validation", [r["val_acc"] for r in history])])]
     for k, (title, series) in enumerate(panels):
         _plot(ImageDraw.Draw(img), (k * width, 0, width, height), title, epochs, series)
+    return img
+
+
+def reliability_image(calibration: dict, size: int = 300) -> Image.Image:
+    """The reliability diagram before and after the temperature, side by side: in each confidence bin, the share
+    of images that were right (bars) against the diagonal a calibrated model follows; each panel's expected
+    calibration error in its title."""
+    panels = [("before", calibration.get("diagram_before"), calibration.get("ece_before")),
+              ("after (out of fold)", calibration.get("diagram_after"), calibration.get("ece_after"))]
+    panels = [p for p in panels if p[1]]
+    img = Image.new("RGB", (max(1, len(panels)) * (size + 20) + 20, size + 90), "white")
+    d, font = ImageDraw.Draw(img), _font(12)
+    for k, (name, bins, error) in enumerate(panels):
+        left, top = 60 + k * (size + 20), 40
+        right, bottom = left + size - 50, top + size - 50
+        d.rectangle([left, top, right, bottom], outline="#888")
+        d.line([left, bottom, right, top], fill="#bbb", width=1)
+        d.text((left, 12), f"{name}: calibration error {error:.3f}" if error is not None else name, fill="black",
+               font=font)
+        for b in bins:
+            if not b["images"]:
+                continue
+            x0 = left + (right - left) * b["low"]
+            x1 = left + (right - left) * b["high"]
+            d.rectangle([x0 + 1, bottom - (bottom - top) * b["accuracy"], x1 - 1, bottom], fill="#1f77b4")
+            y = bottom - (bottom - top) * b["confidence"]
+            d.line([x0 + 1, y, x1 - 1, y], fill="#ff7f0e", width=2)
+        for t in (0, 0.5, 1):
+            d.text((left - 6, bottom - (bottom - top) * t), f"{t:g}", fill="#444", font=font, anchor="rm")
+            d.text((left + (right - left) * t, bottom + 6), f"{t:g}", fill="#444", font=font, anchor="mt")
+        d.text(((left + right) / 2, bottom + 24), "confidence", fill="#444", font=font, anchor="mm")
+    d.text((10, size + 62), "bars: share right in each confidence bin; orange: the bin's mean confidence; grey: "
+                            "perfect calibration", fill="#444", font=font)
     return img
 
 

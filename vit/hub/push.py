@@ -73,7 +73,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
         with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:  # exactly what the repo gets
             write_card(run_dir, tmp, repo_id)
             runs.write_json(Path(tmp) / runs.CONFIG, runs.public_config(run_dir))  # no local paths
-            for name in (runs.WEIGHTS, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
+            for name in (runs.WEIGHTS, runs.OOD, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, Path(tmp) / name)
             api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",

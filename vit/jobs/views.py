@@ -26,6 +26,8 @@ def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, qu
         "arch": built_text(built) if built else status.get("arch"),  # the model as built, and its weights
         "estimate": metrics.get("accuracy_estimate"),  # the accuracy on images that chose nothing
         "selection": metrics.get("selection"),  # the best of N epochs on validation, chosen on those images
+        "imbalance": metrics.get("imbalance"),  # the largest training class over the smallest
+        "calibration": metrics.get("calibration"), "ood": metrics.get("ood"),  # (vit.trust)
         "source": job.get("source"), "created_at": status.get("created_at"),
         "name": job.get("name") or run_dir.name, "recipe": start_summary(job.get("config") or {}),
         "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),

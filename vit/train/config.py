@@ -63,6 +63,8 @@ class TrainConfig:
     quick: bool = False                 # the quick model: fit only the head, on the frozen features (seconds)
     lp_ft: bool = False                 # LP-FT: fine-tune from that fitted head instead of a random one
     probe_flip: bool = False            # the head also sees the mirror image of each training image
+    # imbalanced classes (vit.train.recipe: "auto" balances from a largest/smallest class ratio of 3)
+    class_balance: str = "auto"         # auto, on (recipe.BALANCE_BY), off; or how: sampling, weights (of the loss)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -76,6 +78,9 @@ class TrainConfig:
             setattr(self, name, _checked_number(name, getattr(self, name), lo, hi, kind, optional))
         if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 200:
             raise ConfigError("Choose a model: a timm name such as vit_tiny_patch16_224, or hf-hub:user/repo.")
+        if self.class_balance not in BALANCE_CHOICES:
+            raise ConfigError(f"class_balance must be one of {', '.join(BALANCE_CHOICES)} (got "
+                              f"{str(self.class_balance)[:40]!r}).")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda (got {str(self.device)[:40]!r}).")
         if self.patch_size and self.img_size and self.patch_size > self.img_size:
@@ -88,6 +93,9 @@ class TrainConfig:
         if not isinstance(self.model_args, dict):
             raise ConfigError("model_args must be a mapping of timm model arguments.")
         return self
+
+
+BALANCE_CHOICES = ("auto", "on", "off", "weights", "sampling")
 
 
 class ConfigError(ValueError):

@@ -39,13 +39,16 @@ class Distributed:
         dev = next(model.parameters()).device
         return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def train_loader(self, data, batch_size: int, seed: int, workers: int) -> torch.utils.data.DataLoader:
+    def train_loader(self, data, batch_size: int, seed: int, workers: int,
+                     weights: torch.Tensor | None = None) -> torch.utils.data.DataLoader:
         """The training images, for every epoch (EpochSampler.set_epoch before each): workers, if any, are
-        started once and prepare the next batches while the model trains."""
+        started once and prepare the next batches while the model trains. `weights`: class-balanced sampling
+        (one process; under torchrun the loss is weighted instead, see vit.train.recipe.balancing)."""
         from vit.train.transforms import EpochSampler
         shard = torch.utils.data.DistributedSampler(data, shuffle=True, seed=seed) if self.world > 1 else None
-        return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=EpochSampler(len(data), seed, shard),
-                                           num_workers=workers, persistent_workers=workers > 0)
+        sampler = EpochSampler(len(data), seed, shard, weights if shard is None else None)
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                           persistent_workers=workers > 0)
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -28,13 +28,14 @@ import torch
 from timm.utils import NativeScaler
 from torch import nn
 
-from vit import runs
+from vit import runs, trust
 from vit.data import Dataset, DecodeCache
 from vit.train.config import ConfigError, TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, EventHandler, StopFlag, cancelled
-from vit.train.metrics import Holdout, accuracy_estimate, estimate_line, final_metrics, holdout, selection
+from vit.train.metrics import Holdout, delivered, estimate_line, holdout
 from vit.train.prepare import prepare
+from vit.train.recipe import balancing, class_counts, class_weights
 from vit.train.quick import fit_quick, probe_head
 from vit.train.transforms import (BatchAugment, Images, TrainImages, export_data_config, patch_size_of,
                                   progressive_sizes)
@@ -180,12 +181,17 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
         p.model.set_grad_checkpointing(True)
     train_set = TrainImages(p.cache, dataset.train, p.labels, config, p.dcfg)
     split = holdout(dataset, config.seed)
+    counts = class_counts(dataset)
+    balance = balancing(config.class_balance, counts)
+    weights = class_weights(counts)
+    sampling = torch.tensor([weights[p.labels[i]] for i in dataset.train]) if balance == "sampling" else None
     return _Run(config, run_dir, emit, ddp, p.device, p.model, p.dcfg, sizes, p.cache, p.eval_cache, p.pixels,
                 p.labels, train_set, split,
                 Images(p.eval_cache, split.select or split.estimate, p.labels, p.pixels.tensor),
-                ddp.train_loader(train_set, config.batch_size, config.seed, _workers(config, p.device)),
+                ddp.train_loader(train_set, config.batch_size, config.seed, _workers(config, p.device), sampling),
                 BatchAugment(config, p.dcfg, p.device),
-                record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size, "built": p.built})
+                record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size, "built": p.built,
+                        "class_balance_used": balance, "class_weights": weights if balance else None})
 
 
 def _optimisation(run: _Run, n_classes: int) -> None:
@@ -206,12 +212,15 @@ def _optimisation(run: _Run, n_classes: int) -> None:
         run.optimizer, sched="cosine", num_epochs=config.epochs, warmup_epochs=warmup, warmup_lr=config.lr * 0.01,
         min_lr=config.min_lr, step_on_epochs=False,
         updates_per_epoch=math.ceil(_steps_per_epoch(run) / config.grad_accum))
+    balance = run.record["class_balance_used"]  # (sampling under torchrun: the loss is weighted instead)
+    weight = (torch.tensor(run.record["class_weights"], device=run.device)
+              if balance == "weights" or (balance == "sampling" and run.ddp.world > 1) else None)
     if config.mixup > 0 or config.cutmix > 0:
         run.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
                           label_smoothing=config.label_smoothing, num_classes=n_classes)
-        run.criterion = SoftTargetCrossEntropy()
+        run.criterion = SoftTargetCrossEntropy() if weight is None else WeightedSoftTargetCrossEntropy(weight)
     else:
-        run.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        run.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     run.ema = timm.utils.ModelEmaV3(run.model, decay=config.ema_decay) if config.ema_decay else None
     run.autocast, run.scaler = _amp(config, run.device)
     run.net = run.ddp.wrap(run.model)
@@ -317,26 +326,31 @@ def _end_epoch(run: _Run, epoch: int, trained: dict, val_loss: float, val_acc: f
 
 def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
     """The final report, on the delivered weights: validation metrics (every image), the test split measured
-    once, and the accuracy estimate on the images that chose nothing."""
+    once, the accuracy estimate, the calibration and the "none of these" check, on the images that chose
+    nothing."""
     from safetensors.torch import load_file
     config, best, history, classes = run.config, run.best, run.history, dataset.classes
     run.emit.status("running", message="Computing final metrics on the delivered model")
     run.ddp.barrier()  # rank 0 has written the best weights
     run.eval_model.load_state_dict(load_file(run.run_dir / runs.WEIGHTS))
-    val_set = Images(run.eval_cache, dataset.val, run.labels, run.pixels.tensor)
-    _, _, predictions = evaluate(run.eval_model, val_set, config, run.device, run.autocast, keep=True)
-    metrics = final_metrics(predictions, dataset, classes, best, history, stopped_early)
-    if dataset.test:  # a held-out test split: measured once, on the chosen model, reported apart
-        test_set = Images(run.eval_cache, dataset.test, run.labels, run.pixels.tensor)
-        _, _, on_test = evaluate(run.eval_model, test_set, config, run.device, run.autocast, keep=True)
-        predictions = predictions + on_test
-        held_out = final_metrics(on_test, dataset, classes, best, history, stopped_early)
-        metrics["test"] = {"acc": held_out["val_acc"], "images": len(test_set), "per_class": held_out["per_class"],
-                           "confusion_matrix": held_out["confusion_matrix"]}
-    metrics["accuracy_estimate"] = accuracy_estimate(predictions, run.split)
-    metrics["selection"] = chosen = selection(best, history, run.split)
-    if run.ddp.is_main:
-        runs.write_json(run.run_dir / runs.METRICS, metrics)
+    n = len(dataset.items)
+    logits, feats = torch.zeros(n, len(classes)), None
+    for split in (dataset.val, dataset.test):  # (the test split measured once, on the chosen model)
+        if split:
+            _, _, (out, f) = evaluate(run.eval_model, Images(run.eval_cache, split, run.labels, run.pixels.tensor),
+                                      config, run.device, run.autocast, keep=True)
+            logits[split] = out
+            feats = trust.put(feats, f, split, n)
+    bank = trust.bank_sample(run.labels, dataset.train, config.seed)
+    if bank and feats is not None:
+        run.emit.status("running", message="Reading the training images' features for the 'none of these' check")
+        run.eval_cache.fill(indices=bank)
+        _, f = outputs(run.eval_model, Images(run.eval_cache, bank, run.labels, run.pixels.tensor),
+                       config.batch_size * 2, run.device, run.autocast)
+        feats = trust.put(feats, f, bank, n)
+    metrics = delivered(logits, feats, dataset, run.labels, run.split, bank, best, history, stopped_early,
+                        config.seed, run.run_dir, run.ddp.is_main)
+    chosen = metrics["selection"]
     message = f"Finished: {estimate_line(metrics['accuracy_estimate'])}" + (
         f"; best of {chosen['epochs']} epochs on validation {chosen['val_acc']:.1%} (epoch {chosen['epoch']}, "
         f"chosen on those {chosen['images']} images)" if chosen else "") + (
@@ -345,6 +359,20 @@ def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
     run.emit.status("completed", message=message, epoch=len(history))
     run.emit.event(type="end", metrics=metrics)
     return metrics
+
+
+class WeightedSoftTargetCrossEntropy(nn.Module):
+    """Cross-entropy with soft targets (mixup, cutmix) and class weights: each image weighs as its target's
+    classes do, and the weights' sum normalises, as torch's weighted cross-entropy does with hard targets."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_image = torch.sum(-target * nn.functional.log_softmax(logits, dim=-1), dim=-1)
+        weight = target @ self.weight.to(target.dtype)
+        return (per_image * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
 def _steps_per_epoch(run: _Run) -> int:
@@ -361,30 +389,35 @@ def _workers(config: TrainConfig, device: torch.device) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, autocast, keep: bool = False):
-    """Validation loss and accuracy; with keep=True also (index, true, pred, confidence, probability of the
-    true class) per image."""
+    """Validation loss and accuracy; with keep=True also each image's (logits, features) on the CPU, in order
+    (outputs; None without images)."""
     if len(val_set) == 0:
-        return float("nan"), 0.0, []
+        return float("nan"), 0.0, None
+    if keep:
+        logits, feats = outputs(model, val_set, config.batch_size * 2, device, autocast)
+        y = torch.tensor([val_set.labels[i] for i in val_set.indices])
+        return (nn.functional.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item(),
+                (logits, feats))
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False)
-    loss_sum, correct, out, k = 0.0, 0, [], 0
+    loss_sum, correct = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        prob = logits.softmax(1)
-        conf, pred = prob.max(1)
-        correct += (pred == y).sum().item()
-        if keep:
-            p_true = prob.gather(1, y[:, None])[:, 0]
-            for t, p, c, pt in zip(y.tolist(), pred.tolist(), conf.tolist(), p_true.tolist()):
-                out.append((val_set.indices[k], t, p, c, pt))
-                k += 1
+        correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
-    return loss_sum / len(val_set), correct / len(val_set), out
+    return loss_sum / len(val_set), correct / len(val_set), None
+
+
+def outputs(model: nn.Module, images: "Images", batch_size: int, device, autocast):
+    """The logits and the features (vit.trust.Seen.features: None where the classifier's input cannot be read)
+    of each image, in order, on the CPU, in eval mode."""
+    return trust.collect(model, torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False), device,
+                         autocast)
 
 
 def _amp(config: TrainConfig, device: torch.device):

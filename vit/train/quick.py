@@ -11,16 +11,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vit import probe, runs
+from vit import probe, runs, trust
 from vit.data import features
 from vit.data import Dataset, DecodeCache
 from vit.data.pixels import read_for_model
 from vit.train.config import TrainConfig
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, StopFlag, cancelled
-from vit.train.metrics import accuracy_estimate, estimate_line, final_metrics, holdout, loss_acc, predicted
+from vit.train.metrics import delivered, estimate_line, holdout, loss_acc
 from vit.train.prepare import prepare
-from vit.train.transforms import export_data_config
+from vit.train.transforms import Images, export_data_config
 
 
 def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitter",
@@ -52,20 +52,30 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
     if ddp.is_main:
         runs.save_model(run_dir, model, classes, record, data_config=export_data_config(dcfg))
         runs.write_metrics_log(run_dir, history)
-    metrics = final_metrics(predicted(logits, dataset.val, labels), dataset, classes, best, history, False)
-    if dataset.test:
-        held_out = final_metrics(predicted(logits, dataset.test, labels), dataset, classes, best, history, False)
-        metrics["test"] = {"acc": held_out["val_acc"], "images": len(dataset.test),
-                           "per_class": held_out["per_class"], "confusion_matrix": held_out["confusion_matrix"]}
-    metrics["quick"] = True
-    metrics["accuracy_estimate"] = accuracy_estimate(predicted(logits, split.estimate, labels), split, quick=True)
-    metrics["selection"] = None  # (the penalty's choice is in config.json's probe_head)
-    if ddp.is_main:
-        runs.write_json(run_dir / runs.METRICS, metrics)
+    crossed = None
+    if dataset.train:  # the training images' probabilities out of fold, for the temperature (log: logits to it)
+        probs = probe.cross_val_proba(x[dataset.train], y[dataset.train], len(classes), head["C"], seed=config.seed)
+        crossed = (probs.clamp_min(1e-12).log(), y[dataset.train])
+    bank = trust.bank_sample(labels, dataset.train, config.seed)
+    feats = _trust_features(model, p, bank + split.estimate, len(labels))
+    metrics = delivered(logits, feats, dataset, labels, split, bank, best, history, False, config.seed, run_dir,
+                        ddp.is_main, quick=True, crossed=crossed)
     emit.status("completed", epoch=1, message=f"Quick model: {estimate_line(metrics['accuracy_estimate'])} (a head "
                 f"fitted on frozen features in {elapsed:.0f} s)")
     emit.event(type="end", metrics=metrics)
     return metrics
+
+
+def _trust_features(model: nn.Module, p, indices: list[int], n: int) -> dict | None:
+    """The features the "none of these" check reads (vit.trust.Seen.features: the first block's tokens too, which
+    the feature cache does not keep) of the images at `indices`, in rows by dataset index."""
+    import contextlib
+    if not indices:
+        return None
+    p.eval_cache.fill(indices=indices)
+    images = Images(p.eval_cache, indices, p.labels, p.pixels.tensor)
+    _, f = trust.collect(model, torch.utils.data.DataLoader(images, batch_size=64), p.device, contextlib.nullcontext)
+    return trust.put(None, f, indices, n)
 
 
 def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCache, labels: list[int],

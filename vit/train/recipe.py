@@ -32,6 +32,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
+from vit.data.report import IMBALANCE_WARN_RATIO
 from vit.train.config import TrainConfig
 
 LARGE = 5000            # training images from which a from-scratch run gets a larger model and token grid
@@ -46,6 +47,11 @@ LP_FT_NOTE = ("LP-FT: the new head is first fitted on the frozen features (secon
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
 
 
+BALANCE_FROM = IMBALANCE_WARN_RATIO  # the largest class's training images over the smallest's: "auto" balances
+BALANCE_BY = "sampling"  # what balancing does (bench/trust_bench.py, glyphs at 10:1, balanced accuracy over two
+                        # seeds: sampling 95.2%, loss weights 93.4%, neither 88.0%)
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What the recipe reads from a dataset."""
@@ -53,19 +59,22 @@ class DataFacts:
     classes: int
     side: int               # the typical (median) shorter side of the images, in pixels
     grayscale: bool = False  # most images are grey (scans, documents, X-rays)
+    imbalance: float = 1.0   # the largest class's training images over the smallest's
 
     @classmethod
     def of(cls, dataset) -> "DataFacts":
         """The facts of a vit.data.Dataset (its training split, its images' sizes and colour modes)."""
         sides = [min(it.width, it.height) for it in dataset.items] or [224]
         grey = sum(it.mode in GREY_MODES for it in dataset.items)
+        counts = class_counts(dataset)
         return cls(len(dataset.train), len(dataset.classes), int(statistics.median(sides)),
-                   grey > len(dataset.items) / 2)
+                   grey > len(dataset.items) / 2, max(counts) / min(counts) if counts and min(counts) else 1.0)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataFacts | None":
         try:
-            return cls(int(d["train_images"]), int(d["classes"]), int(d["side"]), bool(d.get("grayscale")))
+            return cls(int(d["train_images"]), int(d["classes"]), int(d["side"]), bool(d.get("grayscale")),
+                       float(d.get("imbalance") or 1.0))
         except (TypeError, KeyError, ValueError):
             return None
 
@@ -78,10 +87,12 @@ def choose(config: TrainConfig, facts: DataFacts | None, given: Iterable[str] = 
     `facts` None (no dataset yet) assumes a few hundred 224-pixel images, and says so."""
     given = set(given)
     config = replace(config, model_args=dict(config.model_args), recipe=[])
+    balance = _balance(config, facts, given)
     if config.pretrained or config.weights:  # fine-tuning: TrainConfig's defaults are its recipe, with LP-FT
         if "lp_ft" not in given and not config.quick:
             config.lp_ft = True
             config.recipe = [LP_FT_NOTE]
+        config.recipe += balance
         return config
     notes = [] if facts else ["No dataset yet: the choices below assume a few hundred 224-pixel images."]
     facts = facts or DataFacts(train_images=400, classes=2, side=224)
@@ -92,8 +103,45 @@ def choose(config: TrainConfig, facts: DataFacts | None, given: Iterable[str] = 
             setattr(config, name, value)
             if why:
                 notes.append(why)
-    config.recipe = notes
+    config.recipe = notes + balance
     return config.check()
+
+
+def _balance(config: TrainConfig, facts: DataFacts | None, given: set[str]) -> list[str]:
+    """Class balance: what the user set wins; else on from a BALANCE_FROM imbalance (the line says why)."""
+    if "class_balance" in given and config.class_balance != "auto" or config.quick or facts is None:
+        return []
+    on = facts.imbalance >= BALANCE_FROM
+    if on:
+        config.class_balance = "on"
+    return [f"Class-balanced sampling: the largest class has {facts.imbalance:.1f}x the training images of the "
+            f"smallest (from {BALANCE_FROM:g}x), so each epoch draws every class about as often; otherwise the model "
+            "learns to favour the large classes (digit glyphs at 10:1: balanced accuracy 95.2% against 88.0%, "
+            "bench/trust_bench.py)."] if on else []
+
+
+def class_counts(dataset) -> list[int]:
+    """Training images per class, in the dataset's class order."""
+    index = {c: k for k, c in enumerate(dataset.classes)}
+    counts = [0] * len(dataset.classes)
+    for i in dataset.train:
+        counts[index[dataset.items[i].label]] += 1
+    return counts
+
+
+def balancing(setting: str, counts: list[int]) -> str | None:
+    """How a run balances its classes: None, "weights" or "sampling" ("auto" decides from the counts, for a
+    run that did not go through choose)."""
+    ratio = max(counts) / min(counts) if counts and min(counts) else 1.0
+    mode = ("on" if ratio >= BALANCE_FROM else "off") if setting == "auto" else setting
+    mode = BALANCE_BY if mode == "on" else mode
+    return None if mode == "off" else mode
+
+
+def class_weights(counts: list[int]) -> list[float]:
+    """Each class's weight, in inverse proportion to its images, 1 on average over the images."""
+    total, present = sum(counts), sum(1 for c in counts if c)
+    return [total / (present * c) if c else 0.0 for c in counts]
 
 
 def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set[str]) -> dict:

@@ -49,11 +49,13 @@ class TrainImages(Images):
 
 class EpochSampler(torch.utils.data.Sampler):
     """An epoch's order of the training images as (position, image size, epoch), for TrainImages. The order
-    depends on (seed, epoch) only; under torchrun each process takes its shard (DistributedSampler's). The
+    depends on (seed, epoch) only; under torchrun each process takes its shard (DistributedSampler's). With
+    `weights` (one per image; class-balanced sampling, single process) an epoch draws n images by them. The
     loader keeps its workers from epoch to epoch: set_epoch tells it the next one."""
 
-    def __init__(self, n: int, seed: int, shard: torch.utils.data.DistributedSampler | None = None):
-        self.n, self.seed, self.shard = n, seed, shard
+    def __init__(self, n: int, seed: int, shard: torch.utils.data.DistributedSampler | None = None,
+                 weights: torch.Tensor | None = None):
+        self.n, self.seed, self.shard, self.weights = n, seed, shard, weights
         self.epoch, self.size = 0, None
 
     def set_epoch(self, epoch: int, size: int | None = None) -> None:
@@ -67,7 +69,8 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             generator = torch.Generator()
             generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
+            order = (torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist()
+                     if self.weights is not None else torch.randperm(self.n, generator=generator).tolist())
         return iter([(k, self.size, self.epoch) for k in order])
 
     def __len__(self) -> int:

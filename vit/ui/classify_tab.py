@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from vit import data, jobs, runs, samples
+from vit import data, jobs, runs, samples, trust
 from vit import safety
 from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED, PRIVATE, Page, _METHOD_TITLES, _csv,
                            _download_folder, _explained, _load, _placeholder, _unopened_path, _whole_number, csv_rows,
@@ -17,6 +17,9 @@ from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED,
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
+
+LABEL = "Prediction (calibrated)"
+ACCEPT_RANGE = (0.5, 1.0)  # the 'not sure' slider: the share of the run's held-out images of its classes that pass
 
 
 def layout() -> SimpleNamespace:
@@ -38,22 +41,26 @@ def layout() -> SimpleNamespace:
             with gr.Row():
                 layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
                 head = gr.Number(0, label="Head, for raw attention (0: mean of all)", precision=0, minimum=0)
+            accept = gr.Slider(ACCEPT_RANGE[0], ACCEPT_RANGE[1], value=trust.ACCEPT, step=0.01,
+                               label="'Not sure' threshold: the share of your own held-out images that pass",
+                               info="Higher: fewer 'not sure' answers, and more unfamiliar images answered anyway.")
             classify_btn = gr.Button("Classify", variant="primary")
             with gr.Accordion("Several images at once", open=False):
                 batch_files = gr.File(label="Images", file_count="multiple", file_types=["image"], type="filepath")
                 batch_btn = gr.Button("Classify all")
                 batch_out = gr.Gallery(label="Predictions", columns=4, height="auto")
                 batch_msg = gr.Markdown()
-                batch_csv = gr.File(label="Predictions as CSV (file, top 3 classes and probabilities)")
+                batch_csv = gr.File(label="Predictions as CSV (file, unsure, ood_score, top 3 classes and "
+                                          "probabilities)")
         with gr.Column():
-            labels_out = gr.Label(label="Prediction", num_top_classes=5)
+            labels_out = gr.Label(label=LABEL, num_top_classes=5)
             overlay_out = gr.Image(label="What the model looked at (left: your image, right: the map)", type="pil",
                                    format="png", height=420)
             notes = gr.Markdown()
             heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
                                    visible=DEFAULT_METHOD == "attention")
     return SimpleNamespace(model_source=model_source, image=image, examples=examples, method=method, opacity=opacity,
-                           target=target, layer=layer, head=head, classify_btn=classify_btn, batch_files=batch_files,
+                           target=target, layer=layer, head=head, accept=accept, classify_btn=classify_btn, batch_files=batch_files,
                            batch_btn=batch_btn, batch_out=batch_out, batch_msg=batch_msg, batch_csv=batch_csv,
                            labels_out=labels_out, overlay_out=overlay_out, notes=notes, heads_out=heads_out)
 
@@ -62,29 +69,32 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     """The Classify tab's events. Several classifications run at once, each on its own replica of the model with
     its share of the cores."""
     at_once = dict(concurrency_limit=page.limits.concurrency, concurrency_id="classify")
-    asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner]
+    asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner,
+             tab.accept]
     shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
     tab.classify_btn.click(page.bind(classify_view), asked, shown, api_name="classify", **at_once)
     # a new image (or a cleared one, or a file that is not an image) clears the last one's results
-    tab.image.change(lambda _: (None, None, "", [], gr.update(value=PREDICTED)), tab.image, shown, **PRIVATE)
+    tab.image.change(lambda _: (gr.Label(None, label=LABEL), None, "", [], gr.update(value=PREDICTED)), tab.image,
+                     shown, **PRIVATE)
     # per-head maps exist for raw attention only: their box shows with it
     tab.method.change(lambda how: gr.Gallery(visible=how == "attention"), tab.method, tab.heads_out, **PRIVATE)
     for control, event in ((tab.method, "input"), (tab.target, "input"), (tab.layer, "submit"), (tab.head, "submit"),
-                           (tab.opacity, "release")):
+                           (tab.opacity, "release"), (tab.accept, "release")):
         getattr(control, event)(page.bind(redraw), asked, shown, api_visibility="private", **at_once)
-    tab.batch_btn.click(page.bind(classify_batch_view), [tab.model_source, tab.batch_files, page.owner],
+    tab.batch_btn.click(page.bind(classify_batch_view), [tab.model_source, tab.batch_files, page.owner, tab.accept],
                         [tab.batch_out, tab.batch_msg, tab.batch_csv], api_name="classify_batch", **at_once)
     tab.model_source.change(page.bind(run_examples), [tab.model_source, page.owner], tab.examples.dataset, **PRIVATE)
 
 
 def classify_view(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
-                  target: str | None, layer: float | None = -1, head: float | None = 0, owner: str | None = None):
+                  target: str | None, layer: float | None = -1, head: float | None = 0, owner: str | None = None,
+                  accept: float | None = None):
     """classify_image for the page: what is wrong is said, and the previous image's results are cleared."""
     try:
-        return classify_image(manager, source, image, method, opacity, target, layer, head, owner=owner)
+        return classify_image(manager, source, image, method, opacity, target, layer, head, accept, owner=owner)
     except gr.Error as e:
         gr.Warning(e.message)
-        return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
+        return gr.Label(None, label=LABEL), None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
 
 
 def redraw(manager: jobs.JobManager, source: str | None, image, *rest):
@@ -95,10 +105,10 @@ def redraw(manager: jobs.JobManager, source: str | None, image, *rest):
 
 
 def classify_batch_view(manager: jobs.JobManager, source: str | None, paths: list[str] | None,
-                        owner: str | None = None):
+                        owner: str | None = None, accept: float | None = None):
     """classify_batch for the page: the gallery, a message (what is wrong, if anything) and the CSV."""
     try:
-        gallery, table = classify_batch(manager, source, paths, owner=owner)
+        gallery, table = classify_batch(manager, source, paths, accept, owner=owner)
     except gr.Error as e:
         gr.Warning(e.message)
         return [], f"**Cannot classify:** {e.message}", None
@@ -106,8 +116,10 @@ def classify_batch_view(manager: jobs.JobManager, source: str | None, paths: lis
 
 
 def classify_image(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
-                   target: str | None, layer: float | None = -1, head: float | None = 0, *, owner: str | None = None):
-    """Top classes, the heatmap overlay, its notes and per-head maps for one image (a file path)."""
+                   target: str | None, layer: float | None = -1, head: float | None = 0, accept: float | None = None,
+                   *, owner: str | None = None):
+    """Top classes (calibrated), the heatmap overlay, its notes (first, "not sure" for an image unlike the
+    training images at the `accept` threshold) and per-head maps for one image (a file path)."""
     from vit import explain, predict  # torch and timm come with the first classification, not with the page
     if image is None:
         raise refused("Upload an image to classify.")
@@ -115,6 +127,7 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         raise refused(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
     loaded = _load(manager, source, owner)
     try:
+        accept = _acceptance(accept)
         layer_index = _whole_number(layer, "Layer", -1)
         head_number = _whole_number(head, "Head", 0)
         heads_there = int(getattr(loaded.model.blocks[0].attn, "num_heads", 0) or 0)
@@ -125,22 +138,57 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         t = loaded.labels.index(target) if target in loaded.labels else None
         weights = loaded.folder / runs.WEIGHTS
         key = (str(weights), weights.stat().st_mtime_ns, str(image), method, t, layer_index, head_number)
-        e = _explained.get(key)
-        if e is None:  # (a new opacity, or a method seen before, is drawn from the map already made)
-            with predict.compute_share(manager.web_threads()), loaded.borrow() as model:
+        done = _explained.get(key)
+        if done is None:  # (a new opacity or threshold, or a method seen before, is drawn from the map already made)
+            with predict.compute_share(manager.web_threads()), loaded.borrow() as model, \
+                    trust.watching(model) as seen:
                 e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
                                     head=head_number - 1 if head_number else None)
-            _explained.put(key, e)
+            done = (e, seen.features(1), seen.logits[0][:1] if seen.logits else e.probs.clamp_min(1e-30).log()[None])
+            _explained.put(key, done)
+        e, features, logits = done
+        (answer,) = loaded.judge(logits, features, accept)
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise refused(str(err), duration=None)
-    probs = {label: float(p) for label, p in zip(loaded.labels, e.probs)}
+    probs = {label: float(p) for label, p in zip(loaded.labels, answer.probs)}
     picture = explain.figure(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
-    notes = [_map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
+    notes = [verdict(answer, loaded), _map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
     where = _layer_name(layer_index, len(loaded.model.blocks))
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
                                          f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
     chosen = loaded.labels[e.target] if t is not None else PREDICTED
-    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
+    label = gr.Label(probs, label="Not sure: the closest classes" if answer.unsure else LABEL)
+    return label, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
+
+
+def verdict(answer, loaded: LoadedModel) -> str:
+    """Whether the image looks like the training images, in words (first among the notes)."""
+    best, p = answer.top(loaded.labels, 1)[0]
+    if answer.unsure is None:
+        return f"*Probabilities are calibrated; {loaded.trust.note}.*"
+    share = loaded.trust.stranger_than(answer.ood_score)
+    where = (f"it is less like them than {share:.0%} of your held-out images of these classes (score "
+             f"{answer.ood_score:.3g}, threshold {answer.threshold:.3g})")
+    if answer.unsure:
+        return (f"**Not sure: this does not look like your training images** (closest: {best}, {p:.0%}): {where}. "
+                "The model only knows its classes, and an image of none of them still gets one. The heatmap shows "
+                "what it looked at.")
+    return f"Looks like your training images: {where}. The probabilities are calibrated."
+
+
+def _acceptance(accept) -> float | None:
+    """The slider's share of held-out images that pass (None: the run's own)."""
+    if accept is None or accept == "":
+        return None
+    try:
+        value = float(accept)
+    except (TypeError, ValueError):
+        raise ValueError(f"The 'not sure' threshold must be a number from {ACCEPT_RANGE[0]} to "
+                         f"{ACCEPT_RANGE[1]}.") from None
+    if not ACCEPT_RANGE[0] <= value <= ACCEPT_RANGE[1]:
+        raise ValueError(f"The 'not sure' threshold must be from {ACCEPT_RANGE[0]} to {ACCEPT_RANGE[1]} "
+                         f"(got {value:g}).")
+    return value
 
 
 def _map_title(method: str, loaded: LoadedModel, target: int, layer: int, head: int) -> str:
@@ -169,28 +217,38 @@ def _layer_name(layer: int, depth: int) -> str:
     return f"layer {index} (the last)" if index == depth - 1 else f"layer {index} of 0..{depth - 1}"
 
 
-def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None, *,
-                   owner: str | None = None):
-    """Several images: a gallery captioned with each one's top class (or what is wrong with it)."""
+def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str] | None,
+                   accept: float | None = None, *, owner: str | None = None):
+    """Several images: a gallery captioned with each one's top class, "not sure" where it does not look like the
+    training images (or what is wrong with it), and the CSV."""
     from vit import predict
     if not paths:
         raise refused("Add some images first.")
     if len(paths) > MAX_BATCH:
         raise refused(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
     loaded = _load(manager, source, owner)
+    try:
+        accept = _acceptance(accept)
+    except ValueError as e:
+        raise refused(str(e))
     out, table = [], []
     k = min(3, len(loaded.labels))
     for path in paths:
         name = Path(path).name
         try:
             with predict.compute_share(manager.web_threads()):
-                (top,) = loaded.classify(predict.read_image(path), topk=k)
-            out.append((path, f"{top[0][0]} {top[0][1]:.0%}"))
-            table.append([name, "", *[v for label, p in top for v in (label, round(p, 4))]])
+                (answer,) = loaded.answers([predict.read_image(path)], accept)
+            top = answer.top(loaded.labels, k)
+            caption = f"{top[0][0]} {top[0][1]:.0%}"
+            out.append((path, f"Not sure (closest: {caption})" if answer.unsure else caption))
+            table.append([name, "", "" if answer.unsure is None else answer.unsure,
+                          "" if answer.ood_score is None else round(answer.ood_score, 6),
+                          *[v for label, p in top for v in (label, round(p, 4))]])
         except predict.PredictError as e:
             out.append((_placeholder(), str(e)))  # (the message names the file)
-            table.append([name, str(e), *[""] * (2 * k)])
-    return out, _csv(table, ["file", "problem", *[f"{c}{i + 1}" for i in range(k) for c in ("label", "probability")]])
+            table.append([name, str(e), "", "", *[""] * (2 * k)])
+    return out, _csv(table, ["file", "problem", "unsure", "ood_score",
+                             *[f"{c}{i + 1}" for i in range(k) for c in ("label", "probability")]])
 
 
 # ---------------------------------------------------------------------------

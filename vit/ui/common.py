@@ -22,7 +22,7 @@ from vit import models, safety
 from vit.models import CATALOG
 from vit.safety import HostLimits
 from vit.train import recipe
-from vit.train.metrics import SOURCE_WORDS
+from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
@@ -92,7 +92,7 @@ SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: 
 
 
 ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
-            "cutmix", "ema_decay", "val_fraction", "seed", "progressive")
+            "cutmix", "ema_decay", "val_fraction", "seed", "progressive", "class_balance")
 
 
 FORM = SETTINGS + ADVANCED  # the names train_tab.form() keys its fields by, which start_training and the recipe take
@@ -342,8 +342,21 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
     hint = ("\n\n*Near-duplicates, likely label errors and whether more images would help: make a **Quick "
             "model** in the Train tab; its results read them from the model's features.*" if r.ok else "")
     if r.ok:
-        hint += expectations(recipe.DataFacts.of(ds), _offline_now())
+        hint += expectations(recipe.DataFacts.of(ds), _offline_now()) + other_class_hint(ds.classes)
     return r.to_markdown() + hint, df, data.thumbnails(ds), state, line
+
+
+OTHER_NAMES = {"other", "others", "none", "unknown", "background", "negative", "nothing", "misc", "rest"}
+
+
+def other_class_hint(classes: list[str]) -> str:
+    """The suggestion of an "other" class, for users who expect images of none of their classes."""
+    if any(c.strip().lower().replace("_", " ") in OTHER_NAMES for c in classes):
+        return ""
+    return ("\n\n**Will the model see images of none of these classes?** It always answers with one of its classes; "
+            "Classify says *Not sure* when an image does not look like your training images, but that check misses "
+            "near misses (a wasp for a bee model). If you expect unrelated images, add a folder named **other** with "
+            "examples of them: it becomes a class the model can answer.")
 
 
 def expectations(facts: recipe.DataFacts, offline: bool) -> str:

@@ -15,6 +15,8 @@ from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL
 from vit.ui.data_tab import keeping
 
 
+RELIABILITY_LABEL = ("Reliability diagram: in each confidence bin, the share right; calibrated answers follow the "
+                     "diagonal")
 PAIR_SIDE, SUSPECT_SIDE = 320, 256  # pictures big enough to judge a pair or a label by
 
 
@@ -25,6 +27,7 @@ def layout() -> SimpleNamespace:
         with gr.Row():
             confusion = gr.Image(label="Confusion matrix", show_label=False, type="pil", min_width=280)
             mistakes = gr.Gallery(label=MISTAKES_LABEL, columns=4, height="auto", min_width=280)
+        reliability = gr.Image(label=RELIABILITY_LABEL, type="pil", visible=False, height=320)
         features = gr.Markdown()
         with gr.Column(visible=False) as features_box:  # shown for a run with diagnostics
             with gr.Row():
@@ -38,7 +41,8 @@ def layout() -> SimpleNamespace:
                 verdict = gr.Dropdown([], label="Action", scale=2)
                 review_btn = gr.Button("Apply to my dataset", scale=1)
             review_msg = gr.Markdown()
-    return SimpleNamespace(per_class=per_class, confusion=confusion, mistakes=mistakes, features=features,
+    return SimpleNamespace(per_class=per_class, confusion=confusion, mistakes=mistakes, reliability=reliability,
+                           features=features,
                            features_box=features_box, curve=curve, pairs=pairs, suspects=suspects, suspect=suspect,
                            verdict=verdict, review_btn=review_btn, review_msg=review_msg)
 
@@ -47,7 +51,7 @@ def wire(page: Page, tab: SimpleNamespace, selected: gr.Dropdown, run_key: gr.St
     """Drawn when the picked run changes, and once per change of its state (e.g. when it completes), not on
     every tick. A review changes the dataset: `shown` (the Data tab) is drawn again and kept."""
     picked = [selected, page.owner]
-    results = [tab.per_class, tab.confusion, tab.mistakes]
+    results = [tab.per_class, tab.confusion, tab.mistakes, tab.reliability]
     diagnosed = [tab.features, tab.curve, tab.pairs, tab.suspects, tab.suspect, tab.verdict, tab.features_box]
     features = page.bind(run_features)
     selected.change(page.bind(run_results), picked, results, api_name="run_results", show_progress="hidden")
@@ -62,9 +66,10 @@ def wire(page: Page, tab: SimpleNamespace, selected: gr.Dropdown, run_key: gr.St
 
 
 def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
-    """A finished run's per-class table, confusion matrix and misclassified validation images."""
+    """A finished run's per-class table, confusion matrix, misclassified validation images and reliability
+    diagram (hidden where the run has none)."""
     empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
-    nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL))
+    nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL), gr.Image(value=None, visible=False))
     run_dir = _seen_run(manager, run_id, owner)
     if run_dir is None:
         return nothing
@@ -82,8 +87,11 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
             wrong.append((img, f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})"))
     shown = (f"all {len(misclassified)}" if len(misclassified) <= MAX_MISTAKES
              else f"the {MAX_MISTAKES} most confident of {len(misclassified)}")
+    calibration = metrics.get("calibration") or {}
+    diagram = hub.reliability_image(calibration) if calibration.get("diagram_after") else None
     return table, picture, gr.Gallery(value=wrong, label=f"Misclassified validation images, true -> predicted "
-                                                         f"({shown})")
+                                                         f"({shown})"), gr.Image(value=diagram,
+                                                                                 visible=diagram is not None)
 
 
 def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None):

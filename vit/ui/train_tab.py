@@ -15,9 +15,9 @@ from vit import data, jobs, runs, sessions
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
-from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START, SETTINGS,
-                           SOURCE_WORDS, Page, _accuracy_text, _duration, _epoch_text, _live_choice, _model_label,
-                           _model_text, _run_choices, _run_picker, _state_key, refused)
+from vit.ui.common import (ADVANCED, FORM, IMBALANCED, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START,
+                           SETTINGS, SOURCE_WORDS, Page, _accuracy_text, _duration, _epoch_text, _live_choice,
+                           _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
 from vit.ui.data_tab import restore_session
 
 
@@ -79,10 +79,13 @@ def form(offline: bool) -> dict:
             progressive = gr.Radio(["auto", "on", "off"], value="auto", label="Progressive resizing",
                                    info="Train the first epochs on smaller images (faster), growing to the final "
                                         "size.")
+            class_balance = gr.Radio(["auto", "on", "off"], value="auto", label="Class balance",
+                                     info="Draw each class about as often in training (auto: on when the largest "
+                                          "class has 3x the images of the smallest).")
     fields = dict(model=model, scratch=scratch, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
                   weight_decay=weight_decay, label_smoothing=label_smoothing, warmup_epochs=warmup,
                   early_stopping=patience, randaugment=randaugment, mixup=mixup, cutmix=cutmix, ema_decay=ema,
-                  val_fraction=val_fraction, seed=seed, progressive=progressive)
+                  val_fraction=val_fraction, seed=seed, progressive=progressive, class_balance=class_balance)
     assert tuple(fields) == FORM, "form() and FORM name the same fields in the same order"
     return fields
 
@@ -407,6 +410,28 @@ def headline(r: dict) -> str:
     if chosen:
         text += (f" Best of {chosen['epochs']} epochs on validation: {chosen['val_acc']:.1%} (epoch "
                  f"{chosen['epoch']}), chosen on those {chosen['images']} images, so optimistic.")
+    if e.get("balanced") is not None:
+        text += f"\n\nBalanced accuracy {e['balanced']:.1%}, macro F1 {e['macro_f1']:.3f} on the same images."
+        if (r.get("imbalance") or 0) >= IMBALANCED:
+            text += (f" **The classes are imbalanced** (the largest has {r['imbalance']:.1f}x the training images of "
+                     "the smallest): accuracy favours the large classes, so read the balanced accuracy and each "
+                     "class's recall.")
+    return text + trust_lines(r.get("calibration"), r.get("ood"))
+
+
+def trust_lines(calibration: dict | None, ood: dict | None) -> str:
+    """How far the probabilities can be trusted: the calibration, and the 'none of these' check."""
+    text = ""
+    if calibration and calibration.get("ece_after") is not None:
+        text += (f"\n\nProbabilities calibrated (temperature {calibration['temperature']:.2f}, fitted on "
+                 f"{calibration['images']} held-out images): calibration error {calibration['ece_before']:.3f} "
+                 f"before, {calibration['ece_after']:.3f} after, measured out of fold.")
+    elif calibration:
+        text += f"\n\nProbabilities {calibration.get('says', 'not calibrated')}."
+    if ood and ood.get("threshold") is not None:
+        text += (f" 'Not sure' is said of images unlike the training images ({ood['says']}).")
+    elif ood:
+        text += f" {str(ood.get('says', '')).capitalize()}."
     return text
 
 
