@@ -149,10 +149,11 @@ def test_classify_a_layer_and_head_and_a_batch(app_url, app_manager, tmp_path):
     import csv
     with open(table, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["file", "problem", "label1", "probability1", "label2", "probability2", "label3",
-                       "probability3"]
-    assert rows[1][0] == "a.png" and rows[1][1] == "" and rows[1][2] == captions[0].split()[0]
-    assert abs(sum(float(p) for p in rows[1][3::2]) - 1) < 1e-3  # all 3 classes of 3
+    assert rows[0] == ["file", "problem", "unsure", "ood_score", "label1", "probability1", "label2", "probability2",
+                       "label3", "probability3"]
+    assert rows[1][0] == "a.png" and rows[1][1] == "" and rows[1][4] == captions[0].split()[0]
+    assert rows[1][2:4] == ["", ""], "a run with too few validation images for a threshold says nothing of it"
+    assert abs(sum(float(p) for p in rows[1][5::2]) - 1) < 1e-3  # all 3 classes of 3
     assert rows[2][0] == "bad.png" and rows[2][1].startswith("bad.png: ")
 
 

@@ -186,10 +186,10 @@ def predict_command(args) -> int:
 
 
 def _acceptance(value: float | None) -> float | None:
-    """--accept: the share of held-out images of the training classes that count as familiar (None: the run's)."""
+    """--accept: the share of the run's validation images that count as familiar (None: the run's)."""
     if value is not None and not 0.5 <= value <= 1.0:
         from vit.predict import PredictError
-        raise PredictError(f"--accept must be from 0.5 to 1 (the share of your own held-out images accepted; "
+        raise PredictError(f"--accept must be from 0.5 to 1 (the share of your own validation images accepted; "
                            f"got {value:g}).")
     return value
 
@@ -389,8 +389,8 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="rollout: how heads are fused")
     pr.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: weakest attention links dropped")
     pr.add_argument("--json", action="store_true", help="print the results as JSON (each with unsure and ood_score)")
-    pr.add_argument("--accept", type=float, help="'not sure' threshold: the share of the run's held-out images "
-                                                 "of its classes accepted (default: the run's, 0.95)")
+    pr.add_argument("--accept", type=float, help="'not sure' threshold: the share of the run's validation "
+                                                 "images accepted (default: the run's, 0.95)")
     pr.set_defaults(func=predict_command)
 
 

@@ -1,9 +1,9 @@
 """Answers you can trust: a temperature that calibrates the probabilities, and an out-of-distribution score that
-says "none of these". Both are fitted when a run ends, on images that chose nothing (metrics.holdout: the test
-split, the held-out half of validation, or validation when nothing was chosen on it), saved with the run and
-read wherever a probability is shown (vit.predict: the app, the CLI, the batch CSV, the examples).
+says "none of these". Both are fitted when a run ends on images it was not trained on ("held-out": the
+temperature on those that chose nothing, metrics.holdout; the threshold on every validation and test image),
+saved with the run and read wherever a probability is shown (vit.predict: the app, the CLI, the batch CSV).
 
-    trust, report = fit(train_features, train_labels, held_logits, held_features, held_labels)
+    trust, report = fit(train_features, train_labels, held_logits, held_features, held_labels, classes)
     save(run_dir, trust, report)         # ood.safetensors, and config.json's vit_studio.calibration and .ood
     trust = load(folder, classes, dim)   # Trust() (temperature 1, no check) where a model has none
     probs = trust.probabilities(logits); score = trust.score(features, logits); unsure = score > trust.threshold()
@@ -16,9 +16,9 @@ read wherever a probability is shown (vit.predict: the app, the CLI, the batch C
   covariance, Ledoit-Wolf shrinkage) of an image's features (the pre-logits the classifier reads) to the nearest
   class mean of the training images', plus that of its first block's tokens, averaged, to their mean (colour,
   texture: what sets a photo or a drawing apart from scans), each in units of its spread over the held-out
-  images. Higher is less like the training images. The threshold accepts ACCEPT of the held-out
-  in-distribution images; their scores are saved, so another acceptance (the app's slider, `predict --accept`) is
-  read from them.
+  images. Higher is less like the training images. The threshold accepts ACCEPT of the validation and test
+  images (none trained on); their scores are saved, so another acceptance (the app's slider, `predict --accept`)
+  is read from them.
 
 Stock timm ignores ood.safetensors and the calibration (config.json's own keys are untouched). Knows nothing of
 runs' other files or the UI.
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # (torch is imported where it is used: the web page reads ACC
     import torch
 
 FORMAT = "vit-studio-ood/1"
-ACCEPT = 0.95             # the share of held-out in-distribution images the threshold accepts
+ACCEPT = 0.95             # the share of validation and test images (of the training classes) the threshold accepts
 MIN_CALIBRATION = 20      # held-out images below which the temperature stays 1 (too few to fit one)
 MIN_OOD = 10              # held-out images below which there is no threshold
 BANK_MAX = 2000           # training images kept for the nearest-neighbour score (a seeded, stratified sample)

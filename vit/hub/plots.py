@@ -53,14 +53,14 @@ def reliability_image(calibration: dict, size: int = 300) -> Image.Image:
     panels = [("before", calibration.get("diagram_before"), calibration.get("ece_before")),
               ("after (out of fold)", calibration.get("diagram_after"), calibration.get("ece_after"))]
     panels = [p for p in panels if p[1]]
-    img = Image.new("RGB", (max(1, len(panels)) * (size + 20) + 20, size + 90), "white")
+    img = Image.new("RGB", (max(1, len(panels)) * (size + 20) + 20, size + 120), "white")
     d, font = ImageDraw.Draw(img), _font(12)
-    for k, (name, bins, error) in enumerate(panels):
-        left, top = 60 + k * (size + 20), 40
+    for k, (name, bins, error) in enumerate(panels):  # (room on top: a page may lay its label over the picture)
+        left, top = 60 + k * (size + 20), 70
         right, bottom = left + size - 50, top + size - 50
         d.rectangle([left, top, right, bottom], outline="#888")
         d.line([left, bottom, right, top], fill="#bbb", width=1)
-        d.text((left, 12), f"{name}: calibration error {error:.3f}" if error is not None else name, fill="black",
+        d.text((left, 42), f"{name}: calibration error {error:.3f}" if error is not None else name, fill="black",
                font=font)
         for b in bins:
             if not b["images"]:
@@ -74,7 +74,7 @@ def reliability_image(calibration: dict, size: int = 300) -> Image.Image:
             d.text((left - 6, bottom - (bottom - top) * t), f"{t:g}", fill="#444", font=font, anchor="rm")
             d.text((left + (right - left) * t, bottom + 6), f"{t:g}", fill="#444", font=font, anchor="mt")
         d.text(((left + right) / 2, bottom + 24), "confidence", fill="#444", font=font, anchor="mm")
-    d.text((10, size + 62), "bars: share right in each confidence bin; orange: the bin's mean confidence; grey: "
+    d.text((10, size + 92), "bars: share right in each confidence bin; orange: the bin's mean confidence; grey: "
                             "perfect calibration", fill="#444", font=font)
     return img
 

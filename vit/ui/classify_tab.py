@@ -42,7 +42,7 @@ def layout() -> SimpleNamespace:
                 layer = gr.Number(-1, label="Layer, for raw attention (-1: the last)", precision=0)
                 head = gr.Number(0, label="Head, for raw attention (0: mean of all)", precision=0, minimum=0)
             accept = gr.Slider(ACCEPT_RANGE[0], ACCEPT_RANGE[1], value=trust.ACCEPT, step=0.01,
-                               label="'Not sure' threshold: the share of your own held-out images that pass",
+                               label="'Not sure' threshold: the share of your own validation images that pass",
                                info="Higher: fewer 'not sure' answers, and more unfamiliar images answered anyway.")
             classify_btn = gr.Button("Classify", variant="primary")
             with gr.Accordion("Several images at once", open=False):
@@ -74,8 +74,7 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
     tab.classify_btn.click(page.bind(classify_view), asked, shown, api_name="classify", **at_once)
     # a new image (or a cleared one, or a file that is not an image) clears the last one's results
-    tab.image.change(lambda _: (gr.Label(None, label=LABEL), None, "", [], gr.update(value=PREDICTED)), tab.image,
-                     shown, **PRIVATE)
+    tab.image.change(lambda _: (None, None, "", [], gr.update(value=PREDICTED)), tab.image, shown, **PRIVATE)
     # per-head maps exist for raw attention only: their box shows with it
     tab.method.change(lambda how: gr.Gallery(visible=how == "attention"), tab.method, tab.heads_out, **PRIVATE)
     for control, event in ((tab.method, "input"), (tab.target, "input"), (tab.layer, "submit"), (tab.head, "submit"),
@@ -94,7 +93,7 @@ def classify_view(manager: jobs.JobManager, source: str | None, image, method: s
         return classify_image(manager, source, image, method, opacity, target, layer, head, accept, owner=owner)
     except gr.Error as e:
         gr.Warning(e.message)
-        return gr.Label(None, label=LABEL), None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
+        return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
 
 
 def redraw(manager: jobs.JobManager, source: str | None, image, *rest):
@@ -157,8 +156,7 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
                                          f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
     chosen = loaded.labels[e.target] if t is not None else PREDICTED
-    label = gr.Label(probs, label="Not sure: the closest classes" if answer.unsure else LABEL)
-    return label, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
+    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
 
 
 def verdict(answer, loaded: LoadedModel) -> str:
@@ -167,13 +165,13 @@ def verdict(answer, loaded: LoadedModel) -> str:
     if answer.unsure is None:
         return f"*Probabilities are calibrated; {loaded.trust.note}.*"
     share = loaded.trust.stranger_than(answer.ood_score)
-    where = (f"it is less like them than {share:.0%} of your held-out images of these classes (score "
-             f"{answer.ood_score:.3g}, threshold {answer.threshold:.3g})")
+    score = f"(score {answer.ood_score:.3g}, threshold {answer.threshold:.3g})"
     if answer.unsure:
-        return (f"**Not sure: this does not look like your training images** (closest: {best}, {p:.0%}): {where}. "
-                "The model only knows its classes, and an image of none of them still gets one. The heatmap shows "
-                "what it looked at.")
-    return f"Looks like your training images: {where}. The probabilities are calibrated."
+        return (f"**Not sure: this does not look like your training images** (closest: {best}, {p:.0%}): it is less "
+                f"like them than {share:.0%} of your own validation images {score}. The model only knows its "
+                "classes, and an image of none of them still gets one. The heatmap shows what it looked at.")
+    return (f"Looks like your training images: more like them than {1 - share:.0%} of your own validation images "
+            f"{score}. The probabilities are calibrated.")
 
 
 def _acceptance(accept) -> float | None:
