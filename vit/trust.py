@@ -251,7 +251,8 @@ def take(features: dict | None, indices) -> dict | None:
 
 
 def bank_sample(labels: list[int], indices: list[int], seed: int = 0, cap: int = BANK_MAX) -> list[int]:
-    """At most `cap` of the training images, each class in proportion (seeded): those the score compares with."""
+    """At most `cap` of the training images, drawn at random (seeded; each class in proportion, on average): those
+    the score is fitted on. (`labels`: theirs, for a caller's reference.)"""
     import numpy as np
     if len(indices) <= cap:
         return list(indices)
@@ -283,7 +284,7 @@ def fit(train_features: dict | None, train_labels: torch.Tensor, held_logits: to
         method = "msp"  # (a model whose classifier's input cannot be read)
     n = len(held_labels)
     if n < MIN_OOD or (method != "msp" and not len(train_labels)):
-        trust.note = (f"no 'none of these' check: {n} held-out images, under the {MIN_OOD} a threshold needs"
+        trust.note = (f"no 'none of these' check: {n} validation images, under the {MIN_OOD} a threshold needs"
                       if n < MIN_OOD else "no 'none of these' check: no training images to compare with")
         return trust, {"calibration": calibration, "ood": None, "ood_says": trust.note}
     trust.method = method

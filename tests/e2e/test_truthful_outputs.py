@@ -40,7 +40,7 @@ def test_classify_errors_clear_stale_results_and_raw_attention_names_its_layer(p
     pick(page, MODEL_PICKER, finished_run)
     image_input(page).set_input_files(str(photo))
     page.get_by_role("button", name="Classify", exact=True).click()
-    visible_text(page, "for class")
+    visible_text(page, "for class", timeout=90_000)  # (this app's first model: loaded with it, on a busy machine)
     page.get_by_text("Attention rollout").first.click()  # a new method is drawn at once, no second click
     visible_text(page, "Rollout is the same for every class")
     page.get_by_label("Head, for raw attention (0: mean of all)").fill("2")
