@@ -256,3 +256,20 @@ def test_the_data_tab_suggests_an_other_class_unless_there_is_one():
     from vit.ui.common import other_class_hint
     assert "add a folder named **other**" in other_class_hint(["ants", "bees"])
     assert other_class_hint(["ants", "bees", "Other"]) == other_class_hint(["cat", "none"]) == ""
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_saved_validation_scores_are_what_predict_gives_from_the_files(checked_run, tmp_path, quick):
+    """Half of 45 validation images choose, half estimate: the threshold's scores are every validation image's, as
+    predict computes them from the files, for a trained model and for a quick model alike."""
+    from vit.train import TrainConfig
+    run_dir, _, _ = checked_run
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=25, size=32, seed=4)
+    with load_dataset(data, val_fraction=0.6) as ds:
+        config = TrainConfig(weights=str(run_dir), quick=True) if quick else tiny(epochs=1)
+        m = train(ds, config, tmp_path / "run")
+        val = [ds.items[i].path for i in ds.val]
+    assert m["accuracy_estimate"]["from"] == "holdout" and m["ood"]["images"] == len(val)
+    loaded = predict.load_model(tmp_path / "run")
+    scores = sorted(a.ood_score for a in loaded.answers([predict.read_image(p) for p in val]))
+    assert scores == pytest.approx(loaded.trust.heldout.tolist(), abs=1e-3)

@@ -57,7 +57,7 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
         probs = probe.cross_val_proba(x[dataset.train], y[dataset.train], len(classes), head["C"], seed=config.seed)
         crossed = (probs.clamp_min(1e-12).log(), y[dataset.train])
     bank = trust.bank_sample(labels, dataset.train, config.seed)
-    feats = _trust_features(model, p, bank + split.estimate, len(labels))
+    feats = _trust_features(model, p, bank + split.select + split.estimate, len(labels))
     metrics = delivered(logits, feats, dataset, labels, split, bank, best, history, False, config.seed, run_dir,
                         ddp.is_main, quick=True, crossed=crossed)
     emit.status("completed", epoch=1, message=f"Quick model: {estimate_line(metrics['accuracy_estimate'])} (a head "
