@@ -54,9 +54,9 @@ def layout() -> SimpleNamespace:
                                           "probabilities)")
         with gr.Column():
             labels_out = gr.Label(label=LABEL, num_top_classes=5)
+            notes = gr.Markdown()  # (first: "Not sure", right under the classes; then what the map shows)
             overlay_out = gr.Image(label="What the model looked at (left: your image, right: the map)", type="pil",
                                    format="png", height=420)
-            notes = gr.Markdown()
             heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
                                    visible=DEFAULT_METHOD == "attention")
     return SimpleNamespace(model_source=model_source, image=image, examples=examples, method=method, opacity=opacity,
