@@ -15,7 +15,11 @@ NOT_SURE = "Not sure: this does not look like your training images"
 
 
 def classify(page, path):
+    """A new image, then Classify, once the new image has cleared the last one's verdict (its change event: a
+    click before it would classify the old image)."""
     page.locator("input[type=file][accept='image/*']:not([multiple])").first.set_input_files(str(path))
+    page.wait_for_function("() => !['does not look like your training', 'Looks like your training'].some("
+                           "t => document.body.innerText.includes(t))")
     page.get_by_role("button", name="Classify", exact=True).click()
 
 
