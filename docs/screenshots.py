@@ -68,7 +68,7 @@ def _session(page, url: str, args, manager) -> None:
     page.get_by_label("Run name (optional)").fill("shapes, from scratch")
     page.get_by_text("Chosen for your data").first.wait_for()  # what will run is shown before Start
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text(re.compile(r"Finished: best validation accuracy")).filter(visible=True).first.wait_for(
+    page.get_by_text(re.compile(r"Finished: accuracy")).filter(visible=True).first.wait_for(
         timeout=900_000)
     page.get_by_text("Per class (validation)").first.wait_for()
     page.wait_for_timeout(1500)
