@@ -33,7 +33,7 @@ from vit.data import Dataset, DecodeCache
 from vit.train.config import ConfigError, TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter, EventHandler, StopFlag, cancelled
-from vit.train.metrics import Holdout, delivered, estimate_line, holdout
+from vit.train.metrics import Holdout, delivered, estimate_line, holdout, loss_acc
 from vit.train.prepare import prepare
 from vit.train.recipe import balancing, class_counts, class_weights
 from vit.train.quick import fit_quick, probe_head
@@ -396,8 +396,7 @@ def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, a
     if keep:
         logits, feats = outputs(model, val_set, config.batch_size * 2, device, autocast)
         y = torch.tensor([val_set.labels[i] for i in val_set.indices])
-        return (nn.functional.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item(),
-                (logits, feats))
+        return (*loss_acc(logits, y), (logits, feats))
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False)
