@@ -28,6 +28,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,13 +230,52 @@ def clear_cancel(run_dir: str | os.PathLike) -> None:
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     """Every run directory under root, newest first."""
-    root = Path(root) if root else default_root()
-    runs = []
-    for d in root.iterdir() if root.is_dir() else []:
-        if d.is_dir() and not d.name.startswith(".") and ((d / STATUS).exists() or (d / CONFIG).exists()):
-            runs.append(RunInfo(d, read_status(d), read_config(d)))
-    runs.sort(key=lambda r: (r.status.get("created_at", 0), r.id), reverse=True)
-    return runs
+    return RunIndex(Path(root) if root else default_root()).runs()
+
+
+class RunIndex:
+    """The run directories under root, each read again only when its status.json or config.json changed: listing
+    thousands of runs costs one directory scan and two stats a run, not reading their files. `only(name)` picks
+    the runs wanted before anything of theirs is read (a visitor's own, by an index of owners)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._seen: dict[str, tuple[tuple, RunInfo]] = {}
+        self._lock = threading.Lock()
+
+    def runs(self, only=None) -> list[RunInfo]:
+        """The runs, newest first (RunInfo's dicts are shared with the index: read them, do not change them)."""
+        try:
+            with os.scandir(self.root) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            names = []
+        found = []
+        with self._lock:
+            for gone in self._seen.keys() - set(names):
+                del self._seen[gone]
+            for name in names:
+                if only is not None and not only(name):
+                    continue
+                d = self.root / name
+                key = (stamp(d / STATUS), stamp(d / CONFIG))
+                if key == (None, None):
+                    continue
+                hit = self._seen.get(name)
+                if hit is None or hit[0] != key:
+                    hit = self._seen[name] = (key, RunInfo(d, read_status(d), read_config(d)))
+                found.append(hit[1])
+        found.sort(key=lambda r: (r.status.get("created_at", 0), r.id), reverse=True)
+        return found
+
+
+def stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when a file is replaced (every write here is a rename): its inode and modification time."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def run_path(root: str | os.PathLike | None, run_id: str) -> Path:
@@ -245,9 +285,9 @@ def run_path(root: str | os.PathLike | None, run_id: str) -> Path:
         raise ValueError(f"{str(run_id)[:80]!r} is not a run id (like 20260101-120000-vit_tiny-ab12).")
     run_dir = root / run_id
     if run_dir.is_symlink() or not run_dir.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"{run_id} is not a run directory of {root}.")
+        raise ValueError(f"{run_id} is not a run directory of {root.name}/.")
     if not ((run_dir / STATUS).is_file() or (run_dir / CONFIG).is_file()):
-        raise ValueError(f"There is no run {run_id} in {root}. It may have been deleted; refresh the list.")
+        raise ValueError(f"There is no run {run_id} in {root.name}/. It may have been deleted; refresh the list.")
     return run_dir
 
 
@@ -323,8 +363,13 @@ def archive(run_dir: str | os.PathLike, dest_dir: str | os.PathLike,
 
 
 def disk_full(error: BaseException | None) -> bool:
-    """Whether an error is the file system running out of space (or of the user's quota)."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Whether an error is the file system running out of space (or of the user's quota): an OSError, or an error of
+    a library that writes in native code and says so only in words (safetensors' SafetensorError, torch's
+    RuntimeError)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    words = str(error) if error is not None else ""
+    return any(w in words for w in ("No space left on device", "Disk quota exceeded", "StorageFull"))
 
 
 def delete_run(run_dir: str | os.PathLike, state: str | None = None) -> None:

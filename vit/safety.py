@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ class HostLimits:
     runs_per_visitor: int = 2            # VIT_RUNS_PER_VISITOR: queued or running runs per visitor (shared app)
     classify_concurrency: int = 0        # VIT_CLASSIFY_CONCURRENCY: classifications served at once (0: cores, max 4)
     temp_max_age_s: int = 3600           # VIT_TEMP_MAX_AGE_S: served downloads and uploads are removed after this
+    max_active_runs: int = 8             # VIT_MAX_ACTIVE_RUNS: queued or running runs of all visitors (shared app)
+    max_run_minutes: float = 60.0        # VIT_MAX_RUN_MINUTES: training time of one run before it is stopped (shared)
+    keep_days: float = 7.0               # VIT_KEEP_DAYS: a visitor's ended runs and records are removed after (shared)
 
     @classmethod
     def from_env(cls) -> "HostLimits":
@@ -46,7 +50,9 @@ class HostLimits:
                "max_model_params_m": ("VIT_MAX_MODEL_PARAMS_M", float),
                "runs_per_visitor": ("VIT_RUNS_PER_VISITOR", int),
                "classify_concurrency": ("VIT_CLASSIFY_CONCURRENCY", int),
-               "temp_max_age_s": ("VIT_TEMP_MAX_AGE_S", int)}
+               "temp_max_age_s": ("VIT_TEMP_MAX_AGE_S", int),
+               "max_active_runs": ("VIT_MAX_ACTIVE_RUNS", int), "max_run_minutes": ("VIT_MAX_RUN_MINUTES", float),
+               "keep_days": ("VIT_KEEP_DAYS", float)}
         values = {}
         for field_name, (var, kind) in env.items():
             raw = os.environ.get(var, "").strip()
@@ -55,13 +61,40 @@ class HostLimits:
                     values[field_name] = kind(raw)
                 except ValueError:
                     raise ValueError(f"{var}={raw!r} is not a number.") from None
-                if values[field_name] < 0:
-                    raise ValueError(f"{var} must not be negative (got {raw}).")
+                if not values[field_name] >= 0 or values[field_name] == float("inf"):  # (NaN and inf too)
+                    raise ValueError(f"{var} must be a number of 0 or more (got {raw}).")
         return cls(**values)
 
     @property
     def concurrency(self) -> int:
         return self.classify_concurrency or max(1, min(4, os.cpu_count() or 1))
+
+
+SECRET_FILE = ".session-secret"  # beside the runs: the key the browser's stored visitor id is kept under
+
+
+def session_secret(root: str | os.PathLike) -> str:
+    """The key of the visitor ids the browsers keep (Gradio's BrowserState): VIT_SESSION_SECRET, else a random
+    value made once and kept in <root>/.session-secret (0600), so that a restart (a Space waking up) still reads
+    every browser's id and its runs stay theirs. Gradio hands this key to the page, so it hides the id from other
+    sites' scripts, not from the visitor: what makes a visitor is their random id, never the key."""
+    given = os.environ.get("VIT_SESSION_SECRET", "").strip()
+    if given:
+        return given
+    path = Path(root) / SECRET_FILE
+    Path(root).mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        kept = path.read_text().strip()
+        if len(kept) >= 32:
+            return kept
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)  # an empty or torn file: made again
+    with os.fdopen(fd, "w") as f:
+        made = secrets.token_urlsafe(32)
+        f.write(made)
+    os.chmod(path, 0o600)
+    return made
 
 
 def check_name(name: str, what: str = "name") -> str | None:

@@ -26,6 +26,7 @@ class Child:
     forced: bool = False
     shutting_down: bool = False
     started: float = field(default_factory=time.monotonic)
+    time_up: str | None = None  # why the manager stopped it (the time limit of a shared app), in words
 
     @classmethod
     def start(cls, run_dir: Path, slot: str, cpu_threads: int, niceness: int) -> "Child":
@@ -90,6 +91,8 @@ class Child:
 
     def _cancelled(self, state: str | None, rc: int, forced: bool) -> tuple[str | None, dict] | None:
         kept = kept_note(self.run_dir)
+        if self.time_up and (forced or state in (*runs.ACTIVE_STATES, "cancelled")):
+            return "cancelled", {"cancel": "time limit", "message": f"{self.time_up} {kept} Resume to continue."}
         if forced:
             return "cancelled", {"cancel": "forced", "message": "Stopped by force: the run did not stop by itself "
                                                                 f"within the grace period after the cancel. {kept}"}

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from vit import runs
+from vit import runs, sessions
 from vit.data import Dataset, export_dataset, load_dataset
 from vit.jobs.child import Child, tail
 from vit.jobs.errors import JobError
@@ -22,6 +22,9 @@ from vit.jobs.views import default_name, summary
 from vit.jobs.worker import DATA_DIR, DISK_FULL, JOB, LOG, kept_note
 from vit.safety import HostLimits, on_spaces, owner_hash, owns
 from vit.train import ConfigError, TrainConfig
+
+
+EXPIRY_EVERY_S = 600.0  # how often a shared app looks for runs past VIT_KEEP_DAYS
 
 
 def _disk_full_refused(request):
@@ -69,8 +72,17 @@ class JobManager:
         self.niceness = niceness
         self.cancel_grace_s = cancel_grace_s
         self.shutdown_grace_s = shutdown_grace_s
-        self.quota = Quota(None if self.single_user else max_active_per_owner or HostLimits.from_env().runs_per_visitor,
-                           self._active_runs, self._cv)
+        limits = HostLimits.from_env()
+        shared = not self.single_user  # the limits of a shared app; a person's own app has none of them
+        self.quota = Quota(max_active_per_owner or limits.runs_per_visitor if shared else None, self._active_runs,
+                           self._cv, total=(limits.max_active_runs or None) if shared else None,
+                           active_total=lambda: len(self._queue) + len(self._children))
+        self.max_run_s = limits.max_run_minutes * 60 if shared and limits.max_run_minutes else None
+        self.keep_s = limits.keep_days * 86400 if shared and limits.keep_days else None
+        self._index = runs.RunIndex(self.root)
+        self._owners: dict[str, str | None] = {}          # run id -> its owner's hash (job.json), read once
+        self._views: dict[str, tuple] = {}                # run id -> (what it was made from, its summary)
+        self._last_expiry = float("-inf")
         self.poll_s = poll_s
         self._gpus = gpus
         self._lock_file = _lock_root(self.root)
@@ -183,7 +195,7 @@ class JobManager:
                                "resumed.")
             if not (run_dir / JOB).is_file() or not (run_dir / DATA_DIR).is_dir():
                 raise JobError(f"Run {run_id} was not started from this app (it has no copy of its data); resume "
-                               f"it with: python -m vit train --resume --out {run_dir} --data DATA")
+                               f"it with: python -m vit train --resume --out CHECKPOINTS/{run_id} --data DATA")
             self.quota.check(owner)
             runs.clear_cancel(run_dir)
             last = runs.load_resume_state(run_dir)
@@ -207,6 +219,7 @@ class JobManager:
             except ValueError as e:
                 raise JobError(str(e)) from None
             self._pending.pop(run_id, None)
+            self._forget(run_id)
         return f"Deleted run {run_id}."
 
     # ------------------------------------------------------------------ reading
@@ -216,12 +229,8 @@ class JobManager:
         first, with state, best metric and what they may do with each."""
         with self._cv:
             queue = list(self._queue)
-        out = []
-        for info in runs.list_runs(self.root):
-            summary = self._summary(info.run_dir, info.status, info.config, owner, queue)
-            if summary["mine"]:
-                out.append(summary)
-        return out
+        mine = None if self.single_user else (lambda run_id: owns(self._owner_of(run_id), owner))
+        return [self._summary(info.run_dir, info.status, info.config, owner, queue) for info in self._index.runs(mine)]
 
     def progress(self, run_id: str, owner: str | None = None) -> dict:
         """The run's summary plus its per-epoch history: what a progress view polls."""
@@ -310,6 +319,12 @@ class JobManager:
                 except Exception as e:  # the scheduler must outlive any one bad run directory
                     self._log_once(f"scheduler error: {type(e).__name__}: {e}")
                 self._cv.wait(self.poll_s)
+            if self.keep_s and time.monotonic() - self._last_expiry > EXPIRY_EVERY_S:
+                self._last_expiry = time.monotonic()
+                try:
+                    self.expire()
+                except Exception as e:
+                    self._log_once(f"expiry error: {type(e).__name__}: {e}")
 
     def _tick(self) -> None:
         self._flush_pending()
@@ -320,6 +335,8 @@ class JobManager:
             elif child.cancel_deadline is not None and time.monotonic() > child.cancel_deadline:
                 child.forced = True
                 child.kill()
+            elif self.max_run_s and child.cancel_deadline is None and time.monotonic() - child.started > self.max_run_s:
+                self._stop_for_time(child)
         started = False
         for run_id in list(self._queue):
             run_dir = self.root / run_id
@@ -342,6 +359,41 @@ class JobManager:
         if time.monotonic() - self._last_sweep > 5.0:
             self._last_sweep = time.monotonic()
             self._mark_dead_runs()
+
+    def _stop_for_time(self, child: Child) -> None:
+        """A run past the time limit of a shared app stops as a cancel does (its best checkpoint kept, resumable)."""
+        minutes = self.max_run_s / 60
+        child.time_up = (f"Stopped after {minutes:g} minutes of training: the time limit of one run on this shared app "
+                         "(VIT_MAX_RUN_MINUTES), so that every visitor gets a turn.")
+        try:
+            runs.request_cancel(child.run_dir)
+        except OSError:
+            pass
+        child.cancel_deadline = time.monotonic() + self.cancel_grace_s
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """On a shared app, remove visitors' runs that ended more than VIT_KEEP_DAYS ago (never a queued or running
+        one, never one started outside the app) and session records as old; return the ids removed."""
+        if not self.keep_s:
+            return []
+        now = time.time() if now is None else now
+        removed = []
+        for info in self._index.runs(lambda run_id: self._owner_of(run_id) is not None):
+            finished = info.status.get("finished_at") or info.status.get("updated_at") or now
+            if info.state in runs.ACTIVE_STATES or now - finished < self.keep_s:
+                continue
+            with self._cv:
+                if info.id in self._queue or self._child_of(info.id) is not None:
+                    continue
+                try:
+                    runs.delete_run(info.run_dir)
+                except (ValueError, OSError) as e:
+                    self._log_once(f"cannot remove the expired run {info.id} ({e})")
+                    continue
+                self._forget(info.id)
+            removed.append(info.id)
+        sessions.sweep(self.root, self.keep_s, now)
+        return removed
 
     def _reap(self, child: Child, forced: bool = False) -> None:
         """Record how a child ended when it could not say so itself, and kill what it left behind.
@@ -395,7 +447,7 @@ class JobManager:
     def _reconcile(self) -> None:
         """At start-up: runs whose process is gone become interrupted; queued runs queue again."""
         queued = []
-        for info in runs.list_runs(self.root):
+        for info in self._index.runs():
             _hash_owner(info.run_dir)
             if info.state == "queued" and (info.run_dir / JOB).is_file():
                 queued.append(info)
@@ -409,7 +461,7 @@ class JobManager:
 
     def _mark_dead_runs(self) -> None:
         ours = {c.run_id for c in self._children.values()}
-        for info in runs.list_runs(self.root):
+        for info in self._index.runs():
             if (info.state == "running" and info.id not in ours and info.id not in self._pending
                     and not runs.writer_alive(info.status)):
                 runs.remove_partial_files(info.run_dir)
@@ -439,10 +491,38 @@ class JobManager:
     # ------------------------------------------------------------------ helpers
 
     def _summary(self, run_dir: Path, status: dict, config: dict, owner: str | None, queue: list[str]) -> dict:
-        if run_dir.name in self._pending:  # a final state the full disk has not let us write yet
-            status = {**status, **self._pending[run_dir.name]}
+        """The run as the app shows it, made again only when one of its files or its place in the queue changed."""
+        pending = self._pending.get(run_dir.name)
+        if pending:  # a final state the full disk has not let us write yet
+            status = {**status, **pending}
+        mine = self.single_user or owns(self._owner_of(run_dir.name), owner)
+        made_from = (run_dir.name in queue, mine,
+                     *(runs.stamp(run_dir / name) for name in (runs.METRICS, JOB, runs.WEIGHTS)))
+        seen = self._views.get(run_dir.name)
+        if seen is not None and seen[0] == made_from and seen[2] is status and seen[3] is config:
+            return dict(seen[1])  # (status and config are the index's: the same objects until their files change)
         job = runs.read_json(run_dir / JOB, {})
-        return summary(run_dir, status, config, job, self.single_user or owns(job.get("owner"), owner), queue)
+        view = summary(run_dir, status, config, job, mine, queue)
+        if self.keep_s and job.get("owner") and view["finished_at"] and view["state"] not in runs.ACTIVE_STATES:
+            view["expires_at"] = view["finished_at"] + self.keep_s  # (the Train tab says when it goes)
+        self._views[run_dir.name] = (made_from, view, status, config)
+        return dict(view)
+
+    def _owner_of(self, run_id: str) -> str | None:
+        """Who started a run (the hash in its job.json), read once: a run's owner never changes."""
+        if run_id not in self._owners:
+            job = runs.read_json(self.root / run_id / JOB) if runs.RUN_ID.fullmatch(run_id) else None
+            if not isinstance(job, dict):  # no such run, or one not yet written: asked again next time
+                return None
+            owner = job.get("owner")
+            if owner and not str(owner).startswith("sha256:"):
+                return owner_hash(owner)  # (a run from before owners were hashed: hashed at the next start)
+            self._owners[run_id] = owner
+        return self._owners[run_id]
+
+    def _forget(self, run_id: str) -> None:
+        self._owners.pop(run_id, None)
+        self._views.pop(run_id, None)
 
     def _state(self, run_dir: Path) -> str | None:
         """A run's state: the one recorded, or the final one still waiting to be written (disk full)."""
@@ -457,7 +537,7 @@ class JobManager:
     def own_run(self, run_id: str, owner: str | None, action: str) -> Path:
         """The directory of a run that `owner` may act on (any run in single-user mode), else JobError."""
         if not self.single_user and not (isinstance(run_id, str) and runs.RUN_ID.fullmatch(run_id) and owns(
-                runs.read_json(self.root / run_id / JOB, {}).get("owner"), owner)):
+                self._owner_of(run_id), owner)):
             # the same answer whether the run exists or not: ids of other visitors' runs are not confirmed
             raise JobError(f"There is no run {str(run_id)[:80]} in this session. It may have been deleted, or "
                            f"started in another browser; only the session that started a run can {action} it.")

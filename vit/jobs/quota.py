@@ -1,4 +1,4 @@
-"""How many runs a visitor may have queued or running at once on a shared app."""
+"""How many runs a visitor, and all visitors together, may have queued or running at once on a shared app."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +15,10 @@ class Quota:
     the limit together. `active(owner)` counts the visitor's queued and running runs; `lock` is the manager's,
     held around every count."""
 
-    def __init__(self, limit: int | None, active: Callable[[str | None], int], lock: threading.Condition):
+    def __init__(self, limit: int | None, active: Callable[[str | None], int], lock: threading.Condition,
+                 total: int | None = None, active_total: Callable[[], int] = lambda: 0):
         self.limit, self._active, self._lock = limit, active, lock
+        self.total, self._active_total = total, active_total  # all visitors together (None: no limit)
         self._reservations: dict[str | None, int] = {}  # owner -> submissions under way
 
     def check(self, owner: str | None, reserving: bool = False) -> None:
@@ -27,6 +29,12 @@ class Quota:
         if not valid_owner_token(owner):
             raise JobError("This browser has no valid session id; reload the page (a run needs a session to "
                            "belong to).")
+        if self.total is not None:
+            everyone = self._active_total() + sum(self._reservations.values()) - (1 if reserving else 0)
+            if everyone >= self.total:
+                raise JobError(f"This shared app is busy: {everyone} runs of its visitors are queued or running, its "
+                               f"limit (VIT_MAX_ACTIVE_RUNS={self.total}). Try again when one has finished, or run the "
+                               "app on your own machine (README: make run).")
         active = self._active(owner) + self._reservations.get(owner, 0) - (1 if reserving else 0)
         if active >= self.limit:
             raise JobError(f"You already have {active} runs queued or running (the limit on this shared app is "

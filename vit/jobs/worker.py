@@ -38,7 +38,7 @@ def _child_main(run_dir: Path) -> int:
     1 cancelled, 2 failed, 3 stopped because the app went away, 4 the disk is full."""
     try:
         return _train_child(run_dir)
-    except OSError as e:
+    except Exception as e:  # (safetensors says a full disk with an error of its own)
         if not (runs.disk_full(e) or runs.disk_full(e.__cause__)):
             raise
         print(f"failed: {e}", flush=True)

@@ -73,6 +73,17 @@ class Emitter:
     def epoch(self, row: dict, epochs: int, best: dict) -> None:
         self.event(type="epoch", epochs=epochs, **row)
         if self.writes:
+            measured = not no_validation(row)
             runs.update_status(self.run_dir, epoch=row["epoch"], step=0, eta_s=row["eta_s"],
-                               best_val_acc=best["val_acc"], best_epoch=best["epoch"],
-                               message=f"Epoch {row['epoch']}/{epochs}: val acc {row['val_acc']:.1%}")
+                               best_val_acc=best["val_acc"] if measured else None, best_epoch=best["epoch"],
+                               message=f"Epoch {row['epoch']}/{epochs}: " + (
+                                   f"val acc {row['val_acc']:.1%}" if measured else NO_VALIDATION))
+
+
+NO_VALIDATION = "no validation images to measure on (validation fraction 0)"
+
+
+def no_validation(row: dict) -> bool:
+    """Whether an epoch's row was measured on no images (its validation loss is NaN): its 0% is no accuracy."""
+    loss = row.get("val_loss")
+    return loss is None or loss != loss
