@@ -317,6 +317,35 @@ def planned(spec: ModelSpec, num_classes: int) -> dict:
     return built(model, weights_words(model, spec.pretrained, spec.weights))
 
 
+def parameters_planned(spec: ModelSpec, num_classes: int) -> int:
+    """How many parameters the model of a spec has, before anything is downloaded or allocated: the architecture
+    built on the meta device (an hf-hub model's config.json is all that is fetched) and, for an hf-hub model, its
+    safetensors header; the larger. ModelError when neither can be read."""
+    counts = []
+    if spec.name.startswith("hf-hub:") and spec.pretrained and not spec.weights:
+        counts.append(hub_parameters(spec.name[len("hf-hub:"):]))
+    try:
+        counts.append(planned(spec, num_classes)["params"])
+    except ModelError:
+        raise
+    except Exception as e:  # timm's errors, or the download of an hf-hub config.json
+        raise ModelError(f"The size of {spec.name[:100]} cannot be read: {hub_failure(e, spec.name[:100])}") from None
+    return max(counts)
+
+
+def hub_parameters(repo_id: str) -> int:
+    """The parameters stored in an hf-hub repo's safetensors weights, read from the file's header (a range
+    request of a few KB): no weights are downloaded. ModelError when the header cannot be read."""
+    from huggingface_hub import HfApi
+    check_hub_id(repo_id)
+    try:
+        meta = HfApi().get_safetensors_metadata(repo_id)
+    except Exception as e:
+        raise ModelError(f"The size of hf-hub:{repo_id} cannot be read before downloading it: "
+                         f"{hub_failure(e, 'hf-hub:' + repo_id)}") from None
+    return int(sum(meta.parameter_count.values()))
+
+
 def _family(arch: str) -> str:
     prefix = arch.split("_")[0].lower()
     return {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "eva02": "EVA-02", "beit": "BEiT"}.get(prefix, arch)

@@ -36,7 +36,7 @@ from vit.data import DataError, Limits, reduced, to_rgb
 from vit import trust as trust_file
 from vit.data.features import FeatureError, classifier
 from vit.data.pixels import READ_MAX_SIDE, EvalPixels, read_for_model
-from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure
+from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure, hub_parameters
 from vit.trust import Trust, watching
 
 CACHE_SIZE = 4
@@ -148,7 +148,7 @@ def load_model(source: str | os.PathLike, device: str = "cpu", *, max_params_m: 
     `max_params_m` refuses (PredictError) a model of more parameters, in millions, before any of it is
     built: its size is read from config.json on the meta device and from the safetensors header. A model
     already in the cache is measured as it is (no file is read again on this path of every request)."""
-    folder = _resolve(str(source))
+    folder = _resolve(str(source), max_params_m)
     key = (str(folder.resolve()), *(_mtime(folder / name) for name in (runs.WEIGHTS, runs.CONFIG, runs.OOD)), device)
     with _lock:
         cached = _cache.get(key)
@@ -283,10 +283,11 @@ _lock = threading.Lock()
 _active = 0  # computations under way in compute_share
 
 
-def _resolve(source: str) -> Path:
-    """The local timm-format folder for a source, downloading config and safetensors for hf-hub ids."""
+def _resolve(source: str, max_params_m: float | None = None) -> Path:
+    """The local timm-format folder for a source, downloading config and safetensors for hf-hub ids (of at most
+    max_params_m million parameters by their safetensors header, read first)."""
     if source.startswith("hf-hub:"):
-        return _download(source[len("hf-hub:"):])
+        return _download(source[len("hf-hub:"):], max_params_m)
     if source.startswith("local-dir:"):
         source = source[len("local-dir:"):]
     path = Path(source).expanduser()
@@ -294,35 +295,37 @@ def _resolve(source: str) -> Path:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise PredictError(f"{path.name} is a pickle file, which can run code when loaded; only safetensors "
                                "weights are read. Convert it (safetensors.torch.save_file) or use a run directory.")
-        raise PredictError(f"{path} is a file; give the folder that holds config.json and model.safetensors "
+        raise PredictError(f"{path.name} is a file; give the folder that holds config.json and model.safetensors "
                            "(a run directory under checkpoints/, or a model downloaded from the Hub).")
     if not path.is_dir():
         raise PredictError(f"No model at {source}: give a run directory, a folder with config.json and "
                            "model.safetensors, or hf-hub:user/repo.")
     if not (path / runs.CONFIG).is_file():
-        raise PredictError(f"{path} has no config.json, so the architecture and labels are unknown. Give a run "
+        raise PredictError(f"{path.name} has no config.json, so the architecture and labels are unknown. Give a run "
                            "directory or a timm-format model folder.")
     if not (path / runs.WEIGHTS).is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
-            raise PredictError(f"{path} holds {', '.join(pickles)} but no model.safetensors. Pickle weights can run "
+            raise PredictError(f"{path.name} holds {', '.join(pickles)} but no model.safetensors. Pickle weights can run "
                                "code when loaded and are refused; save the weights as safetensors.")
         state = runs.read_status(path).get("state")
         hint = (" The run has not finished an epoch yet." if state in runs.ACTIVE_STATES else
                 f" The run is {state} and saved no model." if state else "")
-        raise PredictError(f"{path} has no model.safetensors.{hint}")
+        raise PredictError(f"{path.name} has no model.safetensors.{hint}")
     return path
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, max_params_m: float | None = None) -> Path:
     """config.json, model.safetensors and (when there is one) the "none of these" check of a Hub repo, fetched
-    once per process."""
+    once per process; with a cap, the weights' size is read from their safetensors header before any download."""
     if repo_id in _hub_folders and (_hub_folders[repo_id] / runs.WEIGHTS).is_file():
         return _hub_folders[repo_id]
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
     try:
         check_hub_id(repo_id)
+        if max_params_m:
+            _refuse_over(hub_parameters(repo_id), max_params_m)
     except ModelError as e:
         raise PredictError(str(e)) from None
     try:
@@ -365,7 +368,8 @@ def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except (RuntimeError, KeyError, ValueError, OSError) as e:
-        raise PredictError(f"The model in {folder} cannot be built: {type(e).__name__}: {e}") from None
+        why = str(e).replace(str(folder), folder.name)
+        raise PredictError(f"The model in {folder.name} cannot be built: {type(e).__name__}: {why}") from None
     n = model.num_classes
     labels = list(config.get("label_names") or model.pretrained_cfg.get("label_names") or [])
     if len(labels) != n:

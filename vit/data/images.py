@@ -57,8 +57,8 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
         raise DataError(f"image has too many pixels (cap max_pixels={limits.max_pixels:,})")
     except UnidentifiedImageError:
         raise DataError("not an image Pillow can read")
-    except OSError as e:
-        raise DataError(f"corrupt or truncated image ({e})")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DataError(_unreadable(e))
     with img:
         w, h = img.size
         if w * h > limits.max_pixels:
@@ -85,8 +85,17 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
         except Image.DecompressionBombError:
             raise DataError(f"image has too many pixels (cap max_pixels={limits.max_pixels:,})")
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise DataError(f"corrupt or truncated image ({e})")
+            raise DataError(_unreadable(e))
     return rgb, mode, size
+
+
+def _unreadable(error: BaseException) -> str:
+    """Why Pillow could not read an image, in words: metadata past its decompression cap (a text or colour-profile
+    chunk that would decompress to megabytes: a bomb in the metadata, not the pixels), or a corrupt file."""
+    if any(words in str(error).lower() for words in ("decompressed data too large", "too much memory used in text")):
+        return ("metadata (a text or colour-profile chunk) that would decompress past the reader's cap of 1 MB: "
+                "skipped for safety; save the image again without its metadata")
+    return f"corrupt or truncated image ({error})"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

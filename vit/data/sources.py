@@ -34,6 +34,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 
 
 MANIFEST_NAME = "labels.csv"
+MAX_CLASSES = 1000  # classes uploaded one by one (the app's form has 8)
+MANIFEST_MAX_BYTES = 32 * 1024 ** 2  # a labels.csv of 50,000 rows of long paths is well under this
 
 
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", ".git", ".ipynb_checkpoints"}
@@ -66,7 +68,7 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
     try:
         declared: list[str] = []
         if isinstance(source, Mapping):
-            entries, declared = _class_upload_entries(source)
+            entries, declared = _class_upload_entries(source, limits)
             entries, skipped = _split_off_junk(entries)
             layout, label = "per-class uploads", "uploads"
         else:
@@ -161,6 +163,10 @@ def _walk_directory(root: Path, limits: Limits) -> Iterable[_Entry | Skipped]:
 
 def _extract_zip(archive: Path, workspace: Path, limits: Limits) -> Iterable[_Entry | Skipped]:
     """Extract the safe members of a zip into `workspace` under index-based names."""
+    declared = _zip_entries_declared(archive)
+    if declared is not None and declared > limits.max_files:
+        raise DataError(f"{archive.name} holds {declared:,} files, over the cap of {limits.max_files:,} (max_files). "
+                        "Split the dataset or raise the cap.")
     try:
         zf = zipfile.ZipFile(archive)
     except UnicodeDecodeError:
@@ -210,6 +216,17 @@ def _extract_zip(archive: Path, workspace: Path, limits: Limits) -> Iterable[_En
             yield _Entry(name, target)
 
 
+def _zip_entries_declared(archive: Path) -> int | None:
+    """How many entries a zip's end record declares, read from its last bytes before the central directory (which
+    zipfile holds in memory whole) is parsed; None when the record cannot be found (zipfile then says why)."""
+    try:
+        with open(archive, "rb") as f:
+            end = zipfile._EndRecData(f)  # (the standard library's own reader of the end record)
+    except (OSError, AttributeError):
+        return None
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else None
+
+
 class _OverCap(Exception):
     pass
 
@@ -251,9 +268,13 @@ def _unsafe_member(info: zipfile.ZipInfo, name: str, limits: Limits) -> str | No
     return None
 
 
-def _class_upload_entries(uploads: Mapping[str, Sequence[str | os.PathLike]]) -> tuple[list[_Entry], list[str]]:
+def _class_upload_entries(uploads: Mapping[str, Sequence[str | os.PathLike]],
+                          limits: Limits) -> tuple[list[_Entry], list[str]]:
     entries = []
     seen = {}
+    if len(uploads) > MAX_CLASSES or sum(len(files or []) for files in uploads.values()) > limits.max_files:
+        raise DataError(f"At most {MAX_CLASSES} classes and {limits.max_files:,} images in all can be uploaded class "
+                        "by class; upload a .zip for more.")
     for raw_name, files in uploads.items():
         name = _check_class_name(raw_name)
         if name.lower() in seen:
@@ -348,11 +369,7 @@ def _manifest_labels(manifest: _Entry, entries: list[_Entry], skipped: list[Skip
                      limits: Limits) -> tuple[list[_Entry], list[Skipped]]:
     base = PurePosixPath(manifest.name).parent
     by_name = {e.name: e for e in entries if e is not manifest}
-    try:
-        text = manifest.path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{MANIFEST_NAME} is not UTF-8 text. Save it as UTF-8 CSV with columns path,label.")
-    rows = list(csv.reader(io.StringIO(text)))
+    rows = _manifest_rows(manifest.path, limits)
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if "path" not in header or "label" not in header:
         raise DataError(f"{MANIFEST_NAME} needs a header row with columns 'path' and 'label' "
@@ -400,6 +417,30 @@ def _manifest_labels(manifest: _Entry, entries: list[_Entry], skipped: list[Skip
         if e is not manifest and e.name not in used:
             skipped.append(Skipped(e.name, f"not listed in {MANIFEST_NAME}"))
     return labelled, skipped
+
+
+def _manifest_rows(path: Path, limits: Limits) -> list[list[str]]:
+    """labels.csv's rows, read as a stream and refused (DataError) as soon as they pass a cap: at most one row per
+    file the dataset may hold (max_files) and MANIFEST_MAX_BYTES in all, so a hostile manifest costs no more
+    memory or time than an honest one."""
+    size = path.stat().st_size
+    if size > MANIFEST_MAX_BYTES:
+        raise DataError(f"{MANIFEST_NAME} is {human_size(size)}, over the cap of {human_size(MANIFEST_MAX_BYTES)} "
+                        "for a manifest (one short line per image). Keep only the path,label(,split) columns.")
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.reader(f):
+                rows.append(row)
+                if len(rows) > limits.max_files + 1:
+                    raise DataError(f"{MANIFEST_NAME} has more than {limits.max_files:,} rows, over the cap on the "
+                                    f"images in one dataset (max_files). Split the dataset, or list each image once.")
+    except UnicodeDecodeError:
+        raise DataError(f"{MANIFEST_NAME} is not UTF-8 text. Save it as UTF-8 CSV with columns path,label.") from None
+    except csv.Error as e:
+        raise DataError(f"{MANIFEST_NAME} is not a CSV file the app can read (line {len(rows) + 1}: {e}). Save it "
+                        "as a plain CSV with columns path,label.") from None
+    return rows
 
 
 # ---------------------------------------------------------------------------

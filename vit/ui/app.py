@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from vit import jobs, sessions
-from vit.safety import HostLimits
+from vit import jobs, runs, sessions
+from vit.safety import HostLimits, session_secret
 from vit.ui import classify_tab, data_tab, results, share_tab, train_tab
-from vit.ui.common import INTRO, PRIVATE, TITLE, Page, _ensure_owner, _manager_getter, _model_picker, refused
+from vit.ui.common import (INTRO, PRIVATE, TITLE, Page, _ensure_owner, _manager_getter, _model_picker, refused,
+                           sweep_temp_every)
 from vit.ui.data_tab import data_features
 from vit.ui.train_tab import _start_choices, best_run
 
@@ -17,11 +18,14 @@ from vit.ui.train_tab import _start_choices, best_run
 def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
     """The app. Without a manager it makes one for VIT_CHECKPOINTS (default checkpoints/) on first use."""
     limits = HostLimits.from_env()
+    root = manager.root if manager else runs.default_root()
+    sweep_temp_every(limits.temp_max_age_s)  # served downloads go after their age even when nothing else is asked
     # Gradio's own copies of uploads and outputs are removed once they are older than the limit.
     with gr.Blocks(title=TITLE, delete_cache=(max(60, limits.temp_max_age_s // 4), limits.temp_max_age_s)) as app:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         page = Page(app, _manager_getter(manager), limits,
-                    owner=gr.BrowserState("", storage_key="vit-studio-owner"),  # survives closing the tab
+                    owner=gr.BrowserState("", storage_key="vit-studio-owner",  # survives closing the tab
+                                              secret=session_secret(root)),       # and a restart
                     dataset=gr.State(None),  # {"path", "name", "summary", ...} of the checked dataset
                     timer=gr.Timer(2.0))     # the runs' views poll on it
         with gr.Tab("Data"):
@@ -41,7 +45,25 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         classify_tab.wire(page, classify)
         share_tab.wire(page, share)
         _wire_across(page, data, train, classify, share)
+    _quiet_about_inputs(app)
     return app
+
+
+def _quiet_about_inputs(app: gr.Blocks) -> None:
+    """Gradio's messages for a malformed request (too few values, a value its component cannot read) repeat the
+    values sent, in the log and to the caller: a Hub token or a visitor's id among them. Here they say which value
+    and why, never what it was."""
+    def validate_inputs(block_fn, inputs: list) -> None:
+        if len(inputs) < len(block_fn.inputs):
+            raise ValueError(f"The event {block_fn.name or ''} received {len(inputs)} of its {len(block_fn.inputs)} "
+                             "values; send one for each of its inputs (the API page lists them).")
+
+    def format_processing_error(block_fn, index: int, block, value, is_input: bool, original_error: Exception) -> str:
+        return (f"The event {block_fn.name or ''} could not {'read' if is_input else 'write'} its value {index} (a "
+                f"{block.get_block_name()}, given a {type(value).__name__}): {type(original_error).__name__}.")
+
+    app.validate_inputs = validate_inputs
+    app._format_processing_error = format_processing_error
 
 
 def _wire_across(page: Page, data: SimpleNamespace, train: SimpleNamespace, classify: SimpleNamespace,

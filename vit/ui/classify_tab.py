@@ -11,7 +11,7 @@ import gradio as gr
 
 from vit import data, jobs, runs, samples, trust
 from vit import safety
-from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED, PRIVATE, Page, _METHOD_TITLES, _csv,
+from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, ONE_BATCH_EACH, PREDICTED, PRIVATE, Page, _METHOD_TITLES, _csv,
                            _download_folder, _explained, _load, _placeholder, _unopened_path, _whole_number, csv_rows,
                            refused)
 
@@ -69,6 +69,9 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     """The Classify tab's events. Several classifications run at once, each on its own replica of the model with
     its share of the cores."""
     at_once = dict(concurrency_limit=page.limits.concurrency, concurrency_id="classify")
+    # a lane of its own for batches, so that heavy batches never hold the slots of single images; one batch per
+    # visitor at a time in it (classify_batch refuses a second at once), so no visitor holds two of its places
+    batches = dict(concurrency_limit=page.limits.concurrency, concurrency_id="classify_batch")
     asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner,
              tab.accept]
     shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
@@ -81,7 +84,7 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
                            (tab.opacity, "release"), (tab.accept, "release")):
         getattr(control, event)(page.bind(redraw), asked, shown, api_visibility="private", **at_once)
     tab.batch_btn.click(page.bind(classify_batch_view), [tab.model_source, tab.batch_files, page.owner, tab.accept],
-                        [tab.batch_out, tab.batch_msg, tab.batch_csv], api_name="classify_batch", **at_once)
+                        [tab.batch_out, tab.batch_msg, tab.batch_csv], api_name="classify_batch", **batches)
     tab.model_source.change(page.bind(run_examples), [tab.model_source, page.owner], tab.examples.dataset, **PRIVATE)
 
 
@@ -219,11 +222,19 @@ def classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str
                    accept: float | None = None, *, owner: str | None = None):
     """Several images: a gallery captioned with each one's top class, "not sure" where it does not look like the
     training images (or what is wrong with it), and the CSV."""
-    from vit import predict
     if not paths:
         raise refused("Add some images first.")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise refused("The images must be a list of uploaded files.")
     if len(paths) > MAX_BATCH:
         raise refused(f"{len(paths)} images at once is over the limit of {MAX_BATCH}; classify them in parts.")
+    with ONE_BATCH_EACH.holding(owner, "Your last batch is still being classified; wait for it to finish."):
+        return _classify_batch(manager, source, paths, accept, owner)
+
+
+def _classify_batch(manager: jobs.JobManager, source: str | None, paths: list[str], accept: float | None,
+                    owner: str | None):
+    from vit import predict
     loaded = _load(manager, source, owner)
     try:
         accept = _acceptance(accept)

@@ -2,8 +2,10 @@
 small formatting helpers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import math
 import secrets
 import sys
 import shutil
@@ -178,6 +180,34 @@ class _Recent:
 _explained = _Recent()
 
 
+class OnePerVisitor:
+    """At most one request of a kind per visitor at a time (their token, or their page's session on events that
+    have no token): a second one is refused at once rather than queued behind the first, so no visitor holds a lane
+    twice."""
+
+    def __init__(self):
+        self.busy, self.lock = set(), threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, who: str | None, message: str):
+        if not who:
+            yield
+            return
+        with self.lock:
+            if who in self.busy:
+                raise refused(message)
+            self.busy.add(who)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.busy.discard(who)
+
+
+ONE_BATCH_EACH = OnePerVisitor()   # batches of images to classify
+ONE_CHECK_EACH = OnePerVisitor()   # dataset checks (an upload, the sample, classes built here)
+
+
 def refused(message: str, **options) -> gr.Error:
     """A request the app turns down for the visitor's own reasons: a toast with the message, one line in the
     log, no traceback (tracebacks are for bugs)."""
@@ -307,8 +337,17 @@ def _csv(rows: list[list], header: list[str]) -> str:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in rows])
     return str(path)
+
+
+def spreadsheet_safe(cell):
+    """A text cell a spreadsheet will show, not run: one that begins like a formula (= + - @, a tab or a carriage
+    return: a file named '=1+2.png') gets a leading apostrophe (OWASP's advice for CSV injection). Numbers stay
+    numbers."""
+    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + cell
+    return cell
 
 
 def _placeholder() -> str:
@@ -410,15 +449,44 @@ class Page:
         """`fn(manager, *first, ...)` as an event handler of the rest. Its names and defaults stay: the API page
         shows them, and a client may leave out those with a default."""
         get = self.manager
+        check = typed_inputs(fn, skip=1 + len(first))
 
         @functools.wraps(fn)
         def handler(*args, **kwargs):
+            check(args, kwargs)
             return fn(get(), *first, *args, **kwargs)
 
         handler.__name__ = f"_{fn.__name__}"  # Gradio names an event by its function: the public names stay free
         signature = inspect.signature(fn)
         handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1 + len(first):])
         return handler
+
+
+def typed_inputs(fn: Callable, skip: int = 0) -> Callable[[tuple, dict], None]:
+    """A check of the values an event hands `fn` (after its first `skip` parameters) against its annotations: text
+    where it says str, a finite number where it says float or int, a bool where it says bool (None where allowed).
+    A client of the API can send anything (an owner of 123, a model of ["a"], NaN); this refuses it in words
+    before any of it is used."""
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())[skip:]
+
+    def check(args: tuple, kwargs: dict) -> None:
+        values = [*zip(params, args), *((signature.parameters[k], v) for k, v in kwargs.items()
+                                        if k in signature.parameters)]
+        for param, value in values:
+            want = str(param.annotation).split("|")[0].strip()
+            if value is None or param.kind is param.VAR_POSITIONAL:
+                continue
+            title = param.name.replace("_", " ")
+            if want == "str" and not isinstance(value, str):
+                raise refused(f"The {title} must be text (got {type(value).__name__}).")
+            if want in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                             or not math.isfinite(value)):
+                raise refused(f"The {title} must be a number (got {str(value)[:20]}).")
+            if want == "bool" and not isinstance(value, bool):
+                raise refused(f"The {title} must be true or false (got {str(value)[:20]}).")
+
+    return check
 
 
 def _manager_getter(manager: jobs.JobManager | None):
@@ -448,15 +516,44 @@ def _whole_number(value, name: str, default: int) -> int:
 
 def _download_folder() -> Path:
     """A fresh folder for one file to serve; folders older than the temp age limit are removed first."""
+    sweep_temp(HostLimits.from_env().temp_max_age_s)
     DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    max_age = HostLimits.from_env().temp_max_age_s
-    for old in DOWNLOADS.iterdir():
+    return Path(tempfile.mkdtemp(dir=DOWNLOADS))
+
+
+def sweep_temp(max_age_s: float, now: float | None = None) -> int:
+    """Remove the downloads the app served (zips, ONNX files, CSVs, and the empty folders of failed ones) made longer
+    ago than max_age_s; return how many went. Gradio's own copies of uploads and outputs are swept by Gradio
+    (delete_cache)."""
+    now = time.time() if now is None else now
+    removed = 0
+    for old in DOWNLOADS.iterdir() if DOWNLOADS.is_dir() else []:
         try:
-            if time.time() - old.stat().st_mtime > max_age:
+            if now - old.stat().st_mtime > max_age_s:
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+                removed += 1
         except OSError:
             pass
-    return Path(tempfile.mkdtemp(dir=DOWNLOADS))
+    return removed
+
+
+_sweeping: list[threading.Thread] = []
+
+
+def sweep_temp_every(max_age_s: float) -> None:
+    """sweep_temp on a timer (a quarter of the age limit, at least a minute), in one thread per process: a file
+    served once goes after its age limit even if nobody downloads anything again."""
+    if _sweeping:
+        return
+    every = max(60.0, max_age_s / 4)
+
+    def forever():
+        while True:
+            sweep_temp(HostLimits.from_env().temp_max_age_s)
+            time.sleep(every)
+
+    _sweeping.append(threading.Thread(target=forever, name="vit-temp-sweep", daemon=True))
+    _sweeping[0].start()
 
 
 def _remove_upload(path: str | None) -> None:

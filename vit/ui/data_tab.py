@@ -14,8 +14,8 @@ import pandas as pd
 from vit import data, jobs, runs, samples
 from vit import sessions
 from vit.safety import HostLimits
-from vit.ui.common import (FORM, MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS, Page, _duration, _features_summary,
-                           _remove_upload, _seen_run, _show, refused)
+from vit.ui.common import (FORM, MAX_CLASSES, ONE_CHECK_EACH, SAMPLE_MAX, SAMPLE_PER_CLASS, Page, _duration,
+                           _features_summary, _remove_upload, _seen_run, _show, refused)
 
 
 def layout() -> SimpleNamespace:
@@ -53,13 +53,16 @@ def layout() -> SimpleNamespace:
 def wire(page: Page, tab: SimpleNamespace, shown: list) -> None:
     """The Data tab's events. `shown`: what a checked dataset fills (the report, the dataset, the Train tab's
     line about it)."""
-    tab.upload.upload(check_dataset, tab.upload, shown, api_name="check_dataset").then(**keeping(page))
-    tab.sample_btn.click(sample_dataset, tab.sample_count, shown, api_name="sample_dataset").then(**keeping(page))
+    # dataset checks share a lane of their own, beside classifications and the runs' views, a few at a time
+    lane = dict(concurrency_id="dataset_check", concurrency_limit=page.limits.concurrency)
+    tab.upload.upload(check_dataset, tab.upload, shown, api_name="check_dataset", **lane).then(**keeping(page))
+    tab.sample_btn.click(sample_dataset, tab.sample_count, shown, api_name="sample_dataset", **lane
+                         ).then(**keeping(page))
     slots = [tab.class_count, *tab.class_rows, *tab.class_names, *tab.class_files]
     tab.add_class.click(lambda n: _class_slots(n + 1), tab.class_count, slots, api_visibility="private")
     tab.remove_class.click(lambda n: _class_slots(n - 1), tab.class_count, slots, api_visibility="private")
     tab.check_classes_btn.click(check_classes, [*tab.class_names, *tab.class_files], shown,
-                                api_name="check_classes").then(**keeping(page))
+                                api_name="check_classes", **lane).then(**keeping(page))
 
 
 def keeping(page: Page) -> dict:
@@ -72,10 +75,19 @@ def remember_dataset(manager: jobs.JobManager, dataset: dict | None, owner: str 
     sessions.remember(manager.root, owner, dataset=dataset)
 
 
-def check_dataset(path: str | None):
-    """Validate an uploaded zip and show its health report, class counts and sample images."""
-    if not path:
+def check_dataset(path: str | None, request: gr.Request = None):
+    """Validate an uploaded zip and show its health report, class counts and sample images (one check at a time
+    per page)."""
+    if not path or not isinstance(path, str):
         raise refused("No file received. Upload a .zip with one folder per class.")
+    with ONE_CHECK_EACH.holding(getattr(request, "session_hash", None), CHECKING):
+        return _check_dataset(path)
+
+
+CHECKING = "Your last dataset is still being checked; wait for its report."
+
+
+def _check_dataset(path: str):
     try:
         with data.load_dataset(path) as ds:
             shown = _show(ds, path, Path(path).name)
@@ -87,12 +99,31 @@ def check_dataset(path: str | None):
     return shown
 
 
-def check_classes(*names_and_files):
+def check_classes(*names_and_files, request: gr.Request = None):
     """Validate classes built one by one (MAX_CLASSES names, then their image lists) and show the report.
-    Empty slots are ignored; a removed slot is emptied by the UI."""
+    Empty slots are ignored; a removed slot is emptied by the UI. Uploads that will not be used (a refused
+    check) are removed at once."""
     names, files = names_and_files[:MAX_CLASSES], names_and_files[MAX_CLASSES:]
+    uploaded = [p for paths in files if isinstance(paths, list) for p in paths if isinstance(p, str)]
+    with ONE_CHECK_EACH.holding(getattr(request, "session_hash", None), CHECKING):
+        try:
+            shown = _check_classes(names, files)
+        except gr.Error:
+            for path in uploaded:
+                _remove_upload(path)
+            raise
+    if shown[3].get("problem"):
+        for path in uploaded:
+            _remove_upload(path)
+    return shown
+
+
+def _check_classes(names: tuple, files: tuple):
     mapping: dict[str, list[str]] = {}
     for i, (name, paths) in enumerate(zip(names, files)):
+        if name is not None and not isinstance(name, str) or paths is not None and not (
+                isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            raise refused(f"Class {i + 1}: a name is text and its images a list of uploaded files.")
         if not (name or "").strip() and not paths:
             continue
         if not (name or "").strip():
@@ -112,10 +143,21 @@ def sample_dataset(per_class: float = SAMPLE_PER_CLASS):
     n = int(per_class) if isinstance(per_class, (int, float)) and per_class == per_class else 0
     if not 2 <= n <= SAMPLE_MAX:
         raise refused(f"The sample data has from 2 to {SAMPLE_MAX} images per class (got {str(per_class)[:20]}).")
+    folder = sample_folder(n)
+    with data.load_dataset(folder) as ds:
+        shown = _show(ds, str(folder), f"sample shapes ({n} per class)")
+    if shown[3].get("path"):
+        shown[3]["sample"] = n  # (made again at Start if its folder has been removed since)
+    return shown
+
+
+def sample_folder(n: int) -> Path:
+    """The folder of the sample shapes at n per class, made when it is not there (the same images every time)."""
     root = Path(tempfile.gettempdir()) / "vit-studio-samples"
     folder = root / f"shapes-{n}"
     if not (folder / "circle").is_dir():
         root.mkdir(parents=True, exist_ok=True)
+        _forget_samples(root, keep={folder.name, f"shapes-{SAMPLE_PER_CLASS}"})
         tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
         samples.make_shapes_dataset(tmp / "d", n, fmt="jpg")
         try:
@@ -123,8 +165,20 @@ def sample_dataset(per_class: float = SAMPLE_PER_CLASS):
         except OSError:
             pass  # another request made it first
         shutil.rmtree(tmp, ignore_errors=True)
-    with data.load_dataset(folder) as ds:
-        return _show(ds, str(folder), f"sample shapes ({n} per class)")
+    os.utime(folder)  # (used now: the sizes used least recently are removed first)
+    return folder
+
+
+SAMPLES_KEPT = 3  # sample sizes kept made: the default, and the sizes asked for most recently
+
+
+def _forget_samples(root: Path, keep: set[str]) -> None:
+    """Remove the sample sizes used least recently, so that asking for every size cannot fill the disk (a removed
+    size is made again when asked for; a run already has its own copy of its data)."""
+    made = sorted((p for p in root.glob("shapes-*") if p.is_dir() and p.name not in keep),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in made[max(0, SAMPLES_KEPT - len(keep)):]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def restore_session(manager: jobs.JobManager, owner: str | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,11 +15,13 @@ import pandas as pd
 from vit import data, jobs, runs, sessions
 from vit import models
 from vit.models import DEFAULT_MODEL
+from vit.safety import HostLimits
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
+from vit.train.events import NO_VALIDATION, no_validation
 from vit.ui.common import (ADVANCED, FORM, IMBALANCED, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START,
                            SETTINGS, SOURCE_WORDS, Page, _accuracy_text, _duration, _epoch_text, _live_choice,
                            _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
-from vit.ui.data_tab import restore_session
+from vit.ui.data_tab import restore_session, sample_folder
 
 
 def layout() -> SimpleNamespace:
@@ -244,6 +247,9 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
                 raise jobs.JobError(f"The run {run_dir.name} has no saved model yet: wait for it to finish.")
             config.model = runs.read_config(run_dir).get(runs.CONFIG_KEY, {}).get("model", config.model)
             config.weights = str(run_dir)
+        check_model_size(config, _facts(dataset), HostLimits.from_env().max_model_params_m)
+        if isinstance(dataset.get("sample"), int) and not Path(dataset["path"]).is_dir():
+            sample_folder(dataset["sample"])  # (removed to make room for other sizes: the same images again)
         if dataset.get("classes") or dataset.get("edits"):  # built class by class, or reviewed, in the app
             source = dataset.get("classes") or dataset["path"]
             with data.load_dataset(source, val_fraction=config.val_fraction, seed=config.seed,
@@ -259,6 +265,24 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     training = next((r["id"] for r in rows if r["state"] == "running" and r["id"] != run_id), None)
     return (f"Run **{state['name']}** ({run_id}) is {state['state']}: {state['message']}",
             _run_picker(rows, _live_choice(rows, training, new=run_id)))
+
+
+def check_model_size(config: TrainConfig, facts: dict | None, max_params_m: float) -> int:
+    """The parameters the run's model will have, read before it is queued (the architecture on the meta device,
+    an hf-hub model's safetensors header): JobError over the web app's cap, so that no child process ever starts
+    to download or build it. The command line has no cap: a person on their own machine trains what they like."""
+    spec = models.ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
+                            img_size=config.img_size, patch_size=config.patch_size, model_args=config.model_args)
+    classes = (recipe.DataFacts.from_dict(facts).classes if facts else 0) or 2
+    try:
+        n = models.parameters_planned(spec, classes)
+    except models.ModelError as e:
+        raise jobs.JobError(str(e)) from None
+    if max_params_m and n > max_params_m * 1e6:
+        raise jobs.JobError(f"{config.model[:100]} has {n / 1e6:,.0f}M parameters, over this app's limit of "
+                            f"{max_params_m:g}M (VIT_MAX_MODEL_PARAMS_M; it keeps memory bounded for every visitor). "
+                            "Pick a smaller model, or train it with `python -m vit train` on your own machine.")
+    return n
 
 
 def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts: dict | None = None,
@@ -384,18 +408,29 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
                      f"{last['train_acc']:.1%}, validation accuracy {last['val_acc']:.1%}.")
     elif p["history"]:
         last = p["history"][-1]
-        lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, val acc {last['val_acc']:.1%}, "
+        val = NO_VALIDATION if no_validation(last) else f"val acc {last['val_acc']:.1%}"
+        lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, {val}, "
                      f"lr {last['lr']:.2e}, {last['images_per_s']:.0f} images/s")
     if p["cancel_requested"] and p["state"] == "running":
         lines.append("Cancel requested: it stops after the current step.")
     if p["state"] in ("failed", "interrupted") and not p["message"]:
         lines.append(f"```\n{manager.log_tail(run_id)}\n```")
+    if p.get("expires_at"):
+        lines.append(expiry_line(p["expires_at"], manager.keep_s))
     losses, accs = [], []
     for row in p["history"]:
         losses += [(row["epoch"], row["train_loss"], "train"), (row["epoch"], row["val_loss"], "validation")]
         accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
     return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
             pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+
+
+def expiry_line(expires_at: float, keep_s: float | None) -> str:
+    """When a shared app removes a run that has ended, and how to keep its model."""
+    days = f"{keep_s / 86400:g} day{'' if keep_s == 86400 else 's'}" if keep_s else "a while"
+    return (f"*This shared app removes runs {days} after they end: this one on "
+            f"{time.strftime('%d %b %Y, %H:%M UTC', time.gmtime(expires_at))}. To keep the model, push it to the Hub "
+            "or download its zip (Share tab).*")
 
 
 def headline(r: dict) -> str:
