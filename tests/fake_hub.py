@@ -24,6 +24,7 @@ class FakeHub:
         self.requests: list[str] = []           # "METHOD path" of every request, for assertions
         self.auth_headers: list[str] = []       # every Authorization header seen
         self.validated: list[dict] = []         # model card metadata that passed /api/validate-yaml
+        self.ranges: list[str | None] = []      # the Range header of every file GET (None: the whole file)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -173,6 +174,20 @@ class FakeHub:
                               extra={"X-Repo-Commit": repo["commits"][-1]})
         data = repo["files"][filename]
         etag = hashlib.sha256(data).hexdigest()
+        if method == "GET":
+            self.ranges.append(h.headers.get("Range"))
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range") or "")
+        if asked and method == "GET":  # a part of the file (the safetensors header, read before any download)
+            start, end = int(asked.group(1)), int(asked.group(2) or len(data) - 1)
+            part = data[start:end + 1]
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
+            h.send_header("Content-Length", str(len(part)))
+            h.send_header("ETag", f'"{etag}"')
+            h.send_header("X-Repo-Commit", repo["commits"][-1])
+            h.end_headers()
+            h.wfile.write(part)
+            return
         h.send_response(200)
         h.send_header("Content-Type", "application/octet-stream")
         h.send_header("Content-Length", str(len(data)))

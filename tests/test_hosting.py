@@ -537,3 +537,96 @@ def test_a_start_without_a_dataset_says_so_in_plain_text(shared):
     with pytest.raises(gr.Error) as info:
         ui.start_training(shared.manager, None, ui.DEFAULT_MODEL, True, 1, 8, 1e-3, ALICE)
     assert info.value.message == "No dataset yet: upload one or use the sample data in the Data tab."  # no **
+
+
+# 10 ------------------------------------------------------------ second round (issue 24): lanes, logs, CSV, hub sizes
+
+
+def test_a_single_classify_answers_while_a_heavy_batch_runs_and_a_visitor_holds_one_batch_lane(
+        shared, tmp_path, monkeypatch):
+    """Batches have a lane of their own: a batch of slow images (each held 1.5 s here, as a 64 Mpx WebP holds a
+    core) leaves the single-image slots free; the same visitor's second batch is refused at once, not queued."""
+    real = predict.read_image
+
+    def slow(image, *args, **kwargs):
+        if "heavy" in str(image):
+            time.sleep(1.5)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "read_image", slow)
+    heavy = [handle_file(_png(tmp_path, f"heavy{i}.png", seed=i)) for i in range(4)]
+    client, other = Client(shared.url, verbose=False), Client(shared.url, verbose=False)
+    batch = client.submit(shared.run_id, heavy, ALICE, 0.95, api_name="/classify_batch")
+    time.sleep(1.0)  # the batch holds its lane
+    again = other.submit(shared.run_id, heavy[:1], ALICE, 0.95, api_name="/classify_batch")
+    start = time.monotonic()
+    label, *_ = other.predict(shared.run_id, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, ALICE,
+                              api_name="/classify")
+    took = time.monotonic() - start
+    assert label["label"] in ("circle", "square", "triangle") and took < 3.0, f"a single classify took {took:.1f} s"
+    _, message, _ = again.result(timeout=60)
+    assert "Your last batch is still being classified" in message
+    gallery, message, _ = batch.result(timeout=60)
+    assert message == "" and len(gallery) == 4
+
+
+def test_one_pages_slow_dataset_check_does_not_hold_anothers(shared, tmp_path, monkeypatch):
+    real = data.load_dataset
+
+    def slow(source, *args, **kwargs):
+        if "slow" in str(source):
+            time.sleep(4)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_dataset", slow)
+    zips = [write_zip(tmp_path / name, {f"{c}/{i}.png": image_bytes(seed=i + 10 * (c == "b")) for c in "ab"
+                                        for i in range(3)})
+            for name in ("slow.zip", "quick.zip")]
+    first = Client(shared.url, verbose=False).submit(handle_file(str(zips[0])), api_name="/check_dataset")
+    time.sleep(0.5)
+    start = time.monotonic()
+    report, *_ = Client(shared.url, verbose=False).predict(handle_file(str(zips[1])), api_name="/check_dataset")
+    assert time.monotonic() - start < 3.0 and "6 images" in report
+    assert "6 images" in first.result(timeout=60)[0]
+
+
+def test_a_malformed_request_leaves_no_token_in_the_log_or_the_answer(shared, capfd):
+    import httpx
+    secret = "hf_write_alice_SECRETSECRET"
+    r = httpx.post(f"{shared.url}gradio_api/call/push", json={"data": [shared.run_id, "alice/x", True, secret]})
+    answer = httpx.get(f"{shared.url}gradio_api/call/push/{r.json()['event_id']}", timeout=30).text
+    assert "event: error" in answer
+    logged = capfd.readouterr()
+    assert secret not in answer and secret not in logged.out + logged.err
+    assert ALICE not in logged.out + logged.err
+
+
+def test_a_batch_csv_does_not_hand_a_spreadsheet_a_formula(shared, tmp_path):
+    evil = _png(tmp_path, "=1+2.png")
+    _, _, table = Client(shared.url, verbose=False).predict(shared.run_id, [handle_file(evil)], ALICE, 0.95,
+                                                             api_name="/classify_batch")
+    rows = list(ui.csv_rows(Path(table)))
+    assert rows[0]["file"] == "'=1+2.png"
+
+
+@pytest.mark.slow
+def test_an_hf_hub_model_over_the_cap_is_refused_from_its_header_before_any_download(tmp_path):
+    """The safetensors header (a range request) says 400M parameters: nothing else of the 1.6 GB file is fetched."""
+    fake = FakeHub()
+    try:
+        header = json.dumps({"w": {"dtype": "F32", "shape": [400_000_000], "data_offsets": [0, 1_600_000_000]}})
+        weights = len(header).to_bytes(8, "little") + header.encode() + b"\0" * 1024  # the header, then a stub
+        fake.repos["mallory/giant"] = {"private": False, "commits": ["0" * 40], "files": {
+            "config.json": json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 2}).encode(),
+            "model.safetensors": weights}}
+        code = ("from vit import predict\ntry:\n    predict.load_model('hf-hub:mallory/giant', max_params_m=100)\n"
+                "except predict.PredictError as e:\n    print(e)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        ranges = list(fake.ranges)
+    finally:
+        fake.close()
+    assert "400M parameters, over this app's limit of 100M" in out.stdout, out.stderr[-2000:]
+    assert ranges and all(r is not None for r in ranges), "every read of the weights was a range of them"
+    assert not list((tmp_path / "hf").rglob("model.safetensors")), "nothing was downloaded"

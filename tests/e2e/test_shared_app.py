@@ -79,3 +79,56 @@ def _started_run(page) -> str:
     started = page.get_by_text(re.compile(r"\(\S+\) is (queued|running):")).filter(visible=True).first
     started.wait_for()
     return re.search(r"\((\S+)\) is", started.inner_text()).group(1)
+
+
+def test_a_visitors_run_survives_a_restart_of_the_app(browser, tmp_path, monkeypatch):
+    """A Space restarts on every wake-up: the browser's stored id must still be read, so that the run is listed
+    and usable after a restart and a reload (issue 24)."""
+    from vit.jobs import JobManager
+    from vit.ui import build_app, launch_options
+    monkeypatch.delenv("VIT_SESSION_SECRET", raising=False)
+    outside = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path.home()
+    store = Path(tempfile.mkdtemp(prefix="vit-e2e-restart-", dir=outside))
+    port = _free_port()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    manager = JobManager(store / "checkpoints", single_user=False, gpus=0)
+    app = build_app(manager)
+    try:
+        app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{port}/")
+        use_sample_data(page)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Epochs", exact=True).fill("1")
+        page.get_by_label("Run name (optional)").fill("before the restart")
+        page.get_by_role("button", name="Start training").click()
+        run_id = _started_run(page)
+        visible_text(page, "Finished: accuracy", timeout=120_000)
+        app.close()
+        manager.shutdown(grace_s=2)  # the Space goes to sleep ...
+
+        manager = JobManager(store / "checkpoints", single_user=False, gpus=0)  # ... and wakes up
+        app = build_app(manager)
+        app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
+        page.reload()
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#runs-table").get_by_text("before the restart", exact=True).filter(visible=True).first.wait_for()
+        page.get_by_role("tab", name="Classify").click()  # and usable: it classifies
+        page.locator(".gallery-item").filter(visible=True).first.click()
+        page.get_by_role("button", name="Classify", exact=True).click()
+        visible_text(page, "for class")
+        assert run_id in page.content() or "before the restart" in page.content()
+        page.screenshot(path=str(ARTIFACTS / "shared-after-restart.png"), full_page=True)
+    finally:
+        context.close()
+        app.close()
+        manager.shutdown(grace_s=2)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
