@@ -2,6 +2,8 @@
 (wire); what crosses tabs is here: the dataset a check fills, the run pickers that follow a finished run."""
 from __future__ import annotations
 
+import functools
+import threading
 from types import SimpleNamespace
 
 import gradio as gr
@@ -47,6 +49,23 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
         _wire_across(page, data, train, classify, share)
     _quiet_about_inputs(app)
     return app
+
+
+def hold_events_until(app: gr.Blocks, ready: threading.Event, timeout_s: float = 300.0) -> None:
+    """Every event of the app waits for `ready` (app.py sets it once torch and timm are imported, which the page
+    starts without): an event that imported them in its own thread at the same time could meet the warm-up's
+    imports half done (Python raises a deadlock error in one of the two threads)."""
+    for block_fn in app.fns.values():
+        if block_fn.fn is not None:
+            block_fn.fn = _after(ready, block_fn.fn, timeout_s)
+
+
+def _after(ready: threading.Event, fn, timeout_s: float):
+    @functools.wraps(fn)  # (Gradio reads the handler's signature through it: gr.Request and the API names stay)
+    def waiting(*args, **kwargs):
+        ready.wait(timeout_s)
+        return fn(*args, **kwargs)
+    return waiting
 
 
 def _quiet_about_inputs(app: gr.Blocks) -> None:
