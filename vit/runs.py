@@ -245,31 +245,42 @@ class RunIndex:
 
     def runs(self, only=None) -> list[RunInfo]:
         """The runs, newest first (RunInfo's dicts are shared with the index: read them, do not change them)."""
-        try:
-            with os.scandir(self.root) as entries:
-                names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            names = []
+        names = self._names()
         found = []
         with self._lock:
             for gone in self._seen.keys() - set(names):
                 del self._seen[gone]
+            base = str(self.root)
             for name in names:
                 if only is not None and not only(name):
                     continue
-                d = self.root / name
-                key = (stamp(d / STATUS), stamp(d / CONFIG))
+                folder = os.path.join(base, name)
+                key = (stamp(os.path.join(folder, STATUS)), stamp(os.path.join(folder, CONFIG)))
                 if key == (None, None):
                     continue
                 hit = self._seen.get(name)
                 if hit is None or hit[0] != key:
+                    d = self.root / name
                     hit = self._seen[name] = (key, RunInfo(d, read_status(d), read_config(d)))
                 found.append(hit[1])
         found.sort(key=lambda r: (r.status.get("created_at", 0), r.id), reverse=True)
         return found
 
+    def _names(self) -> list[str]:
+        """The folders under root, scanned again only when root changed (a folder made, renamed or removed)."""
+        seen = stamp(self.root)
+        if seen is not None and seen == getattr(self, "_scanned", (None, None))[0]:
+            return self._scanned[1]
+        try:
+            with os.scandir(self.root) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            names = []
+        self._scanned = (seen, names)
+        return names
 
-def stamp(path: Path) -> tuple[int, int] | None:
+
+def stamp(path: str | os.PathLike) -> tuple[int, int] | None:
     """What changes when a file is replaced (every write here is a rename): its inode and modification time."""
     try:
         st = os.stat(path)

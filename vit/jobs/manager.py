@@ -25,6 +25,7 @@ from vit.train import ConfigError, TrainConfig
 
 
 EXPIRY_EVERY_S = 600.0  # how often a shared app looks for runs past VIT_KEEP_DAYS
+DEAD_RUNS_EVERY_S = 15.0  # how often runs marked running by another process are checked (a child of ours: at once)
 
 
 def _disk_full_refused(request):
@@ -229,7 +230,8 @@ class JobManager:
         first, with state, best metric and what they may do with each."""
         with self._cv:
             queue = list(self._queue)
-        mine = None if self.single_user else (lambda run_id: owns(self._owner_of(run_id), owner))
+        hashed = owner_hash(owner)  # (once, not once a run)
+        mine = None if self.single_user else (lambda run_id: hashed is not None and self._owner_of(run_id) == hashed)
         return [self._summary(info.run_dir, info.status, info.config, owner, queue) for info in self._index.runs(mine)]
 
     def progress(self, run_id: str, owner: str | None = None) -> dict:
@@ -356,7 +358,7 @@ class JobManager:
                                  f"The training process could not start: {e}")
         if started:
             self._update_positions()
-        if time.monotonic() - self._last_sweep > 5.0:
+        if time.monotonic() - self._last_sweep > DEAD_RUNS_EVERY_S:
             self._last_sweep = time.monotonic()
             self._mark_dead_runs()
 
@@ -496,11 +498,12 @@ class JobManager:
         if pending:  # a final state the full disk has not let us write yet
             status = {**status, **pending}
         mine = self.single_user or owns(self._owner_of(run_dir.name), owner)
-        made_from = (run_dir.name in queue, mine,
-                     *(runs.stamp(run_dir / name) for name in (runs.METRICS, JOB, runs.WEIGHTS)))
+        made_from = (run_dir.name in queue, mine)
         seen = self._views.get(run_dir.name)
         if seen is not None and seen[0] == made_from and seen[2] is status and seen[3] is config:
-            return dict(seen[1])  # (status and config are the index's: the same objects until their files change)
+            # status and config are the index's: the same objects until their files change, and whatever writes a
+            # run's metrics, weights or job writes its status after them
+            return dict(seen[1])
         job = runs.read_json(run_dir / JOB, {})
         view = summary(run_dir, status, config, job, mine, queue)
         if self.keep_s and job.get("owner") and view["finished_at"] and view["state"] not in runs.ACTIVE_STATES:

@@ -156,7 +156,7 @@ def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
     """The runs table and picker (polled), the live view, the actions and the comparison."""
     listing, picked = [tab.runs_table, tab.selected], [tab.selected, page.owner]
     view = [tab.progress, tab.loss_plot, tab.acc_plot]
-    page.timer.tick(refresh, picked, listing, api_name="list_runs", show_progress="hidden")
+    page.timer.tick(refresh, picked, listing, api_name="list_runs", show_progress="hidden", concurrency_limit=None)
     page.timer.tick(page.bind(live_view), picked, [*view, tab.run_key], **PRIVATE)
     tab.selected.change(page.bind(show_run), picked, view, api_name="show_run", show_progress="hidden")
     for event in (tab.selected.change, tab.run_key.change):
