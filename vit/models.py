@@ -322,8 +322,8 @@ def parameters_planned(spec: ModelSpec, num_classes: int) -> int:
     built on the meta device (an hf-hub model's config.json is all that is fetched) and, for an hf-hub model, its
     safetensors header; the larger. ModelError when neither can be read."""
     counts = []
-    if spec.name.startswith("hf-hub:") and spec.pretrained and not spec.weights:
-        counts.append(hub_parameters(spec.name[len("hf-hub:"):]))
+    if spec.name.startswith("hf-hub:") and spec.pretrained and not spec.weights and not weights_cached(spec.name):
+        counts.append(hub_parameters(spec.name[len("hf-hub:"):]))  # (weights in the cache: their architecture says)
     try:
         counts.append(planned(spec, num_classes)["params"])
     except ModelError:

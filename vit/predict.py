@@ -36,7 +36,8 @@ from vit.data import DataError, Limits, reduced, to_rgb
 from vit import trust as trust_file
 from vit.data.features import FeatureError, classifier
 from vit.data.pixels import READ_MAX_SIDE, EvalPixels, read_for_model
-from vit.models import ModelError, check_hub_id, count_parameters, data_config, hub_failure, hub_parameters
+from vit.models import (ModelError, check_hub_id, count_parameters, data_config, hub_failure, hub_parameters,
+                        weights_cached)
 from vit.trust import Trust, watching
 
 CACHE_SIZE = 4
@@ -324,7 +325,7 @@ def _download(repo_id: str, max_params_m: float | None = None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError
     try:
         check_hub_id(repo_id)
-        if max_params_m:
+        if max_params_m and not weights_cached(f"hf-hub:{repo_id}"):  # (a cached one is measured from its files)
             _refuse_over(hub_parameters(repo_id), max_params_m)
     except ModelError as e:
         raise PredictError(str(e)) from None
