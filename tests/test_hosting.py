@@ -27,6 +27,7 @@ from helpers import image_bytes, tiny, write_zip
 from test_app import assert_refused
 from vit import data, hub, jobs, predict, runs, ui
 from vit.jobs import JobError, JobManager
+from vit.safety import owner_hash
 from vit.samples import make_shapes_dataset
 
 ALICE, BOB = "alice-visitor-token-0001", "bob-visitor-token-00002"
@@ -542,43 +543,46 @@ def test_a_start_without_a_dataset_says_so_in_plain_text(shared):
 # 10 ------------------------------------------------------------ second round (issue 24): lanes, logs, CSV, hub sizes
 
 
-def test_a_single_classify_answers_while_a_heavy_batch_runs_and_a_visitor_holds_one_batch_lane(
+def test_a_single_classify_answers_beside_two_heavy_batches_and_a_visitor_holds_one_batch(
         shared, tmp_path, monkeypatch):
-    """Batches have a lane of their own: a batch of slow images (each held 1.5 s here, as a 64 Mpx WebP holds a
-    core) leaves the single-image slots free; the same visitor's second batch is refused at once, not queued."""
-    real = predict.read_image
+    """Batches have a lane of their own: two visitors' batches of slow images (each held 1.5 s here, as a 64 Mpx
+    WebP holds a core) leave the single-image slots free; a visitor's second batch is refused at once, not queued."""
+    _slowed(monkeypatch, predict, "read_image", "heavy", 1.5)
+    bobs = shared.manager.root / f"{shared.run_id}-bob"  # a copy of Alice's run, as Bob's own
+    if not bobs.exists():
+        shutil.copytree(shared.manager.root / shared.run_id, bobs)
+        runs.write_json(bobs / jobs.JOB, {**runs.read_json(bobs / jobs.JOB), "owner": owner_hash(BOB)})
+    try:
+        _batches_beside_one_image(shared, tmp_path, bobs.name)
+    finally:
+        shared.manager.delete(bobs.name, owner=BOB)
 
-    def slow(image, *args, **kwargs):
-        if "heavy" in str(image):
-            time.sleep(1.5)
-        return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "read_image", slow)
+def _batches_beside_one_image(shared, tmp_path, bobs: str) -> None:
     heavy = [handle_file(_png(tmp_path, f"heavy{i}.png", seed=i)) for i in range(4)]
     client, other = Client(shared.url, verbose=False), Client(shared.url, verbose=False)
+    for run_id, who in ((shared.run_id, ALICE), (bobs, BOB)):  # both models loaded: what is timed is the waiting
+        other.predict(run_id, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, who, api_name="/classify")
     batch = client.submit(shared.run_id, heavy, ALICE, 0.95, api_name="/classify_batch")
-    time.sleep(1.0)  # the batch holds its lane
-    again = other.submit(shared.run_id, heavy[:1], ALICE, 0.95, api_name="/classify_batch")
+    bob = Client(shared.url, verbose=False).submit(bobs, heavy, BOB, 0.95, api_name="/classify_batch")
+    time.sleep(1.0)  # the two batches hold their lane
     start = time.monotonic()
     label, *_ = other.predict(shared.run_id, handle_file(_png(tmp_path)), "chefer", 0.5, None, -1, 0, ALICE,
                               api_name="/classify")
     took = time.monotonic() - start
     assert label["label"] in ("circle", "square", "triangle") and took < 3.0, f"a single classify took {took:.1f} s"
-    _, message, _ = again.result(timeout=60)
+    for job in (batch, bob):
+        gallery, message, _ = job.result(timeout=60)
+        assert message == "" and len(gallery) == 4
+    batch = client.submit(shared.run_id, heavy, ALICE, 0.95, api_name="/classify_batch")
+    time.sleep(1.0)  # Alice's batch holds one place of the lane; her second is refused, not given the other
+    _, message, _ = other.predict(shared.run_id, heavy[:1], ALICE, 0.95, api_name="/classify_batch")
     assert "Your last batch is still being classified" in message
-    gallery, message, _ = batch.result(timeout=60)
-    assert message == "" and len(gallery) == 4
+    assert batch.result(timeout=60)[1] == ""
 
 
 def test_one_pages_slow_dataset_check_does_not_hold_anothers(shared, tmp_path, monkeypatch):
-    real = data.load_dataset
-
-    def slow(source, *args, **kwargs):
-        if "slow" in str(source):
-            time.sleep(4)
-        return real(source, *args, **kwargs)
-
-    monkeypatch.setattr(data, "load_dataset", slow)
+    _slowed(monkeypatch, data, "load_dataset", "slow", 4)
     zips = [write_zip(tmp_path / name, {f"{c}/{i}.png": image_bytes(seed=i + 10 * (c == "b")) for c in "ab"
                                         for i in range(3)})
             for name in ("slow.zip", "quick.zip")]
@@ -588,6 +592,18 @@ def test_one_pages_slow_dataset_check_does_not_hold_anothers(shared, tmp_path, m
     report, *_ = Client(shared.url, verbose=False).predict(handle_file(str(zips[1])), api_name="/check_dataset")
     assert time.monotonic() - start < 3.0 and "6 images" in report
     assert "6 images" in first.result(timeout=60)[0]
+
+
+def _slowed(monkeypatch, module, name: str, word: str, seconds: float) -> None:
+    """module.name takes `seconds` longer for an argument whose text holds `word` (a heavy image, a slow upload)."""
+    real = getattr(module, name)
+
+    def slow(first, *args, **kwargs):
+        if word in str(first):
+            time.sleep(seconds)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, slow)
 
 
 def test_a_malformed_request_leaves_no_token_in_the_log_or_the_answer(shared, capfd):
