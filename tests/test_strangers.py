@@ -70,7 +70,7 @@ def _sample_state(tmp_path) -> dict:
 
 def test_a_model_over_the_cap_is_refused_before_a_run_is_queued(tmp_path, monkeypatch):
     from vit.ui.common import ADVANCED
-    from vit.ui.train_tab import start_from_form
+    from vit.ui.train_tab import run_plan, start_from_form
     monkeypatch.setenv("VIT_MAX_MODEL_PARAMS_M", "100")
     manager = JobManager(tmp_path / "checkpoints", single_user=False, gpus=0)
     try:
@@ -78,6 +78,8 @@ def test_a_model_over_the_cap_is_refused_before_a_run_is_queued(tmp_path, monkey
         with pytest.raises(gr.Error, match=r"1,136M parameters, over this app's limit of 100M"):  # (no download)
             start_from_form(manager, False, dataset, "vit_giant_patch14_dinov2.lvd142m", False, 1, 8, None,
                             ALICE, *[None] * len(ADVANCED), None)
+        plan = run_plan(dataset, "vit_giant_patch14_dinov2.lvd142m", False, 1, 8, None, *[None] * len(ADVANCED))
+        assert plan.startswith("**Cannot start here:** vit_giant_patch14_dinov2.lvd142m has 1,136M parameters")
         with pytest.raises(gr.Error, match=r"86M parameters, over this app's limit of 50M"):  # a form's width
             monkeypatch.setenv("VIT_MAX_MODEL_PARAMS_M", "50")
             start_from_form(manager, False, dataset, "vit_base_patch16_224", False, 1, 8, None,

@@ -345,6 +345,11 @@ def run_plan(dataset: dict | None, model_name, scratch, epochs, batch_size, lr, 
                                 **dict(zip(ADVANCED, more)))
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
+    if not config.weights and not config.model.startswith("hf-hub:"):  # (an hf-hub size is read at Start only)
+        try:
+            check_model_size(config, _facts(dataset), HostLimits.from_env().max_model_params_m)
+        except jobs.JobError as e:
+            return f"**Cannot start here:** {e}"
     facts = recipe.DataFacts.from_dict(_facts(dataset))
     return f"**Will train:** {describe_config(config, facts.classes if facts else 2)}"
 
