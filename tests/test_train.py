@@ -113,6 +113,13 @@ def test_list_and_delete_runs(tmp_path):
 # ---------------------------------------------------------------- resume, cancel, failures
 
 
+def test_train_leaves_the_callers_config_alone(shapes, tmp_path):
+    config = tiny(epochs=1.0, batch_size=8.0)  # (as a form sends them: check() makes whole numbers ints)
+    with load_dataset(shapes) as ds:
+        train(ds, config, tmp_path / "run")
+    assert isinstance(config.epochs, float) and config.batch_size == 8.0 and isinstance(config.batch_size, float)
+
+
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(shapes, tmp_path, monkeypatch):
     with load_dataset(shapes) as ds:
         straight = train(ds, tiny(epochs=4), tmp_path / "a")

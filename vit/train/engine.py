@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,7 +62,7 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
         raise TrainError("no training config given")
     else:
         try:
-            config.check()
+            config = replace(config).check()  # a copy: the caller's config is never changed (OOM halves the batch)
         except ConfigError as e:
             raise TrainError(str(e)) from None
     try:
