@@ -1,18 +1,22 @@
 # `make run`: set up .venv and start the app at http://127.0.0.1:7860
 # `make test`: set up .venv with the test tools and run the whole test suite
 # `make test-fast`: the same without the slow and browser tests (about a minute)
+# `make lint`: ruff over the tree (its rules are in pyproject.toml)
 # `make mutants`: break the code on purpose, one targeted bug at a time, and check that the tests catch each
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast mutants bench clean
+.PHONY: run test test-fast lint mutants bench clean
 
 run: $(VENV)/.app-installed
 	$(PY) app.py
 
 test: $(VENV)/.test-installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
 
 test-fast: $(VENV)/.test-installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not browser"

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from vit import predict, runs, samples  # noqa: E402
+from vit import predict, samples  # noqa: E402
 from vit.data import load_dataset  # noqa: E402
 from vit.train import TrainConfig, train  # noqa: E402
 from vit.train.metrics import wilson  # noqa: E402

@@ -137,7 +137,7 @@ def _latency(name: str, repeats: int) -> None:
     print(f"\n{name} at 224, batch 1 (classify and each method timed alternately, median of {repeats} pairs)")
     targets = {"rollout": 1.3, "attention": 1.3, "chefer": 3.5, "gradcam": 3.5}
     for method in explain.METHODS:
-        base, ms = _time_pair(classify, lambda: explain.explain(model, x, method), repeats)
+        base, ms = _time_pair(classify, lambda m=method: explain.explain(model, x, m), repeats)
         ratio = ms / base
         print(f"  classify {base:6.1f} ms   classify + {method:9s} {ms:7.1f} ms   ratio {ratio:.2f}  "
               f"(target <= {targets[method]}: {'met' if ratio <= targets[method] else 'NOT met'})")

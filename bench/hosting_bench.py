@@ -114,8 +114,9 @@ def _concurrent_classify(url: str, pid: int, model: tuple[str, str], photo: Path
 
     _together(one, 20)
     p50, p95 = statistics.median(took), float(np.percentile(took, 95))
-    print(f"20 classifications at once: p50 {p50:.2f} s, p95 {p95:.2f} s, {len(failed)} failed{': ' + failed[0] if failed else ''}; "
-          f"alone {statistics.median(alone):.2f} s (ratio p50/alone {p50 / statistics.median(alone):.1f}: 20 requests share "
+    why = f": {failed[0]}" if failed else ""
+    print(f"20 classifications at once: p50 {p50:.2f} s, p95 {p95:.2f} s, {len(failed)} failed{why}; alone "
+          f"{statistics.median(alone):.2f} s (ratio p50/alone {p50 / statistics.median(alone):.1f}: 20 requests share "
           f"{os.cpu_count()} cores); web process peak memory {_peak_mb(pid):.0f} MB")
 
 
@@ -233,11 +234,13 @@ demo.launch()
 def _report_listing(n: int, polls: int, old: float, one: float, took: list[float], inside: float,
                     floor: tuple[float, list[float]]) -> None:
     p50, floor_p50 = statistics.median(took), statistics.median(floor[1])
-    print(f"/list_runs with {n} run folders of 50 visitors: the listing itself {inside * 1000:.1f} ms (target <= 50 ms: "
+    print(f"/list_runs with {n} run folders of 50 visitors: the listing itself {inside * 1000:.1f} ms (target <= 50 "
+          "ms: "
           f"{'met' if inside <= 0.05 else 'NOT met'}); baseline, the listing as it was (every run's files read): "
           f"{old * 1000:.0f} ms (ratio {old / inside:.0f}x)")
     print(f"  through Gradio's queue: one call {one * 1000:.0f} ms, {polls} polls at once p50 {p50 * 1000:.0f} ms, max "
-          f"{max(took) * 1000:.0f} ms (target p50 <= 200 ms: {'met' if p50 <= 0.2 else 'NOT met'}); a bare Gradio app's "
+          f"{max(took) * 1000:.0f} ms (target p50 <= 200 ms: {'met' if p50 <= 0.2 else 'NOT met'}); a bare Gradio "
+          "app's "
           f"echo, the same way: one {floor[0] * 1000:.0f} ms, {polls} at once p50 {floor_p50 * 1000:.0f} ms (ratio "
           f"{p50 / floor_p50:.1f})")
 

@@ -63,7 +63,8 @@ def main() -> None:
         engine, bare, pairs = paired_throughput(args, data, Path(tmp) / "run")
         print(f"bare loop (ready tensors):        {bare:8.1f} images/s")
         print(f"engine (JPEG -> cache -> augment): {engine:8.1f} images/s   (medians of {pairs} alternating steps)")
-        print(f"ratio engine / bare loop: {engine / bare:.3f}   (target >= 0.97: {'met' if engine / bare >= 0.97 else 'NOT met'})")
+        met = "met" if engine / bare >= 0.97 else "NOT met"
+        print(f"ratio engine / bare loop: {engine / bare:.3f}   (target >= 0.97: {met})")
         if args.device == "cuda":
             flops = train_flops_per_image(args)
             achieved = bare * flops / 1e12

@@ -90,7 +90,8 @@ class FakeHub:
                 if repo is None:
                     return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
                 return self._json(h, 200, [{"type": "file", "path": p, "size": len(b),
-                                            "oid": hashlib.sha1(b).hexdigest()} for p, b in sorted(repo["files"].items())])
+                                            "oid": hashlib.sha1(b).hexdigest()}
+                                           for p, b in sorted(repo["files"].items())])
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m and method == "GET":
                 repo = self._readable(m.group(1), user)
@@ -134,7 +135,8 @@ class FakeHub:
             for key in ("library_name", "pipeline_tag", "base_model", "license"):
                 if key in meta and not isinstance(meta[key], (str, list)):
                     errors.append(f"{key} must be a string")
-            if "tags" in meta and not (isinstance(meta["tags"], list) and all(isinstance(t, str) for t in meta["tags"])):
+            tags = meta.get("tags")
+            if "tags" in meta and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
                 errors.append("tags must be a list of strings")
             for entry in meta.get("model-index", []) or []:
                 for result in entry.get("results", []):

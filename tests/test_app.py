@@ -43,7 +43,8 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
     client.predict(10, api_name="/sample_dataset")  # the dataset is kept in this session's state
     message, picker = client.predict(ui.DEFAULT_MODEL, True, 2, 16, 1e-3, "me", api_name="/start_training")
     run_id = picker["value"]
-    assert message.startswith("Run **sample shapes (10 per class) · ViT from scratch · ") and f"({run_id}) is" in message
+    assert message.startswith("Run **sample shapes (10 per class) · ViT from scratch · ")
+    assert f"({run_id}) is" in message
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         table, _ = client.predict(run_id, "me", api_name="/list_runs")
@@ -193,7 +194,8 @@ def test_finished_runs_are_compared_within_their_dataset_best_first(app_url, app
     assert shapes_accs == sorted(shapes_accs, reverse=True)
     for r in rows:
         estimate = runs.read_json(app_manager.root / r[-1] / runs.METRICS)["accuracy_estimate"]
-        assert r[col["accuracy"]] == f"{estimate['value']:.1%}" and r[col["measured on"]] == "6 validation images, nothing chosen on them"
+        assert r[col["accuracy"]] == f"{estimate['value']:.1%}"
+        assert r[col["measured on"]] == "6 validation images, nothing chosen on them"
         assert r[col["best val (chosen on it)"]] == "", "nothing was chosen on 6 validation images"
         assert r[col["epochs"]] == 2 and r[col["batch"]] == 8 and r[col["lr"]] == "0.001"
         assert r[col["model"]].startswith("ViT 32 wide, 1 block, patch 8, 32 px")

@@ -233,8 +233,8 @@ def test_class_whose_images_are_all_skipped_is_named_not_dropped(tmp_path):
     members.update({f"mountain/{i}.jpg": members[f"beach/{i:03d}.png"] for i in range(3)})
     ds = load_dataset(write_tree(tmp_path / "d", members))
     assert ds.classes == ["beach", "mountain"]
-    assert ds.report.errors == ["Class 'mountain' has no usable images (3 of its files were skipped; the report lists why); "
-                                "each class needs at least 2 (one to train on, one to validate)."]
+    assert ds.report.errors == ["Class 'mountain' has no usable images (3 of its files were skipped; the report lists "
+                                "why); each class needs at least 2 (one to train on, one to validate)."]
 
 
 def test_of_two_copies_the_original_name_is_kept(tmp_path):

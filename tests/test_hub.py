@@ -287,7 +287,8 @@ def test_share_endpoints_preview_push_and_export(app_url, app_manager, fake_hub,
     assert "hf_wrong_secret_42" not in str(info.value)
     message = client.predict(run_id, "from-app", True, TOKEN, "me", api_name="/push")
     assert "alice/from-app" in message and TOKEN not in message
-    assert fake_hub.repos["alice/from-app"]["private"] and "model.safetensors" in fake_hub.repos["alice/from-app"]["files"]
+    pushed = fake_hub.repos["alice/from-app"]
+    assert pushed["private"] and "model.safetensors" in pushed["files"]
     onnx, note = client.predict(run_id, "me", api_name="/export_onnx")
     assert Path(onnx).stat().st_size > 1000 and "largest difference from PyTorch" in note
 

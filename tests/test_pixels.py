@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from helpers import tiny
-from vit import predict, runs
+from vit import predict
 from vit.data import load_dataset
 from vit.data.pixels import EvalPixels, read_for_model
 from vit.hub import model_card

@@ -200,7 +200,8 @@ def test_the_form_and_the_cli_set_class_balance(tmp_path, capsys):
     from vit import ui
     facts = replace(SHAPES, imbalance=5.0).to_dict()
     assert ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts).class_balance == "on"
-    assert ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts, class_balance="off").class_balance == "off"
+    off = ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts, class_balance="off")
+    assert off.class_balance == "off"
     assert "Class-balanced sampling" in ui.run_plan({"path": "x", "name": "s", "facts": facts}, ui.DEFAULT_MODEL, True,
                                                 None, None, None)
     folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)

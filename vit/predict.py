@@ -230,10 +230,11 @@ def _refuse_over(n: int, max_params_m: float) -> None:
                            "visitor). Use it with timm on your own machine, or raise the limit where you host the app.")
 
 
-def read_image(image: ImageInput, limits: Limits = Limits()) -> Image.Image:
+def read_image(image: ImageInput, limits: Limits | None = None) -> Image.Image:
     """Any supported image input -> 8-bit RGB as validation read its images (vit.data.pixels.read_for_model: no
     side longer than READ_MAX_SIDE), or a PredictError saying what is wrong. A file's size is checked from its
     header before it is decoded."""
+    limits = limits or Limits()
     if isinstance(image, Image.Image):
         w, h = image.size
         if w * h > limits.max_pixels:
@@ -307,7 +308,8 @@ def _resolve(source: str, max_params_m: float | None = None) -> Path:
     if not (path / runs.WEIGHTS).is_file():
         pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
-            raise PredictError(f"{path.name} holds {', '.join(pickles)} but no model.safetensors. Pickle weights can run "
+            raise PredictError(f"{path.name} holds {', '.join(pickles)} but no model.safetensors. Pickle weights can "
+                               "run "
                                "code when loaded and are refused; save the weights as safetensors.")
         state = runs.read_status(path).get("state")
         hint = (" The run has not finished an epoch yet." if state in runs.ACTIVE_STATES else

@@ -198,7 +198,6 @@ def ood_scores(method: str, tensors: dict, features: dict | None, probs: torch.T
     """Each image's score under `method` (higher: less like the training images). mahalanobis: the distance of
     the features to the nearest class mean, plus (where the run has it) that of the first block's tokens to
     their mean, each in units of its spread over the held-out images."""
-    import torch
     if method == "msp":
         return 1.0 - probs.max(-1).values.double()
     if features is None:

@@ -26,12 +26,12 @@ class DecodeCache:
     """
 
     def __init__(self, items: Sequence[Item] | Sequence[str | os.PathLike], *, short_side: int = 256,
-                 max_bytes: int = 2 * 1024 ** 3, limits: Limits = Limits(),
+                 max_bytes: int = 2 * 1024 ** 3, limits: Limits | None = None,
                  decode: Callable[[Path], Image.Image] | None = None):
         self.paths = [Path(i.path) if isinstance(i, Item) else Path(i) for i in items]
         self.short_side = short_side
         self.max_bytes = max_bytes
-        self.limits = limits
+        self.limits = limits or Limits()
         self.decode = decode
         self.nbytes = 0
         self._images: list = [None] * len(self.paths)

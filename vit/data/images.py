@@ -39,7 +39,7 @@ _REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK")
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel
 
 
-def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(),
+def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits | None = None,
              draft_side: int | None = None, max_side: int | None = None
              ) -> tuple[Image.Image, str, tuple[int, int]]:
     """Open an image as 8-bit RGB with EXIF orientation applied.
@@ -51,6 +51,7 @@ def read_rgb(source: str | os.PathLike | io.BytesIO, *, limits: Limits = Limits(
     is at most that. Images over BIG_IMAGE_PIXELS decode one at a time per process, so concurrent
     requests cannot stack their peaks. Raises DataError with a reason.
     """
+    limits = limits or Limits()  # (read now: VIT_MAX_PIXELS as it is set, not as it was at import)
     try:
         img = Image.open(source, formats=SAFE_FORMATS)
     except Image.DecompressionBombError:

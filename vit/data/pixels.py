@@ -24,7 +24,7 @@ from vit.data.model import Limits
 READ_MAX_SIDE = 2048  # an image is decoded at most this large (the model sees 224 or so)
 
 
-def read_for_model(source: str | os.PathLike | io.BytesIO, limits: Limits = Limits()) -> Image.Image:
+def read_for_model(source: str | os.PathLike | io.BytesIO, limits: Limits | None = None) -> Image.Image:
     """The image as every evaluation and inference reads it (see the module's docstring); DataError if it
     cannot be read."""
     return read_rgb(source, limits=limits, max_side=READ_MAX_SIDE)[0]

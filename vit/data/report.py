@@ -154,7 +154,8 @@ def _warnings(classes, items, counts, given_splits, imbalance, skipped, leakage,
                         "blurs them; for tiny images train from scratch at a small image size (e.g. 32 with patch 4).")
     if leakage:
         warnings.append(f"{len(leakage)} image(s) appear in both train and val/test (e.g. {leakage[0][0]} = "
-                        f"{leakage[0][1]}). Validation accuracy will be too optimistic; remove the copies from val/test.")
+                        f"{leakage[0][1]}). Validation accuracy will be too optimistic; remove the copies from "
+                        "val/test.")
     if conflicts:
         name, labels = conflicts[0]
         warnings.append(f"{len(conflicts)} image(s) appear under more than one class (e.g. {name} is labelled "
@@ -171,7 +172,8 @@ def render_report(r: HealthReport, markdown: bool) -> str:
     b = (lambda s: f"**{s}**") if markdown else (lambda s: s)
     lines = []
     verdict = "Ready to train" if r.ok else "Cannot train yet"
-    lines.append(f"{'### ' if markdown else ''}{verdict}: {count(r.total, 'image')} in {count(len(r.classes), 'class')} "
+    heading = "### " if markdown else ""
+    lines.append(f"{heading}{verdict}: {count(r.total, 'image')} in {count(len(r.classes), 'class')} "
                  f"({r.layout})")
     if r.errors:
         lines.append("")

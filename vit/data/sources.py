@@ -50,7 +50,7 @@ PROBE_MAX_SIDE = 512  # a dataset check decodes every byte (truncation shows) bu
 
 
 def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.PathLike]], *,
-                 val_fraction: float = 0.2, seed: int = 0, limits: Limits = Limits(),
+                 val_fraction: float = 0.2, seed: int = 0, limits: Limits | None = None,
                  workspace_root: str | os.PathLike | None = None,
                  workers: int | None = None, edits: Mapping[str, str | None] | None = None) -> Dataset:
     """Read a dataset from a zip file, a directory, or a {class name: [image files]} mapping.
@@ -62,6 +62,7 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
     over a cap); problems a dataset can have (one class, too few images) are
     errors in `report` instead, so the user sees the whole picture at once.
     """
+    limits = limits or Limits()
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     workspace = None
@@ -182,7 +183,8 @@ def _extract_zip(archive: Path, workspace: Path, limits: Limits) -> Iterable[_En
         total = sum(i.file_size for i in infos)
         if total > limits.max_total_bytes:
             raise DataError(f"{archive.name} would unpack to {human_size(total)}, over the cap of "
-                            f"{human_size(limits.max_total_bytes)} (max_total_bytes). Use smaller images or raise the cap.")
+                            f"{human_size(limits.max_total_bytes)} (max_total_bytes). Use smaller images or raise the "
+                            "cap.")
         packed = sum(i.compress_size for i in infos)
         if total > 1024 ** 2 and total > limits.max_ratio * max(packed, 1):
             raise DataError(f"{archive.name} unpacks {total / max(packed, 1):.0f}x larger than it is, over the "

@@ -1,5 +1,5 @@
-"""The pictures of a run: its confusion matrix, its learning curves and its reliability diagram, drawn with Pillow (no plotting library
-in the web process)."""
+"""The pictures of a run: its confusion matrix, its learning curves and its reliability diagram, drawn with Pillow (no
+plotting library in the web process)."""
 from __future__ import annotations
 
 import math
@@ -39,8 +39,11 @@ def curves_image(history: list[dict], width: int = 420, height: int = 260) -> Im
     """Loss and accuracy per epoch, train and validation, side by side."""
     img = Image.new("RGB", (2 * width, height), "white")
     epochs = [r["epoch"] for r in history]
-    panels = [("Loss", [("train", [r["train_loss"] for r in history]), ("validation", [r["val_loss"] for r in history])]),
-              ("Accuracy", [("train", [r["train_acc"] for r in history]), ("validation", [r["val_acc"] for r in history])])]
+    def curve(key: str) -> list:
+        return [r[key] for r in history]
+
+    panels = [("Loss", [("train", curve("train_loss")), ("validation", curve("val_loss"))]),
+              ("Accuracy", [("train", curve("train_acc")), ("validation", curve("val_acc"))])]
     for k, (title, series) in enumerate(panels):
         _plot(ImageDraw.Draw(img), (k * width, 0, width, height), title, epochs, series)
     return img

@@ -14,9 +14,10 @@ Each tab module has layout() (its components), wire() (their events) and the han
 from vit.models import DEFAULT_MODEL
 from vit.ui.app import build_app
 from vit.ui.classify_tab import classify_batch, classify_image, run_examples
-from vit.ui.common import (ADVANCED, CLASS_SPECIFIC, CSS, csv_rows, DOWNLOADS, INTRO, launch_options, MAX_BATCH, MAX_CLASSES,
-                           MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES, NO_DATA, PREDICTED,
-                           refused, RUN_COLUMNS, RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS, SETTINGS, THEME, TITLE)
+from vit.ui.common import (ADVANCED, CLASS_SPECIFIC, CSS, csv_rows, DOWNLOADS, INTRO, launch_options, MAX_BATCH,
+                           MAX_CLASSES, MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES,
+                           NO_DATA, PREDICTED, refused, RUN_COLUMNS, RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS,
+                           SETTINGS, THEME, TITLE)
 from vit.ui.data_tab import check_classes, check_dataset, data_features, restore_session, sample_dataset
 from vit.ui.share_tab import download_run, export_run, preview_card, push_to_hub
 from vit.ui.results import review_choices, review_image, run_features, run_results

@@ -97,7 +97,8 @@ def _wire_across(page: Page, data: SimpleNamespace, train: SimpleNamespace, clas
     for which, picker in (("share", share.run), ("classify", classify.model_source)):  # kept for a reload
         picker.input(page.bind(remember_model, which), [picker, page.owner], None, **PRIVATE)
     lists = page.bind(model_lists)
-    looked = dict(inputs=[*pickers, finished_seen, page.owner], outputs=[*pickers, finished_seen, train.fields["model"]])
+    looked = dict(inputs=[*pickers, finished_seen, page.owner],
+                  outputs=[*pickers, finished_seen, train.fields["model"]])
     page.app.load(lists, **looked, api_visibility="private")
     page.timer.tick(lists, **looked, **PRIVATE)
 

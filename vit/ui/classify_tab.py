@@ -11,9 +11,9 @@ import gradio as gr
 
 from vit import data, jobs, runs, samples, trust
 from vit import safety
-from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, ONE_BATCH_EACH, PREDICTED, PRIVATE, Page, _METHOD_TITLES, _csv,
-                           _download_folder, _explained, _load, _placeholder, _unopened_path, _whole_number, csv_rows,
-                           refused)
+from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, ONE_BATCH_EACH, PREDICTED, PRIVATE, Page,
+                           _METHOD_TITLES, _csv, _download_folder, _explained, _load, _placeholder, _unopened_path,
+                           _whole_number, csv_rows, refused)
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
@@ -60,9 +60,10 @@ def layout() -> SimpleNamespace:
             heads_out = gr.Gallery(label="Attention per head (raw attention)", columns=6, height="auto",
                                    visible=DEFAULT_METHOD == "attention")
     return SimpleNamespace(model_source=model_source, image=image, examples=examples, method=method, opacity=opacity,
-                           target=target, layer=layer, head=head, accept=accept, classify_btn=classify_btn, batch_files=batch_files,
-                           batch_btn=batch_btn, batch_out=batch_out, batch_msg=batch_msg, batch_csv=batch_csv,
-                           labels_out=labels_out, overlay_out=overlay_out, notes=notes, heads_out=heads_out)
+                           target=target, layer=layer, head=head, accept=accept, classify_btn=classify_btn,
+                           batch_files=batch_files, batch_btn=batch_btn, batch_out=batch_out, batch_msg=batch_msg,
+                           batch_csv=batch_csv, labels_out=labels_out, overlay_out=overlay_out, notes=notes,
+                           heads_out=heads_out)
 
 
 def wire(page: Page, tab: SimpleNamespace) -> None:
@@ -286,7 +287,7 @@ def run_examples(manager: jobs.JobManager, run_id: str | None, owner: str | None
     if not picked:
         return gr.Dataset(samples=_example_images(), label="Examples (sample shapes)")
     folder, samples_ = _download_folder(), []
-    for i, (label, path) in enumerate(picked):
+    for i, (_label, path) in enumerate(picked):
         try:
             img, _, _ = data.read_rgb(path, draft_side=256, max_side=1024)
         except data.DataError:

@@ -24,7 +24,6 @@ from vit import models, safety
 from vit.models import CATALOG
 from vit.safety import HostLimits
 from vit.train import recipe
-from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel

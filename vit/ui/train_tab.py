@@ -18,8 +18,9 @@ from vit.models import DEFAULT_MODEL
 from vit.safety import HostLimits
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
 from vit.train.events import NO_VALIDATION, no_validation
-from vit.ui.common import (ADVANCED, FORM, IMBALANCED, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START,
-                           SETTINGS, SOURCE_WORDS, Page, _accuracy_text, _duration, _epoch_text, _live_choice,
+from vit.train.metrics import IMBALANCED, SOURCE_WORDS
+from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START,
+                           SETTINGS, Page, _accuracy_text, _duration, _epoch_text, _live_choice,
                            _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
 from vit.ui.data_tab import restore_session, sample_folder
 
