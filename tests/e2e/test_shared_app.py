@@ -84,7 +84,7 @@ def _started_run(page) -> str:
 
 def test_a_visitors_run_survives_a_restart_of_the_app(browser, tmp_path, monkeypatch):
     """A Space restarts on every wake-up: the browser's stored id must still be read, so that the run is listed
-    and usable after a restart and a reload (issue 24)."""
+    and usable after a restart when the browser comes back (issue 24)."""
     from vit.jobs import JobManager
     from vit.ui import build_app, launch_options
     monkeypatch.delenv("VIT_SESSION_SECRET", raising=False)
@@ -108,7 +108,10 @@ def test_a_visitors_run_survives_a_restart_of_the_app(browser, tmp_path, monkeyp
         manager = JobManager(store / "checkpoints", single_user=False, gpus=0)  # ... and wakes up
         app = build_app(manager)
         app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options())
-        page.reload()
+        page.close()  # the browser comes back: a new page of the same browser (its local storage), not a reload,
+        page = context.new_page()  # which could race the old page's own reconnection to the new server
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("tab", name="Train").click()
         page.locator("#runs-table").get_by_text("before the restart", exact=True).filter(visible=True).first.wait_for()
         page.get_by_role("tab", name="Classify").click()  # and usable: it classifies
