@@ -64,7 +64,7 @@ def main() -> None:
             client.predict(args.per_class, api_name="/sample_dataset")
             # the Train tab's defaults: the catalog default, from scratch (offline), every other field empty
             t1 = time.perf_counter()
-            _, picker = client.predict("vit_tiny_patch16_224.augreg_in21k_ft_in1k", True, None, None, None, "bench",
+            _, picker = client.predict(model="vit_tiny_patch16_224.augreg_in21k_ft_in1k", scratch=True, owner="bench",
                                        api_name="/start_training")
             run_id = picker["value"]
             while True:

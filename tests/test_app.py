@@ -39,9 +39,11 @@ def test_train_from_the_sample_data_watch_progress_and_delete(app_url, app_manag
     manager = app_manager
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="No dataset yet"):
-        client.predict(ui.DEFAULT_MODEL, True, 1, 16, 1e-3, "me", api_name="/start_training")
+        client.predict(model=ui.DEFAULT_MODEL, scratch=True, epochs=1, batch_size=16, lr=1e-3, owner="me",
+                       api_name="/start_training")
     client.predict(10, api_name="/sample_dataset")  # the dataset is kept in this session's state
-    message, picker = client.predict(ui.DEFAULT_MODEL, True, 2, 16, 1e-3, "me", api_name="/start_training")
+    message, picker = client.predict(model=ui.DEFAULT_MODEL, scratch=True, epochs=2, batch_size=16, lr=1e-3,
+                                     owner="me", api_name="/start_training")
     run_id = picker["value"]
     assert message.startswith("Run **sample shapes (10 per class) · ViT from scratch · ")
     assert f"({run_id}) is" in message
@@ -113,13 +115,15 @@ def test_classes_built_one_by_one_are_checked_and_trained(app_url, app_manager, 
             files[c].append(handle_file(str(p)))
     names = ["cat", "dog"] + [""] * (ui.MAX_CLASSES - 2)
     uploads = [files["cat"], files["dog"]] + [None] * (ui.MAX_CLASSES - 2)
-    report, _, _, summary = client.predict(*names, *uploads, api_name="/check_classes")
+    report, _, _, summary = client.predict(**dict(zip(ui.CLASS_SLOTS, [*names, *uploads])),
+                                           api_name="/check_classes")
     assert report.startswith("### Ready to train: 12 images in 2 classes") and "2 classes built here" in summary
-    message, picker = client.predict(ui.DEFAULT_MODEL, True, 1, 8, 1e-3, "me", api_name="/start_training")
+    message, picker = client.predict(model=ui.DEFAULT_MODEL, scratch=True, epochs=1, batch_size=8, lr=1e-3, owner="me",
+                       api_name="/start_training")
     assert app_manager.wait(picker["value"], 120) == "completed"
     nameless = ["", "dog"] + [""] * (ui.MAX_CLASSES - 2)
     with pytest.raises(Exception, match="has images but no name"):
-        client.predict(*nameless, *uploads, api_name="/check_classes")
+        client.predict(**dict(zip(ui.CLASS_SLOTS, [*nameless, *uploads])), api_name="/check_classes")
 
 
 def test_classify_a_layer_and_head_and_a_batch(app_url, app_manager, tmp_path):
@@ -169,7 +173,8 @@ def test_a_user_error_logs_one_line_not_a_traceback(app_url, capfd):
     client = Client(app_url, verbose=False)  # a fresh session: no dataset
     capfd.readouterr()
     with pytest.raises(Exception, match="No dataset yet"):
-        client.predict(ui.DEFAULT_MODEL, True, 1, 8, 1e-3, "me", api_name="/start_training")
+        client.predict(model=ui.DEFAULT_MODEL, scratch=True, epochs=1, batch_size=8, lr=1e-3, owner="me",
+                       api_name="/start_training")
     err = capfd.readouterr().err
     assert "vit.ui: refused: No dataset yet" in err and "Traceback" not in err
 

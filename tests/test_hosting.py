@@ -442,7 +442,7 @@ def test_local_folders_cannot_be_named_as_models(shared, tmp_path):
 def test_out_of_range_settings_are_refused_up_front(shared, tmp_path, shapes, settings, message):
     base = dict(epochs=1, batch_size=8, lr=1e-3)
     base.update(settings)
-    advanced = {k: v for k, v in base.items() if k in ui.ADVANCED}
+    advanced = {k: v for k, v in base.items() if k in ui.FORM and k not in ("epochs", "batch_size", "lr")}
     before = len(os.listdir(shared.manager.root))
     with pytest.raises(gr.Error, match=message):
         ui.start_training(shared.manager, {"path": str(shapes), "name": "shapes"}, ui.DEFAULT_MODEL, True,

@@ -289,7 +289,7 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
         with pytest.raises(Exception, match="Pick what to do"):
             ui.review_image(manager, state, quick, name, "dragon", ALICE)
         # the reviewed image is no longer listed, and the next run trains on the reviewed labels
-        assert name not in ui.run_features(manager, quick, state, ALICE)[4].choices
+        assert name not in ui.run_features(manager, quick, state, ALICE).suspect.choices
         ui.start_training(manager, state, ui.DEFAULT_MODEL, True, 1, 8, 1e-3, ALICE)
         newest = manager.list(ALICE)[0]["id"]
         with open(manager.root / newest / jobs.DATA_DIR / "labels.csv", newline="") as f:

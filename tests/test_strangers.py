@@ -69,21 +69,19 @@ def _sample_state(tmp_path) -> dict:
 
 
 def test_a_model_over_the_cap_is_refused_before_a_run_is_queued(tmp_path, monkeypatch):
-    from vit.ui.common import ADVANCED
     from vit.ui.train_tab import run_plan, start_from_form
     monkeypatch.setenv("VIT_MAX_MODEL_PARAMS_M", "100")
     manager = JobManager(tmp_path / "checkpoints", single_user=False, gpus=0)
     try:
         dataset = _sample_state(tmp_path)
         with pytest.raises(gr.Error, match=r"1,136M parameters, over this app's limit of 100M"):  # (no download)
-            start_from_form(manager, False, dataset, "vit_giant_patch14_dinov2.lvd142m", False, 1, 8, None,
-                            ALICE, *[None] * len(ADVANCED), None)
-        plan = run_plan(dataset, "vit_giant_patch14_dinov2.lvd142m", False, 1, 8, None, *[None] * len(ADVANCED))
+            start_from_form(manager, False, dataset, ALICE, model="vit_giant_patch14_dinov2.lvd142m", epochs=1,
+                            batch_size=8)
+        plan = run_plan(dataset, model="vit_giant_patch14_dinov2.lvd142m", epochs=1, batch_size=8)
         assert plan.startswith("**Cannot start here:** vit_giant_patch14_dinov2.lvd142m has 1,136M parameters")
         with pytest.raises(gr.Error, match=r"86M parameters, over this app's limit of 50M"):  # a form's width
             monkeypatch.setenv("VIT_MAX_MODEL_PARAMS_M", "50")
-            start_from_form(manager, False, dataset, "vit_base_patch16_224", False, 1, 8, None,
-                            ALICE, *[None] * len(ADVANCED), None)
+            start_from_form(manager, False, dataset, ALICE, model="vit_base_patch16_224", epochs=1, batch_size=8)
         assert manager.list(ALICE) == [] and not [p for p in manager.root.iterdir() if not p.name.startswith(".")]
     finally:
         manager.shutdown(grace_s=1)
@@ -333,8 +331,10 @@ def _page(manager):
     (lambda h: h["classify"](["a"], "x.png", "chefer", 0.5, None, -1, 0, ALICE), "The source must be text (got list)"),
     (lambda h: h["classify"]("run", "x.png", "chefer", 0.5, None, math.nan, 0, ALICE), "The layer must be a number"),
     (lambda h: h["classify"]("run", "x.png", "chefer", 0.5, None, -1, math.inf, ALICE), "The head must be a number"),
-    (lambda h: h["start"](None, ["a"], False, 1, 8, None, ALICE), "The model must be text (got list)"),
-    (lambda h: h["start"](None, "vit_tiny_patch16_224", "yes", 1, 8, None, ALICE), "The scratch must be true or false"),
+    (lambda h: h["start"](None, ALICE, model=["a"], scratch=False, epochs=1, batch_size=8),
+     "The model must be text (got list)"),
+    (lambda h: h["start"](None, ALICE, model="vit_tiny_patch16_224", scratch="yes", epochs=1,
+                                  batch_size=8), "The scratch must be true or false"),
     (lambda h: h["action"]({"id": 1}, [ALICE]), "The run id must be text (got dict)"),
 ])
 def test_values_of_the_wrong_type_are_refused_in_words(tmp_path, call, words):
@@ -393,7 +393,7 @@ def test_sample_data_keeps_a_few_sizes_and_makes_a_removed_one_again(tmp_path, m
 
 
 def test_refused_classes_built_here_remove_their_uploads_at_once(tmp_path):
-    from vit.ui.data_tab import check_classes
+    from vit.ui.data_tab import CLASS_SLOTS, check_classes
     from vit.ui.common import MAX_CLASSES
     uploads = []
     for i in range(3):
@@ -403,7 +403,7 @@ def test_refused_classes_built_here_remove_their_uploads_at_once(tmp_path):
     names = ["cats", "", *[""] * (MAX_CLASSES - 2)]
     files = [uploads[:2], uploads[2:], *[None] * (MAX_CLASSES - 2)]
     with pytest.raises(gr.Error, match="has images but no name"):
-        check_classes(*names, *files)
+        check_classes(**dict(zip(CLASS_SLOTS, [*names, *files])))
     assert not any(Path(p).exists() for p in uploads)
 
 

@@ -13,7 +13,8 @@
 Several GPUs or machines: run the same command under torchrun, e.g.
 `torchrun --nproc_per_node 2 -m vit train --data D --out checkpoints/run1` (rank 0 writes the run).
 
-Exit codes: 0 success, 1 cancelled, 2 the input cannot be used or training failed (the message says why).
+Exit codes (vit.runs.Exit): 0 success, 1 cancelled, 2 the input cannot be used or training failed (the message
+says why).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from vit import data, models, runs
+from vit.runs import RunState
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
-        return 2
+        return runs.Exit.FAILED
     from vit.explain import ExplainError
     from vit.hub import HubError
     from vit.predict import PredictError
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError, HubError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return runs.Exit.FAILED
 
 
 def data_check(args) -> int:
@@ -55,8 +57,8 @@ def data_check(args) -> int:
             print(report.to_text())
         if not report.ok:
             print("error: " + " ".join(report.errors), file=sys.stderr)
-            return 2
-    return 0
+            return runs.Exit.FAILED
+    return runs.Exit.OK
 
 
 def train_command(args) -> int:
@@ -87,10 +89,10 @@ def train_command(args) -> int:
         progress.close()
     if result.get("cancelled"):
         print(f"cancelled; run directory: {run_dir}", file=sys.stderr)
-        return 1
+        return runs.Exit.CANCELLED
     if main_process:
         print(f"run directory: {run_dir}")
-    return 0
+    return runs.Exit.OK
 
 
 def _train_request(args, distributed: bool) -> tuple[str, dict | None, float, int]:
@@ -182,7 +184,7 @@ def predict_command(args) -> int:
                 x = r["explanation"]
                 print(f"  {x['method']} map for '{x['target']}' -> {x['overlay']}"
                       + "".join(f"\n  note: {n}" for n in x["notes"]))
-    return 0
+    return runs.Exit.OK
 
 
 def _acceptance(value: float | None) -> float | None:
@@ -201,7 +203,7 @@ def push_command(args) -> int:
     token = get_token()  # HF_TOKEN, else the token of `hf auth login` (read, never written)
     url = hub.push_run(args.run, args.repo, token, private=args.private, include_resume=args.include_resume)
     print(f"pushed {Path(args.run).name} to {url}")
-    return 0
+    return runs.Exit.OK
 
 
 def export_command(args) -> int:
@@ -210,8 +212,8 @@ def export_command(args) -> int:
     print(f"wrote {path} (dynamic batch); largest logit difference from PyTorch: {diff:.2e}")
     if diff > 1e-3:
         print("warning: the ONNX model differs from PyTorch by more than 1e-3", file=sys.stderr)
-        return 2
-    return 0
+        return runs.Exit.FAILED
+    return runs.Exit.OK
 
 
 def _overlay_path(out: str | None, image: str, method: str, count: int) -> Path:
@@ -237,7 +239,7 @@ class _Progress:
                 print("From scratch: the recipe chose (a flag you give always wins):", file=sys.stderr)
                 self.recipe_shown = True
             print(f"  {e['text']}", file=sys.stderr)
-        elif kind == "status" and e.get("message") and e.get("state") != "failed":  # main() prints the error
+        elif kind == "status" and e.get("message") and e.get("state") != RunState.FAILED:  # main() prints the error
             print(e["message"], file=sys.stderr)
         elif kind == "step":
             if self.bar is None:
@@ -257,23 +259,11 @@ class _Progress:
 
 def _given_settings(args, **more) -> dict:
     """The TrainConfig settings the command line gave: a flag left out is not among them (the recipe
-    chooses it). Flags that are on/off or have a value that means "off" are always given."""
+    chooses it). Flags with a default (TrainConfig's) are always given."""
     from vit.train import zero_means_off
-    settings = {
-        "model": args.model, "pretrained": not args.no_pretrained, "weights": args.weights,
-        "img_size": args.img_size, "patch_size": args.patch_size, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "warmup_epochs": args.warmup_epochs,
-        "label_smoothing": args.label_smoothing, "crop_scale_min": args.crop_scale_min,
-        "progressive": args.progressive, "ema_decay": args.ema, "threads": args.threads, "workers": args.workers,
-        "grad_accum": args.grad_accum, "grad_checkpointing": args.grad_checkpointing, "seed": args.seed,
-        "val_fraction": args.val_fraction, "device": args.device, "randaugment": args.randaugment,
-        "mixup": args.mixup, "cutmix": args.cutmix, "quick": args.quick or None, "lp_ft": args.lp_ft,
-        "probe_flip": args.probe_flip or None, "class_balance": args.class_balance, **more}
-    settings = {k: v for k, v in settings.items() if v is not None}
-    settings["layer_decay"] = args.layer_decay  # has a default: always given
-    if args.early_stopping is not None:
-        settings["early_stopping"] = args.early_stopping
+    from vit.train.config import SETTINGS
+    settings = {name: getattr(args, name) for name, s in SETTINGS.items() if s.flag != ""}
+    settings = {k: v for k, v in {**settings, **more}.items() if v is not None}
     settings = zero_means_off(settings)  # --early-stopping 0, --layer-decay 0, --ema 0: off
     if args.model_arg:
         settings["model_args"] = dict(_parse_model_arg(a) for a in args.model_arg)
@@ -317,62 +307,36 @@ def _data_parser(sub) -> None:
 
 
 def _train_parser(sub) -> None:
-    from vit.train import TrainConfig
-    t = TrainConfig()
     tr = sub.add_parser("train", help="fine-tune (or train from scratch) a ViT into a run directory")
     tr.add_argument("--data", help="a .zip or folder of class folders (default on --resume: the run's own)")
-    tr.add_argument("--model", default=models.DEFAULT_MODEL, help="a timm name, hf-hub:user/repo or local-dir:PATH")
-    tr.add_argument("--no-pretrained", action="store_true", help="random init: train from scratch")
-    tr.add_argument("--weights", help="weights to start from: a file, a timm-format folder or a run directory")
-    tr.add_argument("--img-size", type=int, help="input size (default: the model's when fine-tuning, chosen "
-                    "from the images' size from scratch)")
-    tr.add_argument("--patch-size", type=int, help="patch size (default: the model's when fine-tuning; from "
-                    "scratch, a 4x4 grid of tokens, 8x8 from 5,000 images)")
+    _setting_flags(tr)
     tr.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="more timm model arguments, e.g. depth=4 embed_dim=96 (repeatable)")
-    auto = "(default: the recipe's: {} when fine-tuning, chosen from the data from scratch)"
-    tr.add_argument("--epochs", type=int, help=auto.format(t.epochs))
-    tr.add_argument("--batch-size", type=int, help=auto.format(t.batch_size))
-    tr.add_argument("--lr", type=float, help="peak learning rate of the head " + auto.format(t.lr))
-    tr.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    tr.add_argument("--layer-decay", type=float, default=t.layer_decay, help="0 turns it off")
-    tr.add_argument("--warmup-epochs", type=int, help=auto.format(t.warmup_epochs))
-    tr.add_argument("--early-stopping", type=int, help="stop after this many epochs without a better val result "
-                    "(0: never) " + auto.format(t.early_stopping))
-    tr.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
-    tr.add_argument("--crop-scale-min", type=float, help="smallest random crop, as a fraction of the image "
-                    + auto.format(t.crop_scale_min))
-    tr.add_argument("--progressive", action=argparse.BooleanOptionalAction, default=None,
-                    help="progressive resizing: train the first epochs at smaller image sizes (patch size fixed)")
-    tr.add_argument("--quick", action="store_true",
-                    help="the quick model: fit only the head on the frozen features of the starting weights "
-                         "(pretrained, --weights or an earlier run): seconds instead of minutes")
-    tr.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=None,
-                    help="LP-FT: fine-tune from a head first fitted on the frozen features (default: on when "
-                         "starting from trained weights)")
-    tr.add_argument("--probe-flip", action="store_true",
-                    help="the fitted head also sees each training image's mirror image (twice the features)")
-    _augment_and_run_options(tr, t)
+    tr.add_argument("--out", help="the run directory (default: a new one under VIT_CHECKPOINTS, else checkpoints/)")
+    tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     tr.set_defaults(func=train_command)
 
 
-def _augment_and_run_options(tr: argparse.ArgumentParser, t) -> None:
-    tr.add_argument("--class-balance", choices=["auto", "on", "off"],
-                    help="draw each class about as often in training (default auto: on when the largest class "
-                         "has 3x the images of the smallest)")
-    tr.add_argument("--randaugment", action="store_true")
-    tr.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
-    tr.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
-    tr.add_argument("--ema", type=float, default=None, metavar="DECAY", help="keep an EMA of the weights")
-    tr.add_argument("--grad-accum", type=int, default=1)
-    tr.add_argument("--grad-checkpointing", action="store_true")
-    tr.add_argument("--val-fraction", type=float, default=t.val_fraction)
-    tr.add_argument("--seed", type=int, default=t.seed)
-    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    tr.add_argument("--threads", type=int, help="CPU threads for torch")
-    tr.add_argument("--workers", type=int, help="data loader workers (default 0 on CPU, 4 on GPU)")
-    tr.add_argument("--out", help="the run directory (default: a new one under VIT_CHECKPOINTS, else checkpoints/)")
-    tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+def _setting_flags(tr: argparse.ArgumentParser) -> None:
+    """A flag for each TrainConfig setting that has one, made from its Setting: a number takes its type; a
+    setting the recipe chooses has no default (left out, it is not given); a bool the recipe chooses is
+    --x/--no-x, another --x (or --no-x for one that is on by default)."""
+    from vit.train.config import DEFAULTS, SETTINGS
+    for name, s in SETTINGS.items():
+        if s.flag == "":
+            continue
+        flag, default = s.flag or "--" + name.replace("_", "-"), None if s.auto else DEFAULTS.get(name)
+        auto = f"(default: the recipe's: {DEFAULTS[name]} when fine-tuning, chosen from the data from scratch)"
+        shown = s.auto and s.kind and DEFAULTS[name] is not None
+        about = dict(dest=name, help=" ".join(filter(None, [s.help, auto if shown else ""])) or None)
+        if s.kind:
+            tr.add_argument(flag, type=int if s.kind == "int" else float, default=default, **about)
+        elif isinstance(DEFAULTS.get(name), bool):
+            action = ("store_false" if flag.startswith("--no-") else
+                      argparse.BooleanOptionalAction if s.auto else "store_true")
+            tr.add_argument(flag, action=action, default=True if action == "store_false" else None, **about)
+        else:
+            tr.add_argument(flag, default=default, choices=s.choices or None, **about)
 
 
 def _predict_parser(sub) -> None:

@@ -31,15 +31,58 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 from vit.safety import on_spaces
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
-ACTIVE_STATES = ("queued", "running")
+
+
+class RunState(StrEnum):
+    """Where a run is in its life (status.json's "state"). A str: it is written and compared as its value."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+class RunKind(StrEnum):
+    """How a run starts: data the UI and the card read, never a display string searched."""
+    QUICK = "quick model"      # only the head, fitted on frozen features
+    FINE_TUNE = "fine-tune"    # from pretrained weights or an earlier run's
+    SCRATCH = "from scratch"   # random weights
+
+
+def kind_of(config: dict) -> RunKind:
+    """The kind of run a TrainConfig (as a dict: job.json's, config.json's record) describes."""
+    if config.get("quick"):
+        return RunKind.QUICK
+    return RunKind.FINE_TUNE if config.get("pretrained", True) or config.get("weights") else RunKind.SCRATCH
+
+
+STATES = tuple(RunState)
+ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
+ENDED_STATES = (RunState.INTERRUPTED, RunState.CANCELLED, RunState.FAILED)  # can be resumed (with a job.json)
+
+
+class Exit(IntEnum):
+    """The exit code of a training process: `python -m vit train` and the app's child (vit.jobs.worker)."""
+    OK = 0
+    CANCELLED = 1
+    FAILED = 2           # the input cannot be used, or training failed (the message says why)
+    APP_GONE = 3         # the app that started the child exited
+    DISK_FULL = 4
+
+
+# the files of a run directory
 CONFIG, WEIGHTS, RESUME, STATUS, METRICS_LOG, METRICS, CANCEL = (
     "config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json", "CANCEL")
+JOB = "job.json"        # what the app's child trains: the config, the owner, where the data is
+LOG = "train.log"       # the child's output
+DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
 DATA_REPORT = "data_report.json"
 DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.data.features)
 OOD = "ood.safetensors"           # what the "none of these" check compares with (vit.trust)
@@ -123,7 +166,7 @@ def update_status(run_dir: str | os.PathLike, state: str | None = None, **fields
     if state is not None:
         if state not in STATES:
             raise ValueError(f"unknown run state {state!r}")
-        if state == "running" and status.get("state") != "running":
+        if state == RunState.RUNNING and status.get("state") != RunState.RUNNING:
             status.setdefault("started_at", now)
         if state not in ACTIVE_STATES:
             status["finished_at"] = now

@@ -12,19 +12,12 @@ from vit import runs
 from vit.hub.plots import confusion_image, curves_image, reliability_image
 from vit.data.pixels import describe
 from vit.models import built_text
+from vit.train.config import SETTINGS
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 
 CARD = "README.md"
 CONFUSION_PNG, CURVES_PNG, RELIABILITY_PNG = "confusion_matrix.png", "learning_curves.png", "reliability.png"
 TEMPLATE = Path(__file__).with_name("card_template.md")
-SETTINGS = (("model", "model"), ("pretrained", "pretrained weights"), ("img_size_used", "image size"),
-            ("patch_size", "patch size"), ("model_args", "model arguments"), ("progressive", "progressive resizing"),
-            ("epochs", "epochs (max)"), ("batch_size", "batch size"), ("lr", "learning rate (head)"),
-            ("weight_decay", "weight decay"), ("layer_decay_used", "layer-wise lr decay"),
-            ("label_smoothing", "label smoothing"), ("crop_scale_min", "random crop scale (min)"),
-            ("randaugment", "RandAugment"), ("mixup", "mixup"), ("cutmix", "cutmix"), ("ema_decay", "EMA decay"),
-            ("seed", "seed"))  # the training table: (key in config.json's record, its label)
-QUICK_SETTINGS = ("model", "pretrained", "img_size_used", "patch_size", "model_args", "seed")  # a quick model's
 
 
 def model_card(run_dir: str | os.PathLike, repo_id: str):
@@ -114,8 +107,11 @@ def _calibration(calibration: dict | None) -> dict | None:
 def _settings(train: dict) -> list[tuple[str, object]]:
     """The training table: the model as built (with what its weights are) in place of the name asked for and the
     pretrained flag, then the settings that applied."""
-    rows = [(label, train[key]) for key, label in SETTINGS if train.get(key) not in (None, {}, "")
-            and (key in QUICK_SETTINGS or not train.get("quick"))]
+    rows = []
+    for name, s in SETTINGS.items():  # each setting with a card label (vit.train.config), as it was used
+        key = f"{name}_used" if f"{name}_used" in train else name
+        if s.card and train.get(key) not in (None, {}, "") and (s.quick or not train.get("quick")):
+            rows.append((s.card, train[key]))
     if train.get("built"):
         asked = ("model", "pretrained weights")  # (the name and flag asked for, where built says what was made)
         rows = [("model", built_text(train["built"]))] + [r for r in rows if r[0] not in asked]

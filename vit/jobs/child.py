@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit import runs
+from vit.runs import RunState
 from vit.jobs.worker import DISK_FULL, EXIT_DISK_FULL, LOG, kept_note
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the child starts here: `-m vit.jobs.worker` finds the
@@ -38,7 +39,7 @@ class Child:
         else:
             env["CUDA_VISIBLE_DEVICES"] = slot.split(":")[1]
         runs.remove_partial_files(run_dir)
-        runs.update_status(run_dir, "running", message="Starting the training process", slot=slot, pid=None,
+        runs.update_status(run_dir, RunState.RUNNING, message="Starting the training process", slot=slot, pid=None,
                            host=None, position=None)
         with open(run_dir / LOG, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting on {slot}\n".encode())
@@ -67,12 +68,12 @@ class Child:
         status = runs.read_status(self.run_dir)
         state, epoch = status.get("state"), status.get("epoch") or 0
         if rc == EXIT_DISK_FULL:
-            return "failed", {"message": f"{DISK_FULL} {kept_note(self.run_dir)}", "exit_code": rc}
+            return RunState.FAILED, {"message": f"{DISK_FULL} {kept_note(self.run_dir)}", "exit_code": rc}
         if self.cancel_deadline is not None:  # a cancel was asked for
             return self._cancelled(state, rc, forced)
         if self.shutting_down:
-            if state in runs.ACTIVE_STATES or state == "cancelled":
-                return "interrupted", {"message": f"The app shut down during epoch {epoch + 1}. "
+            if state in runs.ACTIVE_STATES or state == RunState.CANCELLED:
+                return RunState.INTERRUPTED, {"message": f"The app shut down during epoch {epoch + 1}. "
                                                   f"{kept_note(self.run_dir)} Resume to continue."}
             return None
         if state not in runs.ACTIVE_STATES:
@@ -82,23 +83,25 @@ class Child:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
             why = {"SIGKILL": " (out of memory, or killed by a user or the system)",
                    "SIGSEGV": " (a crash in native code)"}.get(name, "")
-            return "interrupted", {"exit_code": rc, "message": f"The training process was killed by {name}{why} "
+            return RunState.INTERRUPTED, {"exit_code": rc, "message": f"The training process was killed by {name}{why} "
                                                                f"during epoch {epoch + 1}. {kept} Resume to continue."}
         last = tail(self.run_dir / LOG, 1).strip() or "no output"
         if "No space left on device" in tail(self.run_dir / LOG, 40):
-            return "failed", {"exit_code": rc, "message": f"{DISK_FULL} {kept}"}
-        return "failed", {"exit_code": rc, "message": f"The training process exited with code {rc}: {last[-300:]}"}
+            return RunState.FAILED, {"exit_code": rc, "message": f"{DISK_FULL} {kept}"}
+        return RunState.FAILED, {"exit_code": rc,
+                                 "message": f"The training process exited with code {rc}: {last[-300:]}"}
 
     def _cancelled(self, state: str | None, rc: int, forced: bool) -> tuple[str | None, dict] | None:
         kept = kept_note(self.run_dir)
-        if self.time_up and (forced or state in (*runs.ACTIVE_STATES, "cancelled")):
-            return "cancelled", {"cancel": "time limit", "message": f"{self.time_up} {kept} Resume to continue."}
+        if self.time_up and (forced or state in (*runs.ACTIVE_STATES, RunState.CANCELLED)):
+            return RunState.CANCELLED, {"cancel": "time limit", "message": f"{self.time_up} {kept} Resume to continue."}
         if forced:
-            return "cancelled", {"cancel": "forced", "message": "Stopped by force: the run did not stop by itself "
-                                                                f"within the grace period after the cancel. {kept}"}
-        if state in runs.ACTIVE_STATES and rc in (0, 1):
-            return "cancelled", {"cancel": "cooperative", "message": f"Cancelled. {kept}"}
-        if state == "cancelled":  # (a run that finished before it saw the cancel stays as it ended)
+            return RunState.CANCELLED, {"cancel": "forced", "message": "Stopped by force: the run did not stop by "
+                                                                       "itself within the grace period after the "
+                                                                       f"cancel. {kept}"}
+        if state in runs.ACTIVE_STATES and rc in (runs.Exit.OK, runs.Exit.CANCELLED):
+            return RunState.CANCELLED, {"cancel": "cooperative", "message": f"Cancelled. {kept}"}
+        if state == RunState.CANCELLED:  # (a run that finished before it saw the cancel stays as it ended)
             return None, {"cancel": "cooperative"}
         return None
 

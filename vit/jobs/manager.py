@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from vit import runs, sessions
+from vit.runs import RunState
 from vit.data import Dataset, export_dataset, load_dataset
 from vit.jobs.child import Child, tail
 from vit.jobs.errors import JobError
@@ -140,7 +141,7 @@ class JobManager:
                     "name": name or default_name(source_name, config),
                     "images": len(dataset.items)})
                 with self._cv:
-                    runs.update_status(run_dir, "queued", message="Queued", model=config.model,
+                    runs.update_status(run_dir, RunState.QUEUED, message="Queued", model=config.model,
                                        epochs=config.epochs, device=device)
                     self._queue.append(run_dir.name)
                     self._update_positions()
@@ -167,7 +168,7 @@ class JobManager:
             state = self._state(run_dir)
             if run_id in self._queue:
                 self._queue.remove(run_id)
-                runs.update_status(run_dir, "cancelled", message="Cancelled before it started.", cancel="queued")
+                runs.update_status(run_dir, RunState.CANCELLED, message="Cancelled before it started.", cancel="queued")
                 self._update_positions()
                 return f"Run {run_id} was cancelled before it started."
             child = self._child_of(run_id)
@@ -177,7 +178,7 @@ class JobManager:
                 self._cv.notify_all()
                 return (f"Cancelling run {run_id}: it stops after the current step"
                         + (f", or is stopped by force in {grace:.0f} s." if grace > 0 else "."))
-            if state == "running":  # trained by another process (the CLI, another app): ask it
+            if state == RunState.RUNNING:  # trained by another process (the CLI, another app): ask it
                 runs.request_cancel(run_dir)
                 return f"Asked run {run_id} to stop; the process training it stops after its current step."
             raise JobError(f"Run {run_id} is {state}; only a queued or running run can be cancelled.")
@@ -191,7 +192,7 @@ class JobManager:
             if self._state(run_dir) not in runs.ACTIVE_STATES and not self._settle(run_id):
                 raise JobError(f"Run {run_id} is still stopping; try again in a moment.")
             state = self._state(run_dir)  # what the stopped child left
-            if state not in ("interrupted", "cancelled", "failed"):
+            if state not in runs.ENDED_STATES:
                 raise JobError(f"Run {run_id} is {state}; only an interrupted, cancelled or failed run can be "
                                "resumed.")
             if not (run_dir / JOB).is_file() or not (run_dir / DATA_DIR).is_dir():
@@ -201,7 +202,7 @@ class JobManager:
             runs.clear_cancel(run_dir)
             last = runs.load_resume_state(run_dir)
             where = f"from epoch {last['epoch'] + 2}" if last else "from the start (no epoch had finished)"
-            runs.update_status(run_dir, "queued", message=f"Queued to resume {where}", resumed_from=state,
+            runs.update_status(run_dir, RunState.QUEUED, message=f"Queued to resume {where}", resumed_from=state,
                                cancel=None)
             self._queue.append(run_id)
             self._update_positions()
@@ -354,7 +355,7 @@ class JobManager:
                     self._children[slot] = Child.start(run_dir, slot, self.cpu_threads, self.niceness)
                 except OSError as e:
                     self._children.pop(slot, None)
-                    self._finish(run_dir, "failed", message=DISK_FULL if runs.disk_full(e) else
+                    self._finish(run_dir, RunState.FAILED, message=DISK_FULL if runs.disk_full(e) else
                                  f"The training process could not start: {e}")
         if started:
             self._update_positions()
@@ -416,7 +417,7 @@ class JobManager:
         try:
             final = child.ending(rc, forced)
         except Exception as e:  # an unreadable run directory: say so rather than stop the scheduler
-            final = ("failed", {"message": f"The training process ended (exit code {rc}) and its run directory "
+            final = (RunState.FAILED, {"message": f"The training process ended (exit code {rc}) and its run directory "
                                            f"could not be read: {type(e).__name__}: {e}"})
         if final:
             self._finish(child.run_dir, final[0], pid=None, **final[1])
@@ -451,10 +452,10 @@ class JobManager:
         queued = []
         for info in self._index.runs():
             _hash_owner(info.run_dir)
-            if info.state == "queued" and (info.run_dir / JOB).is_file():
+            if info.state == RunState.QUEUED and (info.run_dir / JOB).is_file():
                 queued.append(info)
-            elif info.state == "queued":
-                runs.update_status(info.run_dir, "failed", message="Queued without a job description; start it "
+            elif info.state == RunState.QUEUED:
+                runs.update_status(info.run_dir, RunState.FAILED, message="Queued without a job description; start it "
                                                                    "again from the app.")
         self._mark_dead_runs()
         for info in sorted(queued, key=lambda r: (r.status.get("updated_at", 0), r.id)):
@@ -464,11 +465,11 @@ class JobManager:
     def _mark_dead_runs(self) -> None:
         ours = {c.run_id for c in self._children.values()}
         for info in self._index.runs():
-            if (info.state == "running" and info.id not in ours and info.id not in self._pending
+            if (info.state == RunState.RUNNING and info.id not in ours and info.id not in self._pending
                     and not runs.writer_alive(info.status)):
                 runs.remove_partial_files(info.run_dir)
                 epoch = info.status.get("epoch") or 0
-                self._finish(info.run_dir, "interrupted", pid=None,
+                self._finish(info.run_dir, RunState.INTERRUPTED, pid=None,
                              message=f"The process training this run stopped during epoch {epoch + 1} "
                                      f"(the app restarted or the process died). {kept_note(info.run_dir)} "
                                      "Resume to continue.")

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from vit import runs
+from vit.runs import RunState
 from vit.jobs.worker import JOB
 from vit.models import built_text
 from vit.train import TrainConfig
@@ -30,16 +31,18 @@ def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, qu
         "calibration": metrics.get("calibration"), "ood": metrics.get("ood"),  # (vit.trust)
         "source": job.get("source"), "created_at": status.get("created_at"),
         "name": job.get("name") or run_dir.name, "recipe": start_summary(job.get("config") or {}),
+        "kind": runs.kind_of(job.get("config") or {}) if job.get("config") else None,
+        "settings": job.get("config") or {},  # the TrainConfig it was started with
         "finished_at": status.get("finished_at"), "epoch": status.get("epoch"),
         "epochs": status.get("epochs") or job.get("config", {}).get("epochs"),
         "step": status.get("step"), "steps_per_epoch": status.get("steps_per_epoch"),
-        "eta_s": status.get("eta_s") if state == "running" else None,
+        "eta_s": status.get("eta_s") if state == RunState.RUNNING else None,
         "best_val_acc": best if best is None or best >= 0 else None, "best_epoch": status.get("best_epoch"),
         "position": status.get("position") if run_dir.name in queue else None,
         "device": status.get("device") or job.get("device"), "has_model": (run_dir / runs.WEIGHTS).is_file(),
         "mine": mine, "can_cancel": mine and state in runs.ACTIVE_STATES,
         "can_delete": mine and state not in runs.ACTIVE_STATES,
-        "can_resume": mine and state in ("interrupted", "cancelled", "failed") and (run_dir / JOB).is_file(),
+        "can_resume": mine and state in runs.ENDED_STATES and (run_dir / JOB).is_file(),
     }
 
 

@@ -15,22 +15,12 @@ import time
 from pathlib import Path
 
 from vit import runs
+from vit.runs import RunState
 from vit.data import DataError, load_dataset
 from vit.train import TrainConfig, epoch_line
 
-JOB = "job.json"        # what to train: the config, the owner, where the data is
-
-
-LOG = "train.log"       # the child's output
-
-
-DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
-
-
-EXIT_DISK_FULL = 4      # the child's exit code when the disk filled up
-
-
-DISK_FULL = runs.DISK_FULL
+JOB, LOG, DATA_DIR, DISK_FULL = runs.JOB, runs.LOG, runs.DATA_DIR, runs.DISK_FULL
+EXIT_DISK_FULL = runs.Exit.DISK_FULL
 
 
 def _child_main(run_dir: Path) -> int:
@@ -43,7 +33,7 @@ def _child_main(run_dir: Path) -> int:
             raise
         print(f"failed: {e}", flush=True)
         with contextlib.suppress(OSError):
-            runs.update_status(run_dir, "failed", message=DISK_FULL)
+            runs.update_status(run_dir, RunState.FAILED, message=DISK_FULL)
         return EXIT_DISK_FULL
 
 
@@ -53,7 +43,7 @@ def _train_child(run_dir: Path) -> int:
     stop = _StopRequests(run_dir, int(os.environ.get("VIT_PARENT_PID", "0")) or None)
     job = runs.read_json(run_dir / JOB)
     if not job:
-        runs.update_status(run_dir, "failed", message=f"{run_dir / JOB} is missing or unreadable.")
+        runs.update_status(run_dir, RunState.FAILED, message=f"{run_dir / JOB} is missing or unreadable.")
         return 2
     config = TrainConfig.from_dict(job["config"])
     if os.environ.get("VIT_THREADS"):
@@ -64,7 +54,7 @@ def _train_child(run_dir: Path) -> int:
     try:
         dataset = load_dataset(run_dir / DATA_DIR, val_fraction=config.val_fraction, seed=config.seed)
     except DataError as e:
-        runs.update_status(run_dir, "failed", message=f"The run's copy of its data cannot be read: {e}")
+        runs.update_status(run_dir, RunState.FAILED, message=f"The run's copy of its data cannot be read: {e}")
         return 2
     if job.get("source"):  # the name the user knows it by, not the run's copy ("data")
         dataset.report.source = str(job["source"])
@@ -77,12 +67,13 @@ def _train_child(run_dir: Path) -> int:
             if runs.disk_full(e.__cause__):
                 raise e.__cause__
             print(f"failed: {e}", flush=True)
-            return 2
+            return runs.Exit.FAILED
     if result.get("cancelled") and stop.reason:
-        runs.update_status(run_dir, "interrupted", message=f"Stopped during epoch {result['epoch']}: {stop.reason}. "
-                                                           f"{kept_note(run_dir)} Resume to continue.")
-        return 3
-    return 1 if result.get("cancelled") else 0
+        kept = kept_note(run_dir)
+        runs.update_status(run_dir, RunState.INTERRUPTED, message=f"Stopped during epoch {result['epoch']}: "
+                                                                  f"{stop.reason}. {kept} Resume to continue.")
+        return runs.Exit.APP_GONE
+    return runs.Exit.CANCELLED if result.get("cancelled") else runs.Exit.OK
 
 
 class _StopRequests:
@@ -106,10 +97,10 @@ class _StopRequests:
             time.sleep(1.0)
         self._set("the app that started it exited")
         time.sleep(60.0)  # a step that never ends: do not outlive the app by more than this
-        runs.update_status(self.run_dir, "interrupted", pid=None,
+        runs.update_status(self.run_dir, RunState.INTERRUPTED, pid=None,
                            message=f"Stopped: the app that started it exited. {kept_note(self.run_dir)} "
                                    "Resume to continue.")
-        os._exit(3)
+        os._exit(runs.Exit.APP_GONE)
 
 
 def _log_event(e: dict) -> None:
@@ -132,5 +123,5 @@ def kept_note(run_dir: Path) -> str:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m vit.jobs.worker RUN_DIR  (started by the app's job manager)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(runs.Exit.FAILED)
     sys.exit(_child_main(Path(sys.argv[1])))

@@ -1,13 +1,19 @@
-"""What a run is asked to do: TrainConfig, its allowed ranges and their messages, in one place.
+"""What a run is asked to do: TrainConfig, and each of its settings described once, in one place.
 
     config = TrainConfig(epochs=10).check()      # ConfigError names a setting out of range
+
+Each field carries a `Setting` (its metadata): the title and allowed range that validation messages use, the help
+text, the command-line flag, the group of the app's Train form it appears in, whether the recipe chooses it when it
+is left open, and its label in the model card's table. The CLI parser (vit.cli), the Train form and its API names
+(vit.ui.train_tab), the validation below and the card (vit.hub.card) are all made from it: adding a setting is
+one field here and its use in the engine (README, "Adding a setting").
 
 What is left open is chosen by vit.train.recipe (from the data when training from scratch).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from vit.models import DEFAULT_MODEL
 
@@ -16,55 +22,145 @@ class TrainError(RuntimeError):
     """Training failed; the message says why and what to try."""
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What the rest of the code knows about one TrainConfig field.
+
+    title       its name in words (validation messages, the form's label unless `label` says otherwise)
+    lo, hi      the allowed range of a number; `kind` "int" or "float" (None: not a number)
+    optional    None is allowed (the setting is off, or the model's own value is used)
+    off_at_zero 0 typed in a form or a flag means None (off)
+    help        one line: the CLI's help and the form's hint
+    flag        the command-line flag ("" for none; default --the-name)
+    form        "main" or "advanced": where it appears in the app's Train form ("" for not there)
+    auto        the recipe chooses it when it is left open: the form shows an empty "auto" field, the flag has
+                no default (a bool becomes auto/on/off)
+    choices     the values a form or a flag offers (text settings)
+    card        its label in the model card's settings table ("" for not there); `quick`: shown for a quick
+                model too (it was used there)
+    """
+    title: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    kind: str | None = None
+    optional: bool = False
+    off_at_zero: bool = False
+    help: str = ""
+    flag: str | None = None
+    form: str = ""
+    auto: bool = False
+    choices: tuple = ()
+    card: str = ""
+    quick: bool = False
+    label: str = ""
+
+
+def setting(default=MISSING, *, factory=MISSING, **about) -> field:
+    """A TrainConfig field with its Setting."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"setting": Setting(**about)})
+    return field(default=default, metadata={"setting": Setting(**about)})
+
+
+def _num(lo, hi, kind="float", **about) -> dict:
+    return dict(lo=lo, hi=hi, kind=kind, **about)
+
+
 @dataclass
 class TrainConfig:
     # model
-    model: str = DEFAULT_MODEL
-    pretrained: bool = True
-    weights: str | None = None
-    img_size: int | None = None
-    patch_size: int | None = None
-    model_args: dict = field(default_factory=dict)
+    model: str = setting(DEFAULT_MODEL, title="Model", help="a timm name, hf-hub:user/repo or local-dir:PATH",
+                         card="model", quick=True)
+    pretrained: bool = setting(True, title="Pretrained weights", flag="--no-pretrained",
+                               help="random init: train from scratch", card="pretrained weights", quick=True)
+    weights: str | None = setting(None, title="Weights",
+                                  help="weights to start from: a file, a timm-format folder or a run directory")
+    img_size: int | None = setting(None, **_num(16, 1024, "int", optional=True), title="Image size", auto=True,
+                                   form="main", label="Image size (px)", card="image size", quick=True,
+                                   help="input size (default: the model's when fine-tuning, chosen from the "
+                                        "images' size from scratch)")
+    patch_size: int | None = setting(None, **_num(1, 256, "int", optional=True), title="Patch size", auto=True,
+                                     card="patch size", quick=True,
+                                     help="patch size (default: the model's when fine-tuning; from scratch, a 4x4 "
+                                          "grid of tokens, 8x8 from 5,000 images)")
+    model_args: dict = setting(factory=dict, title="Model arguments", flag="", card="model arguments", quick=True)
     # schedule
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 1
-    weight_decay: float = 0.05
-    layer_decay: float | None = 0.75    # used when starting from pretrained weights
-    early_stopping: int | None = 5      # epochs without a better validation result
+    epochs: int = setting(10, **_num(1, 1000, "int"), title="Epochs", auto=True, form="main", card="epochs (max)")
+    batch_size: int = setting(32, **_num(1, 1024, "int"), title="Batch size", auto=True, form="main",
+                              card="batch size")
+    lr: float = setting(1e-4, **_num(1e-10, 1.0), title="Learning rate", auto=True, form="main",
+                        label="Learning rate (head)", card="learning rate (head)",
+                        help="peak learning rate of the head")
+    min_lr: float = setting(1e-6, **_num(0.0, 1.0), title="Minimum learning rate", flag="")
+    warmup_epochs: int = setting(1, **_num(0, 1000, "int"), title="Warm-up epochs", auto=True, form="advanced")
+    weight_decay: float = setting(0.05, **_num(0.0, 10.0), title="Weight decay", form="advanced",
+                                  card="weight decay")
+    layer_decay: float | None = setting(0.75, **_num(0.01, 1.0, optional=True, off_at_zero=True),
+                                        title="Layer-wise lr decay", card="layer-wise lr decay",
+                                        help="used when starting from trained weights (0 turns it off)")
+    early_stopping: int | None = setting(5, **_num(1, 1000, "int", optional=True, off_at_zero=True),
+                                         title="Early stopping patience", auto=True, form="advanced",
+                                         label="Early stopping patience (0: off)",
+                                         help="stop after this many epochs without a better validation result "
+                                              "(0: never)")
     # regularisation and augmentation
-    label_smoothing: float = 0.1
-    crop_scale_min: float = 0.25
-    crop_padding: int = 0               # > 0: pad by this many pixels and crop at random instead (small images)
-    crop_pct: float | None = None       # validation's centre crop (None: the model's; 1.0: the whole image)
-    progressive: bool = False           # grow the image size over the first epochs (patch size fixed)
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    randaugment: bool = False
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float | None = None
+    label_smoothing: float = setting(0.1, **_num(0.0, 0.5), title="Label smoothing", form="advanced",
+                                     card="label smoothing")
+    crop_scale_min: float = setting(0.25, **_num(0.01, 1.0), title="Random crop scale (min)", auto=True,
+                                    card="random crop scale (min)",
+                                    help="smallest random crop, as a fraction of the image")
+    crop_padding: int = setting(0, **_num(0, 256, "int"), title="Crop padding", flag="",
+                                help="> 0: pad by this many pixels and crop at random instead (small images)")
+    crop_pct: float | None = setting(None, **_num(0.1, 1.0, optional=True), title="Validation crop", flag="",
+                                     help="validation's centre crop (None: the model's; 1.0: the whole image)")
+    progressive: bool = setting(False, title="Progressive resizing", auto=True, form="advanced",
+                                card="progressive resizing",
+                                help="train the first epochs on smaller images (faster), growing to the final size "
+                                     "(patch size fixed)")
+    hflip: float = setting(0.5, **_num(0.0, 1.0), title="Horizontal flip", flag="")
+    color_jitter: float = setting(0.4, **_num(0.0, 2.0), title="Colour jitter", flag="")
+    randaugment: bool = setting(False, title="RandAugment", form="advanced", card="RandAugment")
+    mixup: float = setting(0.0, **_num(0.0, 10.0), title="Mixup alpha", form="advanced", card="mixup",
+                           label="Mixup alpha (0: off)", help="mixup alpha (0: off)")
+    cutmix: float = setting(0.0, **_num(0.0, 10.0), title="CutMix alpha", form="advanced", card="cutmix",
+                            label="CutMix alpha (0: off)", help="cutmix alpha (0: off)")
+    ema_decay: float | None = setting(None, **_num(0.5, 0.99999, optional=True, off_at_zero=True), title="EMA decay",
+                                      flag="--ema", form="advanced", card="EMA decay", label="EMA decay (0: off)",
+                                      help="keep an EMA of the weights with this decay (0: off)")
     # mechanics
-    clip_grad: float | None = 1.0
-    grad_accum: int = 1
-    grad_checkpointing: bool = False
-    amp: bool = True                    # on GPU: bf16 where supported, else fp16 with a scaler
-    seed: int = 0
-    val_fraction: float = 0.2
-    device: str = "auto"
-    threads: int | None = None          # CPU threads for torch (None: torch's default)
-    workers: int | None = None          # DataLoader workers (None: 0 on CPU, 4 on GPU)
-    cache_max_bytes: int = 2 * 1024 ** 3
-    data: str | None = None             # where the dataset came from (recorded, used by resume)
-    recipe: list = field(default_factory=list)  # what vit.train.recipe chose and why, one line each (recorded)
+    clip_grad: float | None = setting(1.0, **_num(1e-6, 1e6, optional=True), title="Gradient clipping", flag="")
+    grad_accum: int = setting(1, **_num(1, 1024, "int"), title="Gradient accumulation",
+                              help="add up the gradients of this many batches before each update")
+    grad_checkpointing: bool = setting(False, title="Gradient checkpointing",
+                                       help="recompute activations in the backward pass (less memory, slower)")
+    amp: bool = setting(True, title="Mixed precision", flag="",
+                        help="on GPU: bf16 where supported, else fp16 with a scaler")
+    seed: int = setting(0, **_num(0, 2 ** 32 - 1, "int"), title="Seed", form="advanced", card="seed", quick=True)
+    val_fraction: float = setting(0.2, **_num(0.0, 0.9), title="Validation fraction", form="advanced",
+                                  help="the share of each class held out for validation (when no split is given)")
+    device: str = setting("auto", title="Device", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda")
+    threads: int | None = setting(None, **_num(1, 1024, "int", optional=True), title="Threads",
+                                  help="CPU threads for torch (default: torch's)")
+    workers: int | None = setting(None, **_num(0, 64, "int", optional=True), title="Workers",
+                                  help="data loader workers (default 0 on CPU, 4 on GPU)")
+    cache_max_bytes: int = setting(2 * 1024 ** 3, **_num(0, 2 ** 40, "int"), title="Decode cache size", flag="")
+    data: str | None = setting(None, flag="")  # where the dataset came from (recorded, used by resume)
+    recipe: list = setting(factory=list, flag="")  # what vit.train.recipe chose and why, one line each (recorded)
     # frozen features (vit.data.features, vit.probe)
-    quick: bool = False                 # the quick model: fit only the head, on the frozen features (seconds)
-    lp_ft: bool = False                 # LP-FT: fine-tune from that fitted head instead of a random one
-    probe_flip: bool = False            # the head also sees the mirror image of each training image
+    quick: bool = setting(False, title="Quick model",
+                          help="the quick model: fit only the head on the frozen features of the starting weights "
+                               "(pretrained, --weights or an earlier run): seconds instead of minutes")
+    lp_ft: bool = setting(False, title="LP-FT", auto=True,
+                          help="LP-FT: fine-tune from a head first fitted on the frozen features (default: on when "
+                               "starting from trained weights)")
+    probe_flip: bool = setting(False, title="Mirror images for the head",
+                               help="the fitted head also sees each training image's mirror image (twice the "
+                                    "features)")
     # imbalanced classes (vit.train.recipe: "auto" balances from a largest/smallest class ratio of 3)
-    class_balance: str = "auto"         # auto, on (recipe.BALANCE_BY), off; or how: sampling, weights (of the loss)
+    class_balance: str = setting("auto", title="Class balance", auto=True, form="advanced",
+                                 choices=("auto", "on", "off"),
+                                 help="draw each class about as often in training (auto: on when the largest class "
+                                      "has 3x the images of the smallest)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -74,14 +170,15 @@ class TrainConfig:
     def check(self) -> "TrainConfig":
         """Refuse a setting that cannot train (ConfigError saying which and the allowed range); whole
         numbers given as floats (10.0, from a form) become ints. Returns self."""
-        for name, (lo, hi, kind, optional) in _RANGES.items():
-            setattr(self, name, _checked_number(name, getattr(self, name), lo, hi, kind, optional))
+        for name, s in SETTINGS.items():
+            if s.kind:
+                setattr(self, name, _checked_number(name, getattr(self, name), s))
         if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 200:
             raise ConfigError("Choose a model: a timm name such as vit_tiny_patch16_224, or hf-hub:user/repo.")
         if self.class_balance not in BALANCE_CHOICES:
             raise ConfigError(f"class_balance must be one of {', '.join(BALANCE_CHOICES)} (got "
                               f"{str(self.class_balance)[:40]!r}).")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in SETTINGS["device"].choices:
             raise ConfigError(f"device must be auto, cpu or cuda (got {str(self.device)[:40]!r}).")
         if self.patch_size and self.img_size and self.patch_size > self.img_size:
             raise ConfigError(f"The patch size ({self.patch_size}) is larger than the image size ({self.img_size}).")
@@ -95,6 +192,15 @@ class TrainConfig:
         return self
 
 
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
+DEFAULTS: dict = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
+def in_form(group: str) -> tuple[str, ...]:
+    """The settings of a group of the Train form ("main", "advanced"), in TrainConfig's order."""
+    return tuple(name for name, s in SETTINGS.items() if s.form == group)
+
+
 BALANCE_CHOICES = ("auto", "on", "off", "weights", "sampling")
 
 
@@ -102,43 +208,17 @@ class ConfigError(ValueError):
     """A training setting is out of range; the message names it and what is allowed."""
 
 
-# name: (lowest, highest, "int" or "float", None allowed). The one place these ranges live.
-_RANGES = {
-    "epochs": (1, 1000, "int", False), "batch_size": (1, 1024, "int", False),
-    "lr": (1e-10, 1.0, "float", False), "min_lr": (0.0, 1.0, "float", False),
-    "warmup_epochs": (0, 1000, "int", False), "weight_decay": (0.0, 10.0, "float", False),
-    "layer_decay": (0.01, 1.0, "float", True), "early_stopping": (1, 1000, "int", True),
-    "label_smoothing": (0.0, 0.5, "float", False), "crop_scale_min": (0.01, 1.0, "float", False),
-    "hflip": (0.0, 1.0, "float", False), "color_jitter": (0.0, 2.0, "float", False),
-    "mixup": (0.0, 10.0, "float", False), "cutmix": (0.0, 10.0, "float", False),
-    "ema_decay": (0.5, 0.99999, "float", True), "clip_grad": (1e-6, 1e6, "float", True),
-    "grad_accum": (1, 1024, "int", False), "seed": (0, 2 ** 32 - 1, "int", False),
-    "val_fraction": (0.0, 0.9, "float", False), "img_size": (16, 1024, "int", True),
-    "patch_size": (1, 256, "int", True), "threads": (1, 1024, "int", True), "workers": (0, 64, "int", True),
-    "cache_max_bytes": (0, 2 ** 40, "int", False), "crop_padding": (0, 256, "int", False),
-    "crop_pct": (0.1, 1.0, "float", True),
-}
-
-
-OFF_AT_ZERO = ("early_stopping", "ema_decay", "layer_decay")  # 0 in a form or a flag turns these off
-
-
 def zero_means_off(settings: dict) -> dict:
     """Settings as the user typed them, with 0 meaning "off" (None) for the settings that can be off."""
-    return {k: None if k in OFF_AT_ZERO and v == 0 and not isinstance(v, bool) else v for k, v in settings.items()}
+    return {k: None if k in SETTINGS and SETTINGS[k].off_at_zero and v == 0 and not isinstance(v, bool) else v
+            for k, v in settings.items()}
 
 
-_TITLES = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning rate", "img_size": "Image size",
-           "seed": "Seed", "val_fraction": "Validation fraction", "weight_decay": "Weight decay",
-           "label_smoothing": "Label smoothing", "warmup_epochs": "Warm-up epochs",
-           "early_stopping": "Early stopping patience", "ema_decay": "EMA decay", "mixup": "Mixup alpha",
-           "cutmix": "CutMix alpha"}
-
-
-def _checked_number(name: str, value, lo, hi, kind: str, optional: bool):
-    label = f"{_TITLES.get(name, name.replace('_', ' ').capitalize())} ({name})"
+def _checked_number(name: str, value, s: Setting):
+    lo, hi, kind = s.lo, s.hi, s.kind
+    label = f"{s.title or name.replace('_', ' ').capitalize()} ({name})"
     if value is None or value == "":
-        if optional:
+        if s.optional:
             return None
         raise ConfigError(f"{label} is missing: give a number from {lo:g} to {hi:g}.")
     if isinstance(value, bool) or not isinstance(value, (int, float)):

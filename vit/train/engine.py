@@ -29,6 +29,7 @@ from timm.utils import NativeScaler
 from torch import nn
 
 from vit import runs, trust
+from vit.runs import RunState
 from vit.data import Dataset, DecodeCache
 from vit.train.config import ConfigError, TrainConfig, TrainError
 from vit.train.distributed import Distributed
@@ -79,14 +80,15 @@ def train(dataset: Dataset, config: TrainConfig | None, run_dir: str | os.PathLi
                 config.batch_size //= 2
                 config.grad_accum *= 2
                 resume = (run_dir / runs.RESUME).exists()
-                emit.status("running", message=f"Out of GPU memory; retrying with batch size {config.batch_size} "
-                                                f"x {config.grad_accum} accumulation steps (same effective batch).")
+                emit.status(RunState.RUNNING, message=f"Out of GPU memory; retrying with batch size "
+                                                      f"{config.batch_size} x {config.grad_accum} accumulation steps "
+                                                      "(same effective batch).")
     except TrainError as e:
-        emit.status("failed", message=str(e))
+        emit.status(RunState.FAILED, message=str(e))
         raise
     except Exception as e:  # a dataset error, a bug, a full disk: the run records it and the caller sees it
         message = runs.DISK_FULL if runs.disk_full(e) else f"{type(e).__name__}: {e}"
-        emit.status("failed", message=message)  # (on a full disk this write may fail too: the caller is told)
+        emit.status(RunState.FAILED, message=message)  # (on a full disk this write may fail too: the caller is told)
         raise TrainError(f"Training failed: {message}") from e
     finally:
         ddp.close()
@@ -146,14 +148,14 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
             return cancelled(emit, 0, 0, [], {"epoch": None})
         run.record["lp_ft_head"] = head
         score = f"scores {head['val_acc']:.1%} on validation" if head["val_acc"] is not None else "is fitted"
-        emit.status("running", message=f"LP-FT: the head fitted on frozen features {score}; fine-tuning the "
+        emit.status(RunState.RUNNING, message=f"LP-FT: the head fitted on frozen features {score}; fine-tuning the "
                                        "whole model from it")
     _optimisation(run, len(dataset.classes))
     if resume:
         _restore(run)
     if ddp.is_main:
         runs.write_metrics_log(run_dir, run.history)
-    emit.status("running", message="Training", epoch=run.start_epoch, epochs=config.epochs,
+    emit.status(RunState.RUNNING, message="Training", epoch=run.start_epoch, epochs=config.epochs,
                 steps_per_epoch=_steps_per_epoch(run), device=str(run.device), classes=dataset.classes,
                 train_images=len(run.train_set), val_images=len(run.val_set))
     stop = StopFlag(run_dir, should_stop, ddp)
@@ -330,7 +332,7 @@ def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
     nothing."""
     from safetensors.torch import load_file
     config, best, history, classes = run.config, run.best, run.history, dataset.classes
-    run.emit.status("running", message="Computing final metrics on the delivered model")
+    run.emit.status(RunState.RUNNING, message="Computing final metrics on the delivered model")
     run.ddp.barrier()  # rank 0 has written the best weights
     run.eval_model.load_state_dict(load_file(run.run_dir / runs.WEIGHTS))
     n = len(dataset.items)
@@ -343,7 +345,7 @@ def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
             feats = trust.put(feats, f, split, n)
     bank = trust.bank_sample(run.labels, dataset.train, config.seed)
     if bank and feats is not None:
-        run.emit.status("running", message="Reading the training images' features for the 'none of these' check")
+        run.emit.status(RunState.RUNNING, message="Reading the training images' features for the 'none of these' check")
         run.eval_cache.fill(indices=bank)
         _, f = outputs(run.eval_model, Images(run.eval_cache, bank, run.labels, run.pixels.tensor),
                        config.batch_size * 2, run.device, run.autocast)
@@ -356,7 +358,7 @@ def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
         f"chosen on those {chosen['images']} images)" if chosen else "") + (
         f" (stopped early after {len(history)} epochs: no improvement in {config.early_stopping})"
         if stopped_early else "")
-    run.emit.status("completed", message=message, epoch=len(history))
+    run.emit.status(RunState.COMPLETED, message=message, epoch=len(history))
     run.emit.event(type="end", metrics=metrics)
     return metrics
 

@@ -1,7 +1,7 @@
 """What a run tells the world as it goes: events to the caller, status.json for the app, a cooperative stop.
 
     emit = Emitter(run_dir, on_event=print, writes=True)   # rank 0 writes; the other ranks stay quiet
-    emit.status("running", message="Training")
+    emit.status(RunState.RUNNING, message="Training")
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from vit import runs
+from vit.runs import RunState
 
 if TYPE_CHECKING:
     from vit.train.distributed import Distributed
@@ -29,7 +30,7 @@ def epoch_line(e: dict) -> str:
 
 def cancelled(emit: "Emitter", epoch: int, step: int, history: list[dict], best: dict) -> dict:
     best_note = f"best checkpoint (epoch {best['epoch']}) kept" if best["epoch"] else "no checkpoint had been saved yet"
-    emit.status("cancelled", message=f"Cancelled at epoch {epoch + 1}, step {step + 1}; {best_note}.",
+    emit.status(RunState.CANCELLED, message=f"Cancelled at epoch {epoch + 1}, step {step + 1}; {best_note}.",
                 epoch=epoch, step=step)
     emit.event(type="end", cancelled=True)
     return {"cancelled": True, "epoch": epoch + 1, "step": step + 1, "best_epoch": best["epoch"], "history": history}

@@ -12,6 +12,7 @@ from timm.utils import random_seed
 from torch import nn
 
 from vit import runs
+from vit.runs import RunState
 from vit.data import Dataset, DecodeCache
 from vit.data.pixels import EvalPixels, read_for_model
 from vit.models import ModelSpec, built, built_text, create_model, data_config, weights_words
@@ -55,16 +56,16 @@ def prepare(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
                          model_args={**config.model_args, **resizing})
     for line in ([] if resume else config.recipe):
         emit.event(type="recipe", text=line)
-    emit.status("running", message="Creating the model", epoch=0, epochs=epochs or config.epochs,
+    emit.status(RunState.RUNNING, message="Creating the model", epoch=0, epochs=epochs or config.epochs,
                 **runs.process_identity())
     model = create_model(spec, num_classes=len(dataset.classes)).to(device)
     what = runs.read_config(run_dir).get(runs.CONFIG_KEY, {}).get("built") if resume else None
     what = what or built(model, weights_words(model, config.pretrained, config.weights))
-    emit.status("running", arch=built_text(what))
+    emit.status(RunState.RUNNING, arch=built_text(what))
     dcfg = data_config(model)
     if config.crop_pct:
         dcfg["crop_pct"] = config.crop_pct
-    emit.status("running", message=f"Decoding {len(dataset.items)} images into memory")
+    emit.status(RunState.RUNNING, message=f"Decoding {len(dataset.items)} images into memory")
     cache = DecodeCache(dataset.items, short_side=math.ceil(dcfg["input_size"][-1] / dcfg.get("crop_pct", 0.875)),
                         max_bytes=config.cache_max_bytes)
     pixels = EvalPixels(dcfg)

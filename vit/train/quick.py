@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vit import probe, runs, trust
+from vit.runs import RunState
 from vit.data import features
 from vit.data import Dataset, DecodeCache
 from vit.data.pixels import read_for_model
@@ -60,8 +61,8 @@ def fit_quick(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: "Emitt
     feats = _trust_features(model, p, bank + split.select + split.estimate, len(labels))
     metrics = delivered(logits, feats, dataset, labels, split, bank, best, history, False, config.seed, run_dir,
                         ddp.is_main, quick=True, crossed=crossed)
-    emit.status("completed", epoch=1, message=f"Quick model: {estimate_line(metrics['accuracy_estimate'])} (a head "
-                f"fitted on frozen features in {elapsed:.0f} s)")
+    emit.status(RunState.COMPLETED, epoch=1, message=f"Quick model: {estimate_line(metrics['accuracy_estimate'])} "
+                                                     f"(a head fitted on frozen features in {elapsed:.0f} s)")
     emit.event(type="end", metrics=metrics)
     return metrics
 
@@ -86,7 +87,7 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
     write what the features say about the data (diagnostics.json). Returns what was chosen (with the
     features when `keep`), None when asked to stop."""
     shas = [it.sha256 for it in dataset.items]
-    emit.status("running", message=f"Computing the frozen features of {len(shas)} images")
+    emit.status(RunState.RUNNING, message=f"Computing the frozen features of {len(shas)} images")
 
     def computed(flip: bool):
         return features.extract(model, dcfg, cache.pil, shas, cache_dir=run_dir.parent / runs.FEATURES,
@@ -96,7 +97,7 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
     mirrored = computed(True) if config.probe_flip and x is not None else None
     if x is None or (config.probe_flip and mirrored is None):
         return None
-    emit.status("running", message="Fitting the head on the frozen features")
+    emit.status(RunState.RUNNING, message="Fitting the head on the frozen features")
     choosing = holdout(dataset, config.seed).select  # (the images that choose the penalty)
     y, train, val = torch.tensor(labels), torch.tensor(dataset.train), torch.tensor(choosing, dtype=torch.long)
     x_train, y_train = x[train], y[train]
@@ -109,7 +110,8 @@ def probe_head(model: nn.Module, dcfg: dict, dataset: Dataset, cache: DecodeCach
         layer.weight.copy_(head.weight)
         layer.bias.copy_(head.bias)
     if is_main:
-        emit.status("running", message="Reading the features for near-duplicates, label errors, a learning curve")
+        emit.status(RunState.RUNNING,
+                    message="Reading the features for near-duplicates, label errors, a learning curve")
         splits = {i: s for s, idx in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))
                   for i in idx}
         picked = random.Random(config.seed).sample(range(len(labels)), min(features.COPY_SAMPLES, len(labels)))

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from vit import jobs, runs, sessions
+from vit.runs import RunState
 from vit.safety import HostLimits, session_secret
 from vit.ui import classify_tab, data_tab, results, share_tab, train_tab
-from vit.ui.common import (INTRO, PRIVATE, TITLE, Page, _ensure_owner, _manager_getter, _model_picker, refused,
-                           sweep_temp_every)
+from vit.ui.common import (INTRO, PRIVATE, TITLE, Page, Shown, _ensure_owner, _manager_getter, _model_picker, outputs,
+                           refused, sweep_temp_every)
 from vit.ui.data_tab import data_features
 from vit.ui.train_tab import _start_choices, best_run
 
@@ -39,7 +40,8 @@ def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
             classify = classify_tab.layout()
         with gr.Tab("Share"):
             share = share_tab.layout()
-        shown = [data.report, data.counts, data.grid, page.dataset, train.data_line]  # what a checked dataset fills
+        shown = outputs(Shown, report=data.report, counts=data.counts, grid=data.grid, dataset=page.dataset,
+                        data_line=train.data_line)  # what a checked dataset fills
         welcome = app.load(_ensure_owner, page.owner, page.owner, api_visibility="private")
         data_tab.wire(page, data, shown)
         train_tab.wire(page, train, shown, welcome)
@@ -108,7 +110,7 @@ def model_lists(manager: jobs.JobManager, for_share: str | None, for_classify: s
     """One listing of the visitor's runs for the Share and Classify pickers and the Model to start from; a run
     finished since the last look is picked in both."""
     rows = manager.list(owner or None)
-    finished = [r["id"] for r in rows if r["state"] == "completed"]
+    finished = [r["id"] for r in rows if r["state"] == RunState.COMPLETED]
     new = [i for i in finished if known is not None and i not in known]
     follow = new[0] if new else None
     if known is None:  # the page (re)loads: the models the visitor picked last

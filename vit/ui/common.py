@@ -14,16 +14,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import gradio as gr
 import pandas as pd
 
 from vit import data, jobs, runs
+from vit.runs import RunKind, RunState
 from vit import models, safety
 from vit.models import CATALOG
 from vit.safety import HostLimits
 from vit.train import recipe
+from vit.train.config import DEFAULTS, SETTINGS, in_form
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
@@ -89,14 +91,8 @@ MAX_SUSPECTS = 24  # likely label errors shown for a run
 MAX_PAIRS = 12     # near-duplicate pairs shown
 
 
-SETTINGS = ("model", "scratch", "epochs", "batch_size", "lr")  # then ADVANCED: the Train form, in order
-
-
-ADVANCED = ("img_size", "weight_decay", "label_smoothing", "warmup_epochs", "early_stopping", "randaugment", "mixup",
-            "cutmix", "ema_decay", "val_fraction", "seed", "progressive", "class_balance")
-
-
-FORM = SETTINGS + ADVANCED  # the names train_tab.form() keys its fields by, which start_training and the recipe take
+FORM = ("model", "scratch", *in_form("main"), *in_form("advanced"))  # the Train form's fields: its API names
+# (start_training, quick_model), the settings remembered for a visit; all but "scratch" are TrainConfig's
 
 
 DOWNLOADS = Path(tempfile.gettempdir()) / "vit-studio-downloads"  # zips and ONNX files being served
@@ -233,7 +229,7 @@ def _live_choice(rows: list[dict], current: str | None, new: str | None = None) 
     """The run the live view shows: it stays on a run that is training; else a new run just started, the
     current choice, a training run, and last the newest."""
     ids = [r["id"] for r in rows]
-    running = [r["id"] for r in rows if r["state"] == "running"]
+    running = [r["id"] for r in rows if r["state"] == RunState.RUNNING]
     if current in running:
         return current
     if new in ids:
@@ -258,7 +254,7 @@ def _model_picker(rows: list[dict], current: str | None, follow: str | None = No
     takes the newest finished run."""
     done = [r for r in rows if r["has_model"]]
     ids = [r["id"] for r in done]
-    finished = [r["id"] for r in done if r["state"] == "completed"]
+    finished = [r["id"] for r in done if r["state"] == RunState.COMPLETED]
     if follow in ids:
         value = follow
     elif current and (current in ids or current.startswith("hf-hub:")):
@@ -275,7 +271,7 @@ def _model_text(r: dict) -> str:
     """The model as built ('ViT 96 wide, 6 blocks, patch 4, 32 px, 0.68M parameters, from scratch'), or, before
     it is built, the name asked for and how it starts."""
     if r.get("arch"):
-        return r["arch"] + (", quick model" if "quick model" in (r.get("recipe") or "") else "")
+        return r["arch"] + (", quick model" if r.get("kind") == RunKind.QUICK else "")
     model = (r["model"] or "").split(".")[0]
     return f"{model} ({r['recipe']})" if r.get("recipe") else model
 
@@ -291,7 +287,7 @@ def _accuracy_text(r: dict, short: bool = False) -> str:
         if short:
             return f"{e['value']:.0%} ({e['low']:.0%}-{e['high']:.0%})"
         return f"{e['value']:.1%} ({e['low']:.0%}-{e['high']:.0%}, {e['images']} {ESTIMATE_SHORT.get(e['from'], '')})"
-    if r.get("best_val_acc") is not None and r["state"] != "completed":
+    if r.get("best_val_acc") is not None and r["state"] != RunState.COMPLETED:
         return f"best val so far {r['best_val_acc']:.1%}"
     return ""
 
@@ -300,7 +296,7 @@ def _model_label(r: dict) -> str:
     """'pets.zip · 14:05 · ViT 96 wide, 6 blocks, ... from scratch · 84% (77-89%)': the name, the model as built,
     the accuracy estimate, so that runs with the same name are told apart."""
     acc = _accuracy_text(r, short=True)
-    state = "" if r["state"] == "completed" else f" ({r['state']})"
+    state = "" if r["state"] == RunState.COMPLETED else f" ({r['state']})"
     return f"{r['name']} · {_model_text(r)}{' · ' + acc if acc else ''}{state}"
 
 
@@ -363,7 +359,26 @@ def csv_rows(path: Path):
         yield from csv.DictReader(f)
 
 
-def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None, edits: dict | None = None):
+class Shown(NamedTuple):
+    """What a checked dataset fills (the Data tab's report, counts and grid, the page's dataset, the Train tab's
+    line about it): check_dataset, sample_dataset, check_classes, restore_session and a review return it."""
+    report: Any
+    counts: Any
+    grid: Any
+    dataset: Any
+    data_line: Any
+
+
+def outputs(contract: type, **components) -> list:
+    """The components that an event returning `contract` (a NamedTuple of updates) fills, in its fields' order:
+    a handler names each update, and no order can slip."""
+    if set(components) != set(contract._fields):
+        raise ValueError(f"{contract.__name__} fills {contract._fields}, not {tuple(components)}")
+    return [components[f] for f in contract._fields]
+
+
+def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = None,
+          edits: dict | None = None) -> Shown:
     r = ds.report
     rows = [{"class": c, "split": split, "images": n}
             for split, per in r.split_counts.items() for c, n in per.items()]
@@ -381,7 +396,7 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
             "model** in the Train tab; its results read them from the model's features.*" if r.ok else "")
     if r.ok:
         hint += expectations(recipe.DataFacts.of(ds), _offline_now()) + other_class_hint(ds.classes)
-    return r.to_markdown() + hint, df, data.thumbnails(ds), state, line
+    return Shown(report=r.to_markdown() + hint, counts=df, grid=data.thumbnails(ds), dataset=state, data_line=line)
 
 
 OTHER_NAMES = {"other", "others", "none", "unknown", "background", "negative", "nothing", "misc", "rest"}
@@ -473,19 +488,44 @@ def typed_inputs(fn: Callable, skip: int = 0) -> Callable[[tuple, dict], None]:
         values = [*zip(params, args), *((signature.parameters[k], v) for k, v in kwargs.items()
                                         if k in signature.parameters)]
         for param, value in values:
-            want = str(param.annotation).split("|")[0].strip()
+            wants = {w.strip() for w in str(param.annotation).split("|")}
             if value is None or param.kind is param.VAR_POSITIONAL:
                 continue
             title = param.name.replace("_", " ")
-            if want == "str" and not isinstance(value, str):
-                raise refused(f"The {title} must be text (got {type(value).__name__}).")
-            if want in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                             or not math.isfinite(value)):
-                raise refused(f"The {title} must be a number (got {str(value)[:20]}).")
-            if want == "bool" and not isinstance(value, bool):
-                raise refused(f"The {title} must be true or false (got {str(value)[:20]}).")
+            if "str" in wants and isinstance(value, str):
+                continue
+            if wants & {"float", "int"} and not isinstance(value, bool) and isinstance(value, (int, float)):
+                if not math.isfinite(value):
+                    raise refused(f"The {title} must be a number (got {str(value)[:20]}).")
+                continue
+            if "bool" in wants and isinstance(value, bool):
+                continue
+            expected = ["text" if "str" in wants else "", "a number" if wants & {"float", "int"} else "",
+                        "true or false" if "bool" in wants else ""]
+            expected = " or ".join(e for e in expected if e)
+            if expected:
+                got = type(value).__name__ if "str" in wants else str(value)[:20]
+                raise refused(f"The {title} must be {expected} (got {got}).")
 
     return check
+
+
+def form_signature(fn: Callable) -> inspect.Signature:
+    """`fn`'s signature with its **form replaced by a keyword-only parameter for each of FORM's fields, typed from
+    its Setting: the names an event passes them by (`inputs_kwargs`), the API shows and typed_inputs checks."""
+    signature = inspect.signature(fn)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    for name in FORM:
+        s, default = SETTINGS.get(name), DEFAULTS.get(name)
+        if name == "scratch" or isinstance(default, bool) and not s.auto:
+            kind = "bool"
+        elif s.kind:  # a number; an "auto" one is text in the form (empty: auto), a number or text from a client
+            kind = "float | str" if s.auto else "float"
+        else:  # the model, a choice, auto/on/off
+            kind = "str"
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=f"{kind} | None"))
+    return signature.replace(parameters=params)
 
 
 def _manager_getter(manager: jobs.JobManager | None):
@@ -574,7 +614,7 @@ def _epoch_text(r: dict) -> str:
     if r["epochs"] is None:
         return ""
     done = r["epoch"] or 0
-    return f"{done}/{r['epochs']}" if r["state"] != "queued" else f"0/{r['epochs']}"
+    return f"{done}/{r['epochs']}" if r["state"] != RunState.QUEUED else f"0/{r['epochs']}"
 
 
 def _duration(seconds: float) -> str:

@@ -2,6 +2,7 @@
 one by one, the sample data, a returning visitor's dataset, and what a run's features say about it."""
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from vit import data, jobs, runs, samples
 from vit import sessions
 from vit.safety import HostLimits
 from vit.ui.common import (FORM, MAX_CLASSES, ONE_CHECK_EACH, SAMPLE_MAX, SAMPLE_PER_CLASS, Page, _duration,
-                           _features_summary, _remove_upload, _seen_run, _show, refused)
+                           Shown, _features_summary, _remove_upload, _seen_run, _show, refused)
 
 
 def layout() -> SimpleNamespace:
@@ -61,7 +62,8 @@ def wire(page: Page, tab: SimpleNamespace, shown: list) -> None:
     slots = [tab.class_count, *tab.class_rows, *tab.class_names, *tab.class_files]
     tab.add_class.click(lambda n: _class_slots(n + 1), tab.class_count, slots, api_visibility="private")
     tab.remove_class.click(lambda n: _class_slots(n - 1), tab.class_count, slots, api_visibility="private")
-    tab.check_classes_btn.click(check_classes, [*tab.class_names, *tab.class_files], shown,
+    slots = dict(zip(CLASS_SLOTS, [*tab.class_names, *tab.class_files]))  # by name: class_1.., images_1..
+    tab.check_classes_btn.click(check_classes, inputs_kwargs=slots, outputs=shown,
                                 api_name="check_classes", **lane).then(**keeping(page))
 
 
@@ -94,16 +96,17 @@ def _check_dataset(path: str):
     except data.DataError as e:
         _remove_upload(path)
         raise refused(str(e), duration=None)
-    if shown[3].get("problem"):  # cannot be trained on: nothing will use the upload again
+    if shown.dataset.get("problem"):  # cannot be trained on: nothing will use the upload again
         _remove_upload(path)
     return shown
 
 
-def check_classes(*names_and_files, request: gr.Request = None):
-    """Validate classes built one by one (MAX_CLASSES names, then their image lists) and show the report.
-    Empty slots are ignored; a removed slot is emptied by the UI. Uploads that will not be used (a refused
-    check) are removed at once."""
-    names, files = names_and_files[:MAX_CLASSES], names_and_files[MAX_CLASSES:]
+def check_classes(request: gr.Request = None, **slots):
+    """Validate classes built one by one and show the report: `slots` are CLASS_SLOTS by name, class_1 to
+    class_8 (a name) and images_1 to images_8 (its uploaded images). Empty slots are ignored; a removed slot is
+    emptied by the UI. Uploads that will not be used (a refused check) are removed at once."""
+    names = [slots.get(f"class_{i + 1}") for i in range(MAX_CLASSES)]
+    files = [slots.get(f"images_{i + 1}") for i in range(MAX_CLASSES)]
     uploaded = [p for paths in files if isinstance(paths, list) for p in paths if isinstance(p, str)]
     with ONE_CHECK_EACH.holding(getattr(request, "session_hash", None), CHECKING):
         try:
@@ -112,10 +115,17 @@ def check_classes(*names_and_files, request: gr.Request = None):
             for path in uploaded:
                 _remove_upload(path)
             raise
-    if shown[3].get("problem"):
+    if shown.dataset.get("problem"):
         for path in uploaded:
             _remove_upload(path)
     return shown
+
+
+CLASS_SLOTS = (*(f"class_{i + 1}" for i in range(MAX_CLASSES)), *(f"images_{i + 1}" for i in range(MAX_CLASSES)))
+check_classes.__signature__ = inspect.signature(check_classes).replace(parameters=[
+    inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="gr.Request"),
+    *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None,
+                        annotation="str | None" if n.startswith("class") else "list | None") for n in CLASS_SLOTS)])
 
 
 def _check_classes(names: tuple, files: tuple):
@@ -146,8 +156,8 @@ def sample_dataset(per_class: float = SAMPLE_PER_CLASS):
     folder = sample_folder(n)
     with data.load_dataset(folder) as ds:
         shown = _show(ds, str(folder), f"sample shapes ({n} per class)")
-    if shown[3].get("path"):
-        shown[3]["sample"] = n  # (made again at Start if its folder has been removed since)
+    if shown.dataset.get("path"):
+        shown.dataset["sample"] = n  # (made again at Start if its folder has been removed since)
     return shown
 
 
@@ -189,10 +199,10 @@ def restore_session(manager: jobs.JobManager, owner: str | None):
     form = [gr.update(value=saved[k]) if k in saved else gr.update() for k in FORM]
     ds = record.get("dataset")
     if not isinstance(ds, dict) or not ds.get("name"):
-        return (*[gr.update()] * 5, *form)
+        return (*Shown._make([gr.update()] * len(Shown._fields)), *form)
     if ds.get("problem"):
         line = f"The dataset **{ds['name']}** cannot be trained on: {ds['problem']} Fix it and upload it again."
-        return (line, gr.update(), gr.update(), ds, line, *form)
+        return (*Shown(report=line, counts=gr.update(), grid=gr.update(), dataset=ds, data_line=line), *form)
     try:
         source = ds.get("classes") or ds.get("path")
         if not source or (isinstance(source, str) and not Path(source).exists()):
@@ -203,7 +213,8 @@ def restore_session(manager: jobs.JobManager, owner: str | None):
     except data.DataError:
         gone = (f"Your dataset from last time, **{ds['name']}**, is no longer on the server (uploads are kept for "
                 f"{_duration(HostLimits.from_env().temp_max_age_s)}). Upload it again.")
-        shown = (gone, pd.DataFrame(columns=["class", "split", "images"]), [], None, gone)
+        shown = Shown(report=gone, counts=pd.DataFrame(columns=["class", "split", "images"]), grid=[], dataset=None,
+                      data_line=gone)
     return (*shown, *form)
 
 
@@ -220,10 +231,10 @@ def data_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | 
     trained on the dataset shown there."""
     run_dir = _seen_run(manager, run_id, owner) if dataset else None
     found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
-    job = runs.read_json(run_dir / jobs.JOB, {}) if run_dir else {}
-    if not isinstance(found, dict) or job.get("source") != dataset.get("name"):
+    run = manager.progress(run_dir.name, owner or None) if isinstance(found, dict) else {}
+    if not run or run.get("source") != dataset.get("name"):
         return ""
-    name = job.get("name") or run_dir.name
+    name = run["name"]
     return "\n".join([f"### What the features say about this data (run {name})",
                       *_features_summary(found, set(dataset.get("edits") or {})),
                       "", "*The pairs and the images to review are in the Train tab, under that run's results.*"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
 
 from vit import data, hub, jobs, runs
 from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, PRIVATE, Page, _features_summary,
-                           _run_image, _seen_run, _show, refused)
+                           _run_image, _seen_run, _show, outputs, refused)
 from vit.ui.data_tab import keeping
 
 
@@ -52,7 +53,8 @@ def wire(page: Page, tab: SimpleNamespace, selected: gr.Dropdown, run_key: gr.St
     every tick. A review changes the dataset: `shown` (the Data tab) is drawn again and kept."""
     picked = [selected, page.owner]
     results = [tab.per_class, tab.confusion, tab.mistakes, tab.reliability]
-    diagnosed = [tab.features, tab.curve, tab.pairs, tab.suspects, tab.suspect, tab.verdict, tab.features_box]
+    diagnosed = outputs(Features, summary=tab.features, curve=tab.curve, pairs=tab.pairs, suspects=tab.suspects,
+                        suspect=tab.suspect, verdict=tab.verdict, box=tab.features_box)
     features = page.bind(run_features)
     selected.change(page.bind(run_results), picked, results, api_name="run_results", show_progress="hidden")
     run_key.change(page.bind(run_results), picked, results, **PRIVATE)
@@ -94,19 +96,32 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
                                                                                  visible=diagram is not None)
 
 
-def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None):
+class Features(NamedTuple):
+    """What run_features fills: the summary, the learning curve, the near-duplicate pairs, the likely label errors,
+    the picker of one to review and its actions, and the box they are in."""
+    summary: Any
+    curve: Any
+    pairs: Any
+    suspects: Any
+    suspect: Any
+    verdict: Any
+    box: Any
+
+
+def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | None, owner: str | None) -> Features:
     """What a run's frozen features say about its data (diagnostics.json): a summary, the learning curve,
     near-duplicate pairs side by side, and the likely label errors not yet reviewed in the visitor's
     dataset, with the picker to review them."""
     curve = pd.DataFrame(columns=["images", "accuracy"])  # training images, validation accuracy
-    empty = ("", curve, [], [], gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[], value=None),
-             gr.Column(visible=False))
+    empty = Features(summary="", curve=curve, pairs=[], suspects=[], suspect=gr.Dropdown(choices=[], value=None),
+                     verdict=gr.Dropdown(choices=[], value=None), box=gr.Column(visible=False))
     run_dir = _seen_run(manager, run_id, owner)
     found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
     if not isinstance(found, dict):
         if run_dir and runs.read_json(run_dir / runs.METRICS, {}).get("per_class"):
-            return ("*What the features say about the data (near-duplicates, likely label errors, a learning "
-                    "curve) is shown for a Quick model, or a fine-tune with LP-FT.*", *empty[1:])
+            return empty._replace(summary="*What the features say about the data (near-duplicates, likely label "
+                                          "errors, a learning curve) is shown for a Quick model, or a fine-tune with "
+                                          "LP-FT.*")
         return empty
     reviewed = set((dataset or {}).get("edits") or {})
     errors = [e for e in found.get("label_errors", []) if e["name"] not in reviewed]
@@ -125,10 +140,12 @@ def run_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | N
         if pic is not None:
             gallery.append((pic, f"{e['label']} -> {e['suggested']}? ({e['p_suggested']:.0%}) {e['name']}"))
     names = [e["name"] for e in errors[:MAX_SUSPECTS]]
-    return ("\n".join(lines), table, gr.Gallery(value=side_by_side, visible=bool(side_by_side)),
-            gr.Gallery(value=gallery, visible=bool(gallery)),
-            gr.Dropdown(choices=names, value=names[0] if names else None),
-            review_choices(manager, run_id, names[0] if names else None, owner), gr.Column(visible=True))
+    return Features(summary="\n".join(lines), curve=table,
+                    pairs=gr.Gallery(value=side_by_side, visible=bool(side_by_side)),
+                    suspects=gr.Gallery(value=gallery, visible=bool(gallery)),
+                    suspect=gr.Dropdown(choices=names, value=names[0] if names else None),
+                    verdict=review_choices(manager, run_id, names[0] if names else None, owner),
+                    box=gr.Column(visible=True))
 
 
 def review_choices(manager: jobs.JobManager, run_id: str | None, name: str | None, owner: str | None):

@@ -13,14 +13,16 @@ import gradio as gr
 import pandas as pd
 
 from vit import data, jobs, runs, sessions
+from vit.runs import RunKind, RunState
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.safety import HostLimits
 from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
+from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
-from vit.ui.common import (ADVANCED, FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START,
-                           SETTINGS, Page, _accuracy_text, _duration, _epoch_text, _live_choice,
+from vit.ui.common import (FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START, Page, form_signature,
+                           _accuracy_text, _duration, _epoch_text, _live_choice,
                            _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
 from vit.ui.data_tab import restore_session, sample_folder
 
@@ -54,44 +56,45 @@ def layout() -> SimpleNamespace:
 
 
 def form(offline: bool) -> dict:
-    """The settings, keyed by FORM's names. An empty field is chosen for the data (the "Will train" line says
-    how); typed, it wins. The defaults shown are TrainConfig's."""
+    """The settings, keyed by FORM's names: the model and From scratch, then each TrainConfig setting that has a
+    place in the form (vit.train.config), made from its Setting. An empty "auto" field is chosen for the data (the
+    "Will train" line says how); typed, it wins. The defaults shown are TrainConfig's."""
     with gr.Row():
         model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
                             allow_custom_value=True)
         scratch = gr.Checkbox(offline, label="From scratch (no download; settings chosen for your data)",
                               info="Pretrained weights come from the Hugging Face Hub. Offline, train from scratch: "
                                    "good for simple images (shapes, digits, scans), far weaker on photos.")
-    d = TrainConfig()
+    fields = dict(model=model, scratch=scratch)
     with gr.Row():
-        epochs, batch_size, lr = _auto_field("Epochs"), _auto_field("Batch size"), _auto_field("Learning rate (head)")
-        img_size = _auto_field("Image size (px)")
+        fields.update({name: _setting_field(name) for name in in_form("main")})
     with gr.Accordion("Advanced settings", open=False):
-        with gr.Row():
-            weight_decay = gr.Number(d.weight_decay, label="Weight decay", minimum=0)
-            label_smoothing = gr.Number(d.label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
-            warmup = _auto_field("Warm-up epochs")
-            patience = _auto_field("Early stopping patience (0: off)")
-        with gr.Row():
-            randaugment = gr.Checkbox(d.randaugment, label="RandAugment")
-            mixup = gr.Number(d.mixup, label="Mixup alpha (0: off)", minimum=0)
-            cutmix = gr.Number(d.cutmix, label="CutMix alpha (0: off)", minimum=0)
-            ema = gr.Number(d.ema_decay or 0, label="EMA decay (0: off)", minimum=0, maximum=1)
-        with gr.Row():
-            val_fraction = gr.Number(d.val_fraction, label="Validation fraction", minimum=0, maximum=0.9)
-            seed = gr.Number(d.seed, label="Seed", precision=0)
-            progressive = gr.Radio(["auto", "on", "off"], value="auto", label="Progressive resizing",
-                                   info="Train the first epochs on smaller images (faster), growing to the final "
-                                        "size.")
-            class_balance = gr.Radio(["auto", "on", "off"], value="auto", label="Class balance",
-                                     info="Draw each class about as often in training (auto: on when the largest "
-                                          "class has 3x the images of the smallest).")
-    fields = dict(model=model, scratch=scratch, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
-                  weight_decay=weight_decay, label_smoothing=label_smoothing, warmup_epochs=warmup,
-                  early_stopping=patience, randaugment=randaugment, mixup=mixup, cutmix=cutmix, ema_decay=ema,
-                  val_fraction=val_fraction, seed=seed, progressive=progressive, class_balance=class_balance)
-    assert tuple(fields) == FORM, "form() and FORM name the same fields in the same order"
+        advanced = in_form("advanced")
+        for row in range(0, len(advanced), 4):
+            with gr.Row():
+                fields.update({name: _setting_field(name) for name in advanced[row:row + 4]})
     return fields
+
+
+def _setting_field(name: str):
+    """The form's field for a TrainConfig setting: an "auto" textbox for a number the recipe chooses, auto/on/off
+    for such a bool, a choice of its values, a checkbox, or a number within its range."""
+    s, default = SETTINGS[name], DEFAULTS[name]
+    label = s.label or s.title
+    if s.auto and s.kind:
+        return _auto_field(label)
+    if s.auto and isinstance(default, bool):
+        return gr.Radio(["auto", "on", "off"], value="auto", label=label, info=_sentence(s.help))
+    if s.choices:
+        return gr.Radio(list(s.choices), value=default, label=label, info=_sentence(s.help))
+    if isinstance(default, bool):
+        return gr.Checkbox(default, label=label)
+    return gr.Number(default or 0, label=label, minimum=0 if s.off_at_zero else s.lo, maximum=s.hi,
+                     precision=0 if s.kind == "int" else None)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "." if text else ""
 
 
 def _runs_view() -> SimpleNamespace:
@@ -133,22 +136,23 @@ def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
     tab.fields["model"].input(lambda m: gr.update(value=False) if str(m or "").startswith(RUN_START) else gr.update(),
                               tab.fields["model"], tab.fields["scratch"], **PRIVATE)
     page.timer.tick(page.bind(start_message_now), [tab.start_msg, page.owner], tab.start_msg, **PRIVATE)
-    asked = [page.dataset, *settings[:len(SETTINGS)], page.owner, *settings[len(SETTINGS):], tab.run_name]
-    tab.start_btn.click(page.bind(start_from_form, False), asked, [tab.start_msg, tab.selected],
-                        api_name="start_training")
-    tab.quick_btn.click(page.bind(start_from_form, True), asked, [tab.start_msg, tab.selected], api_name="quick_model")
-    planned = [page.dataset, *settings]
-    for field in planned:  # what will actually run, before Start, as the dataset or a setting changes
-        field.change(run_plan, planned, tab.plan, **PRIVATE)
-    keep = page.bind(remember_settings)
+    # the form goes by name (inputs_kwargs): the API's parameters are the settings' names, and no order can slip
+    asked = dict(inputs=[page.dataset, page.owner, tab.run_name], inputs_kwargs=tab.fields,
+                 outputs=[tab.start_msg, tab.selected])
+    tab.start_btn.click(page.bind(start_from_form, False), **asked, api_name="start_training")
+    tab.quick_btn.click(page.bind(start_from_form, True), **asked, api_name="quick_model")
+    planned = dict(fn=run_plan, inputs=[page.dataset], inputs_kwargs=tab.fields, outputs=tab.plan)
+    for field in [page.dataset, *settings]:  # what will actually run, before Start, as the dataset or a setting changes
+        field.change(**planned, **PRIVATE)
+    keep = dict(fn=page.bind(remember_settings), inputs=[page.owner], inputs_kwargs=tab.fields, outputs=None)
     for field in settings:  # remembered for the next visit
-        field.input(keep, [page.owner, *settings], None, **PRIVATE)
+        field.input(**keep, **PRIVATE)
         if isinstance(field, gr.Textbox):  # a pasted or autofilled value sends no input event: leaving does
-            field.blur(keep, [page.owner, *settings], None, **PRIVATE)
+            field.blur(**keep, **PRIVATE)
     listing = [tab.runs_table, tab.selected]
     refresh = page.bind(list_runs)
     welcome.then(page.bind(restore_session), page.owner, [*shown, *settings], api_visibility="private").then(
-        run_plan, planned, tab.plan, api_visibility="private").then(
+        **planned, api_visibility="private").then(
         refresh, [tab.selected, page.owner], listing, api_visibility="private")
     _wire_runs(page, tab, refresh, welcome)
 
@@ -209,17 +213,20 @@ def start_message_now(manager: jobs.JobManager, message: str | None, owner: str 
     return gr.update() if state in runs.ACTIVE_STATES else ""
 
 
-def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None, model: str, scratch: bool, epochs,
-                    batch_size, lr, owner: str | None, *advanced_and_name):
-    """start_training with the form's values as the page sends them: SETTINGS, the owner, ADVANCED, the name."""
-    *advanced, run_name = advanced_and_name
-    return start_training(manager, dataset, model, scratch, epochs, batch_size, lr, owner, run_name, quick=quick,
-                          **dict(zip(ADVANCED, advanced)))
+def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None, owner: str | None,
+                    run_name: str | None = None, **form):
+    """start_training with the Train form's fields by name (FORM's: the API's parameters of /start_training and
+    /quick_model); a field left out is empty ("auto", or the setting's default)."""
+    form = {**dict.fromkeys(FORM), "scratch": False, **{k: v for k, v in form.items() if v is not None}}
+    return start_training(manager, dataset, form.pop("model"), owner=owner, run_name=run_name, quick=quick, **form)
 
 
-def remember_settings(manager: jobs.JobManager, owner: str | None, *values) -> None:
-    """The Train form's values (FORM's order), for the visitor's next visit."""
-    sessions.remember(manager.root, owner, settings=dict(zip(FORM, values)))
+start_from_form.__signature__ = form_signature(start_from_form)
+
+
+def remember_settings(manager: jobs.JobManager, owner: str | None, **form) -> None:
+    """The Train form's values, for the visitor's next visit."""
+    sessions.remember(manager.root, owner, settings={k: v for k, v in form.items() if k in FORM})
 
 
 def live_view(manager: jobs.JobManager, run_id: str | None, owner: str | None):
@@ -263,7 +270,7 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
         raise refused(str(e), duration=None)
     state = manager.progress(run_id, owner)
     rows = manager.list(owner or None)
-    training = next((r["id"] for r in rows if r["state"] == "running" and r["id"] != run_id), None)
+    training = next((r["id"] for r in rows if r["state"] == RunState.RUNNING and r["id"] != run_id), None)
     return (f"Run **{state['name']}** ({run_id}) is {state['state']}: {state['message']}",
             _run_picker(rows, _live_choice(rows, training, new=run_id)))
 
@@ -286,7 +293,7 @@ def check_model_size(config: TrainConfig, facts: dict | None, max_params_m: floa
     return n
 
 
-def planned_config(model_name: str, scratch: bool, epochs, batch_size, lr, facts: dict | None = None,
+def planned_config(model_name: str, scratch: bool, epochs=None, batch_size=None, lr=None, facts: dict | None = None,
                    quick: bool = False, **advanced) -> TrainConfig:
     """The TrainConfig the form describes, exactly as it will run: what the form leaves empty is chosen by
     vit.train.recipe (from the dataset's `facts` when training from scratch); gr.Error names a wrong setting. A
@@ -338,12 +345,13 @@ def describe_config(config: TrainConfig, classes: int = 2) -> str:
         f"\n- {note}" for note in config.recipe)
 
 
-def run_plan(dataset: dict | None, model_name, scratch, epochs, batch_size, lr, *more) -> str:
+def run_plan(dataset: dict | None, **form) -> str:
     """The 'will run' line under the settings, updated as they or the dataset change (an error says what
-    to fix)."""
+    to fix). `form`: the Train form's fields by name."""
+    form = {**dict.fromkeys(FORM), "scratch": False, **{k: v for k, v in form.items() if v is not None}}
+    model_name, scratch = form.pop("model"), form.pop("scratch")
     try:
-        config = planned_config(model_name, scratch, epochs, batch_size, lr, _facts(dataset),
-                                **dict(zip(ADVANCED, more)))
+        config = planned_config(model_name, scratch, facts=_facts(dataset), **form)
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
     if not config.weights and not config.model.startswith("hf-hub:"):  # (an hf-hub size is read at Start only)
@@ -400,15 +408,15 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     except jobs.JobError as e:
         return str(e), empty, empty
     lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
-    if p["state"] == "completed":
+    if p["state"] == RunState.COMPLETED:
         lines.append(headline(p))
-    if p["state"] == "running" and p["steps_per_epoch"]:
+    if p["state"] == RunState.RUNNING and p["steps_per_epoch"]:
         epochs, steps = p["epochs"] or 1, p["steps_per_epoch"]
         done = ((p["epoch"] or 0) * steps + (p["step"] or 0)) / (epochs * steps)
         lines.append(f"<progress value='{done:.3f}' max='1' style='width:100%'></progress> {done:.0%}")
         lines.append(f"Epoch {min((p['epoch'] or 0) + 1, epochs)}/{epochs}, step {p['step'] or 0}/{steps}"
                      + (f", about {_duration(p['eta_s'])} left" if p.get("eta_s") else ""))
-    if p["history"] and "quick model" in (p.get("recipe") or ""):
+    if p["history"] and p.get("kind") == RunKind.QUICK:
         last = p["history"][-1]
         lines.append(f"Quick model: the head alone, fitted in {last['epoch_time']:.1f} s: train accuracy "
                      f"{last['train_acc']:.1%}, validation accuracy {last['val_acc']:.1%}.")
@@ -417,9 +425,9 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
         val = NO_VALIDATION if no_validation(last) else f"val acc {last['val_acc']:.1%}"
         lines.append(f"Last epoch: train loss {last['train_loss']:.3f}, {val}, "
                      f"lr {last['lr']:.2e}, {last['images_per_s']:.0f} images/s")
-    if p["cancel_requested"] and p["state"] == "running":
+    if p["cancel_requested"] and p["state"] == RunState.RUNNING:
         lines.append("Cancel requested: it stops after the current step.")
-    if p["state"] in ("failed", "interrupted") and not p["message"]:
+    if p["state"] in (RunState.FAILED, RunState.INTERRUPTED) and not p["message"]:
         lines.append(f"```\n{manager.log_tail(run_id)}\n```")
     if p.get("expires_at"):
         lines.append(expiry_line(p["expires_at"], manager.keep_s))
@@ -479,7 +487,7 @@ def trust_lines(calibration: dict | None, ood: dict | None) -> str:
 def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     """The loss and accuracy curves are hidden for a quick model: one fit, nothing to draw."""
     try:
-        quick = bool(run_id) and "quick model" in (manager.progress(run_id, owner or None).get("recipe") or "")
+        quick = bool(run_id) and manager.progress(run_id, owner or None).get("kind") == RunKind.QUICK
     except jobs.JobError:
         quick = False
     return gr.Row(visible=not quick)
@@ -488,7 +496,7 @@ def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None
 def _start_choices(rows: list[dict]) -> list[tuple[str, str]]:
     """The Model picker: the catalog, then the visitor's finished runs to start from."""
     return MODEL_CHOICES + [(f"Start from your run: {_model_label(r)}", f"{RUN_START}{r['id']}")
-                            for r in rows if r["has_model"] and r["state"] == "completed"]
+                            for r in rows if r["has_model"] and r["state"] == RunState.COMPLETED]
 
 
 CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model and results? This cannot be "
@@ -506,19 +514,18 @@ def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
     in its dataset, unranked."""
     rows = []
     for r in _finished(manager, owner):
-        run_dir = manager.root / r["id"]
-        config = runs.read_json(run_dir / jobs.JOB, {}).get("config", {})
-        metrics = runs.read_json(run_dir / runs.METRICS, {})
+        config, chosen = r["settings"], r.get("selection")
         took = (r["finished_at"] or 0) - (r["created_at"] or 0)
-        e, chosen = r.get("estimate") or {}, metrics.get("selection")
+        e = r.get("estimate") or {}
         measured = e.get("value") is not None
-        rows.append(["", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
+        order = (r["source"] or "", -e["value"] if measured else 1)  # by dataset, then the estimate, best first
+        rows.append([order, "", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
                      f"{e['low']:.1%}-{e['high']:.1%}" if measured else "",
                      f"{e['images']} {SOURCE_WORDS.get(e['from'], '')}" if measured else "not measured",
                      f"{chosen['val_acc']:.1%} (epoch {chosen['epoch']} of {chosen['epochs']})" if chosen else "",
                      r["epoch"] or "", config.get("batch_size", ""), f"{config['lr']:g}" if config.get("lr") else "",
                      _duration(took) if took > 0 else "", r["id"]])
-    rows.sort(key=lambda row: (row[1], -float(row[4].rstrip("%") or -1)))
+    rows = [row[1:] for row in sorted(rows, key=lambda row: row[0])]
     for k, row in enumerate(rows):
         if row[4] and (k == 0 or rows[k - 1][1] != row[1]):
             row[0] = "★"  # the best of its dataset
@@ -532,7 +539,7 @@ def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
 
 
 def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
-    return [r for r in manager.list(owner or None) if r["state"] == "completed" and r["has_model"]]
+    return [r for r in manager.list(owner or None) if r["state"] == RunState.COMPLETED and r["has_model"]]
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:
