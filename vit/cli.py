@@ -148,21 +148,18 @@ def predict_command(args) -> int:
     accept = _acceptance(args.accept)
     threshold = loaded.trust.threshold(accept)
     for path in args.image:
-        image = predict.read_image(path)
-        (answer,) = loaded.answers([image], accept)
+        if explaining:  # the heatmap and the answer from one pass, as the app's Classify tab
+            done = predict.classify_and_explain(loaded, path, args.explain, args.target, accept=accept,
+                                                head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
+            image, answer = done.image, done.answer
+        else:
+            image = predict.read_image(path)
+            (answer,) = loaded.answers([image], accept)
         result = {"image": str(path), "unsure": answer.unsure,
                   "ood_score": None if answer.ood_score is None else round(answer.ood_score, 6),
                   "top": [{"label": lb, "probability": round(p, 6)} for lb, p in answer.top(loaded.labels, args.topk)]}
         if explaining:
-            target = None
-            if args.target is not None:
-                if args.target not in loaded.labels:
-                    raise predict.PredictError(f"--target {args.target!r} is not a class of this model "
-                                               f"({', '.join(loaded.labels)}).")
-                target = loaded.labels.index(args.target)
-            with loaded.borrow() as model:
-                e = explain.explain(model, loaded.preprocess(image), args.explain, target,
-                                    head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
+            e = done.explanation
             out = _overlay_path(args.out, path, args.explain, len(args.image))
             explain.overlay(image, e.heatmap, box=loaded.input_box(image.size), opacity=args.opacity,
                             colormap=args.colormap).save(out)

@@ -388,3 +388,44 @@ def _load_folder(folder: Path, source: str, device: str) -> LoadedModel:
         dim = None
     early_dim = getattr(model, "embed_dim", None)
     return LoadedModel(model, labels, dcfg, folder, source, trust_file.load(folder, n, dim, early_dim))
+
+
+@dataclass
+class Explained:
+    """One image classified and explained from one forward pass (classify_and_explain)."""
+    image: Image.Image                   # the image as read (RGB)
+    answer: Answer                       # calibrated probabilities and the "not sure" check
+    explanation: object                  # vit.explain.Explanation: the heatmap, its target, per-head maps, notes
+    target: int | None                   # the class asked for (None: the predicted one)
+
+
+def classify_and_explain(loaded: LoadedModel, image: ImageInput, method: str, target: str | None = None, *,
+                         layer: int = -1, head: int | None = None, accept: float | None = None,
+                         head_fusion: str = "mean", discard_ratio: float = 0.0, threads: int | None = None,
+                         cache=None) -> Explained:
+    """Read `image`, draw the model's heatmap with `method` (for the class `target`; None: the predicted one) and
+    judge its answer from the same pass: what the app's Classify tab and `python -m vit predict --explain` show.
+    `threads`: the share of the CPU to use (the web app's); `cache` (get/put), keyed by the weights, the image file
+    and the map asked for, keeps maps already made (a new opacity or threshold is drawn from one)."""
+    from vit import explain
+    if target is not None and target not in loaded.labels:
+        raise PredictError(f"{str(target)[:80]!r} is not a class of this model ({', '.join(loaded.labels)}).")
+    t = loaded.labels.index(target) if target is not None else None
+    rgb = read_image(image)
+    key = None
+    if cache is not None and isinstance(image, (str, os.PathLike)):
+        weights = loaded.folder / runs.WEIGHTS
+        key = (str(weights), _mtime(weights), str(image), method, t, layer, head, head_fusion, discard_ratio)
+    done = cache.get(key) if key else None
+    if done is None:
+        share = compute_share(threads) if threads else contextlib.nullcontext()
+        with share, loaded.borrow() as model, trust_file.watching(model) as seen:
+            e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer, head=head,
+                                head_fusion=head_fusion, discard_ratio=discard_ratio)
+        logits = seen.logits[0][:1] if seen.logits else torch.as_tensor(e.probs).clamp_min(1e-30).log()[None]
+        done = (e, seen.features(1), logits)  # (a model with two heads, e.g. distilled: log-probabilities)
+        if key:
+            cache.put(key, done)
+    e, features, logits = done
+    (answer,) = loaded.judge(logits, features, accept)
+    return Explained(image=rgb, answer=answer, explanation=e, target=t)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from vit import data, jobs, runs, samples, trust
+from vit import data, jobs, samples, trust
 from vit import safety
 from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, ONE_BATCH_EACH, PREDICTED, PRIVATE, Page,
                            _METHOD_TITLES, _csv, _download_folder, _explained, _load, _placeholder, _unopened_path,
@@ -137,20 +137,11 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         if method == "attention" and heads_there and not 0 <= head_number <= heads_there:
             raise ValueError(f"Head {head_number} does not exist: the model has {heads_there} heads per layer "
                              f"(use 1..{heads_there}, or 0 for their mean).")
-        rgb = predict.read_image(image)
-        t = loaded.labels.index(target) if target in loaded.labels else None
-        weights = loaded.folder / runs.WEIGHTS
-        key = (str(weights), weights.stat().st_mtime_ns, str(image), method, t, layer_index, head_number)
-        done = _explained.get(key)
-        if done is None:  # (a new opacity or threshold, or a method seen before, is drawn from the map already made)
-            with predict.compute_share(manager.web_threads()), loaded.borrow() as model, \
-                    trust.watching(model) as seen:
-                e = explain.explain(model, loaded.preprocess(rgb), method, t, layer=layer_index,
-                                    head=head_number - 1 if head_number else None)
-            done = (e, seen.features(1), seen.logits[0][:1] if seen.logits else e.probs.clamp_min(1e-30).log()[None])
-            _explained.put(key, done)
-        e, features, logits = done
-        (answer,) = loaded.judge(logits, features, accept)
+        # (a new opacity or threshold, or a method seen before, is drawn from the map already made: _explained)
+        done = predict.classify_and_explain(loaded, image, method, target if target in loaded.labels else None,
+                                            layer=layer_index, head=head_number - 1 if head_number else None,
+                                            accept=accept, threads=manager.web_threads(), cache=_explained)
+        rgb, answer, e, t = done.image, done.answer, done.explanation, done.target
     except (predict.PredictError, explain.ExplainError, ValueError) as err:
         raise refused(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, answer.probs)}
