@@ -73,8 +73,8 @@ MUTANTS = [
     Mutant("gradient checkpointing: the setting is ignored", "vit/train/engine.py",
            "    if config.grad_checkpointing:\n", "    if False:\n", ENGINE_PARTS),
     Mutant("test split: measured after every epoch too", "vit/train/engine.py",
-           "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n",
-           "        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n"
+           "        val = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n",
+           "        val = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)\n"
            "        if dataset.test:\n"
            "            evaluate(run.eval_model, Images(run.eval_cache, dataset.test, run.labels, run.pixels.tensor),"
            " config, run.device, run.autocast)\n", k("tests/test_train.py", "test_split")),

@@ -135,3 +135,16 @@ def test_imports_point_one_way_and_gradio_stays_in_the_ui():
     gradio = [m for m, names in graph.items() if "gradio" in {n.split(".")[0] for n in names}
               and not m.startswith("vit.ui")]
     assert not gradio, gradio
+
+
+def test_the_environment_is_read_in_one_place_and_the_readme_names_what_a_host_sets():
+    from vit.env import VARIABLES, read
+    reads = re.compile(r"os\.environ\.get\(|os\.environ\[|os\.getenv\(")
+    elsewhere = [str(p.relative_to(ROOT)) for p in VIT.rglob("*.py")
+                 if p.name != "env.py" and reads.search(p.read_text())]
+    assert not elsewhere, f"environment variables read outside vit/env.py: {elsewhere}"
+    with pytest.raises(KeyError, match="add it there"):
+        read("VIT_SOMETHING_NEW")
+    internal = {"VIT_NICE", "VIT_PARENT_PID", "VIT_THREADS"}  # the job manager sets these for its training process
+    readme = (ROOT / "README.md").read_text()
+    assert [v for v in VARIABLES if v.startswith("VIT_") and v not in internal and v not in readme] == []

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
-from vit import data, models, runs
+from vit import data, env, models, runs
 from vit.runs import RunState
 
 
@@ -64,7 +63,7 @@ def data_check(args) -> int:
 def train_command(args) -> int:
     from vit.train import TrainConfig, recipe, train
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = env.number("WORLD_SIZE", 1) > 1
     data_path, settings, val_fraction, seed = _train_request(args, distributed)
     ds = data.load_dataset(data_path, val_fraction=val_fraction, seed=seed)
     if not ds.report.ok:
@@ -76,7 +75,7 @@ def train_command(args) -> int:
         config = recipe.choose(TrainConfig(**settings), recipe.DataFacts.of(ds), given=settings)
         run_dir = run_dir or runs.create_run_dir(None, args.model)
         run_dir.mkdir(parents=True, exist_ok=True)
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = env.number("RANK") == 0
     stop = _cancel_on_ctrl_c()
     progress = _Progress() if main_process else None
     with ds:

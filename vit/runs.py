@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
 
+from vit import env
 from vit.safety import on_spaces
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -100,8 +101,8 @@ def default_root(persistent: Path | None = None) -> Path:
     """Where runs live: VIT_CHECKPOINTS if set; on a Space, its persistent storage when mounted;
     else checkpoints/ beside the code."""
     persistent = persistent or SPACES_PERSISTENT
-    if os.environ.get("VIT_CHECKPOINTS"):
-        return Path(os.environ["VIT_CHECKPOINTS"])
+    if env.read("VIT_CHECKPOINTS"):
+        return Path(env.read("VIT_CHECKPOINTS"))
     if on_spaces() and persistent.is_dir() and os.access(persistent, os.W_OK):
         return persistent / "checkpoints"
     return DEFAULT_ROOT
@@ -109,7 +110,7 @@ def default_root(persistent: Path | None = None) -> Path:
 
 def storage_note(persistent: Path | None = None) -> str:
     """A warning to show when runs will not survive a restart (a Space without persistent storage)."""
-    if (on_spaces() and not os.environ.get("VIT_CHECKPOINTS")
+    if (on_spaces() and not env.read("VIT_CHECKPOINTS")
             and default_root(persistent) == DEFAULT_ROOT):
         return ("This Space has no persistent storage: trained runs are lost when it restarts or goes to sleep. "
                 "Push the models you want to keep to the Hub, or enable persistent storage in the Space settings.")

@@ -18,12 +18,14 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from vit import env
+
 NAME_MAX_CHARS = 100
 
 
 def on_spaces() -> bool:
     """Whether the app runs as a Hugging Face Space (a Space sets SYSTEM=spaces): the one place this is read."""
-    return os.environ.get("SYSTEM") == "spaces"
+    return env.on_spaces()
 
 
 RESERVED_NAMES = {"labels.csv"}          # the manifest: a class of that name would collide with it
@@ -46,16 +48,16 @@ class HostLimits:
 
     @classmethod
     def from_env(cls) -> "HostLimits":
-        env = {"max_upload_mb": ("VIT_MAX_UPLOAD_MB", int), "max_pixels": ("VIT_MAX_PIXELS", int),
-               "max_model_params_m": ("VIT_MAX_MODEL_PARAMS_M", float),
-               "runs_per_visitor": ("VIT_RUNS_PER_VISITOR", int),
-               "classify_concurrency": ("VIT_CLASSIFY_CONCURRENCY", int),
-               "temp_max_age_s": ("VIT_TEMP_MAX_AGE_S", int),
-               "max_active_runs": ("VIT_MAX_ACTIVE_RUNS", int), "max_run_minutes": ("VIT_MAX_RUN_MINUTES", float),
-               "keep_days": ("VIT_KEEP_DAYS", float)}
+        table = {"max_upload_mb": ("VIT_MAX_UPLOAD_MB", int), "max_pixels": ("VIT_MAX_PIXELS", int),
+                 "max_model_params_m": ("VIT_MAX_MODEL_PARAMS_M", float),
+                 "runs_per_visitor": ("VIT_RUNS_PER_VISITOR", int),
+                 "classify_concurrency": ("VIT_CLASSIFY_CONCURRENCY", int),
+                 "temp_max_age_s": ("VIT_TEMP_MAX_AGE_S", int),
+                 "max_active_runs": ("VIT_MAX_ACTIVE_RUNS", int), "max_run_minutes": ("VIT_MAX_RUN_MINUTES", float),
+                 "keep_days": ("VIT_KEEP_DAYS", float)}
         values = {}
-        for field_name, (var, kind) in env.items():
-            raw = os.environ.get(var, "").strip()
+        for field_name, (var, kind) in table.items():
+            raw = env.read(var) or ""
             if raw:
                 try:
                     values[field_name] = kind(raw)
@@ -78,7 +80,7 @@ def session_secret(root: str | os.PathLike) -> str:
     value made once and kept in <root>/.session-secret (0600), so that a restart (a Space waking up) still reads
     every browser's id and its runs stay theirs. Gradio hands this key to the page, so it hides the id from other
     sites' scripts, not from the visitor: what makes a visitor is their random id, never the key."""
-    given = os.environ.get("VIT_SESSION_SECRET", "").strip()
+    given = env.read("VIT_SESSION_SECRET")
     if given:
         return given
     path = Path(root) / SECRET_FILE

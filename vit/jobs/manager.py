@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from vit import runs, sessions
+from vit import env, runs, sessions
 from vit.runs import RunState
 from vit.data import Dataset, export_dataset, load_dataset
 from vit.jobs.child import Child, tail
@@ -45,7 +45,7 @@ def _disk_full_refused(request):
 
 def default_single_user() -> bool:
     """Single-user unless VIT_SINGLE_USER says otherwise or the app runs as a Hugging Face Space."""
-    value = os.environ.get("VIT_SINGLE_USER")
+    value = env.read("VIT_SINGLE_USER")
     if value is not None:
         return value.strip().lower() in ("1", "true", "yes", "on")
     return not on_spaces()
@@ -53,7 +53,7 @@ def default_single_user() -> bool:
 
 def default_cpu_threads() -> int:
     """Training threads on a CPU-only machine: every core but one, which is left to the web server."""
-    value = os.environ.get("VIT_TRAIN_THREADS")
+    value = env.read("VIT_TRAIN_THREADS")
     if value:
         return max(1, int(value))
     return max(1, (os.cpu_count() or 2) - 1)

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from vit import runs
+from vit import env, runs
 from vit.runs import RunState
 from vit.data import DataError, load_dataset
 from vit.train import TrainConfig, epoch_line
@@ -38,18 +38,18 @@ def _child_main(run_dir: Path) -> int:
 
 
 def _train_child(run_dir: Path) -> int:
-    if int(os.environ.get("VIT_NICE", "0")) > 0:
-        os.nice(int(os.environ["VIT_NICE"]))
-    stop = _StopRequests(run_dir, int(os.environ.get("VIT_PARENT_PID", "0")) or None)
+    if env.number("VIT_NICE") > 0:
+        os.nice(env.number("VIT_NICE"))
+    stop = _StopRequests(run_dir, env.number("VIT_PARENT_PID") or None)
     job = runs.read_json(run_dir / JOB)
     if not job:
         runs.update_status(run_dir, RunState.FAILED, message=f"{run_dir / JOB} is missing or unreadable.")
         return 2
     config = TrainConfig.from_dict(job["config"])
-    if os.environ.get("VIT_THREADS"):
+    if env.number("VIT_THREADS"):
         import torch
-        torch.set_num_threads(int(os.environ["VIT_THREADS"]))
-        config.threads = int(os.environ["VIT_THREADS"])
+        torch.set_num_threads(env.number("VIT_THREADS"))
+        config.threads = env.number("VIT_THREADS")
     from vit.train import TrainError, train
     try:
         dataset = load_dataset(run_dir / DATA_DIR, val_fraction=config.val_fraction, seed=config.seed)

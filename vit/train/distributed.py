@@ -1,12 +1,12 @@
 """torchrun support: process group, device, DDP wrapper, sharded loader; a no-op on one process."""
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from vit import env
 from vit.train.config import TrainError
 
 
@@ -14,9 +14,9 @@ class Distributed:
     """torchrun support: process group, device, DDP wrapper, sharded loader. A no-op on one process."""
 
     def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = env.number("WORLD_SIZE", 1)
+        self.rank = env.number("RANK")
+        self.local_rank = env.number("LOCAL_RANK")
         self.is_main = self.rank == 0
         self._own_group = False
         if self.world > 1 and not dist.is_initialized():

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -165,7 +165,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
         trained = train_one_epoch(run, epoch, stop)
         if trained is None:
             return cancelled(emit, epoch, run.stopped_at, run.history, run.best)
-        val_loss, val_acc, _ = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)
+        val = evaluate(run.eval_model, run.val_set, config, run.device, run.autocast)
+        val_loss, val_acc = val.loss, val.accuracy
         stopped_early = _end_epoch(run, epoch, trained, val_loss, val_acc, time.perf_counter() - t_epoch)
         if stopped_early:
             break
@@ -339,10 +340,10 @@ def _finish(run: _Run, dataset: Dataset, stopped_early: bool) -> dict:
     logits, feats = torch.zeros(n, len(classes)), None
     for split in (dataset.val, dataset.test):  # (the test split measured once, on the chosen model)
         if split:
-            _, _, (out, f) = evaluate(run.eval_model, Images(run.eval_cache, split, run.labels, run.pixels.tensor),
-                                      config, run.device, run.autocast, keep=True)
-            logits[split] = out
-            feats = trust.put(feats, f, split, n)
+            seen = evaluate(run.eval_model, Images(run.eval_cache, split, run.labels, run.pixels.tensor),
+                            config, run.device, run.autocast, keep=True)
+            logits[split] = seen.logits
+            feats = trust.put(feats, seen.features, split, n)
     bank = trust.bank_sample(run.labels, dataset.train, config.seed)
     if bank and feats is not None:
         run.emit.status(RunState.RUNNING, message="Reading the training images' features for the 'none of these' check")
@@ -390,15 +391,24 @@ def _workers(config: TrainConfig, device: torch.device) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, autocast, keep: bool = False):
-    """Validation loss and accuracy; with keep=True also each image's (logits, features) on the CPU, in order
-    (outputs; None without images)."""
+class Evaluation(NamedTuple):
+    """What evaluate gives: the mean loss, the accuracy and, asked for (keep=True), each image's logits and
+    features on the CPU, in order (None otherwise, or without images)."""
+    loss: float
+    accuracy: float
+    logits: torch.Tensor | None = None
+    features: dict | None = None
+
+
+def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, autocast,
+             keep: bool = False) -> Evaluation:
+    """Validation loss and accuracy; with keep=True also each image's logits and features (outputs)."""
     if len(val_set) == 0:
-        return float("nan"), 0.0, None
+        return Evaluation(float("nan"), 0.0)
     if keep:
         logits, feats = outputs(model, val_set, config.batch_size * 2, device, autocast)
         y = torch.tensor([val_set.labels[i] for i in val_set.indices])
-        return (*loss_acc(logits, y), (logits, feats))
+        return Evaluation(*loss_acc(logits, y), logits=logits, features=feats)
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False)
@@ -411,7 +421,7 @@ def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, a
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
-    return loss_sum / len(val_set), correct / len(val_set), None
+    return Evaluation(loss_sum / len(val_set), correct / len(val_set))
 
 
 def outputs(model: nn.Module, images: "Images", batch_size: int, device, autocast):

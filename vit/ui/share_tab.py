@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from vit import hub, jobs, runs, safety
+from vit import env, hub, jobs, runs, safety
 from vit.ui.common import Page, _download_folder, refused
 
 
@@ -26,7 +26,7 @@ def layout() -> SimpleNamespace:
         run = gr.Dropdown([], label="Run", allow_custom_value=True)
         repo = gr.Textbox(label="Repo (user/name, or just name)", placeholder="your-name/pets-vit")
         private = gr.Checkbox(False, label="Private")
-    if safety.on_spaces() and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true
+    if safety.on_spaces() and env.read("OAUTH_CLIENT_ID"):  # hf_oauth: true
         gr.LoginButton("Sign in with Hugging Face to push")
     token = gr.Textbox(label="Hugging Face token with write access (used for this push only, never stored)",
                        type="password", placeholder="hf_...")
