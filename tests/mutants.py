@@ -162,7 +162,7 @@ MUTANTS = [
     # hosting, second round (issue 24)
     Mutant("hosting: batches share the single images' lane", "vit/ui/classify_tab.py",
            'concurrency_id="classify_batch"', 'concurrency_id="classify"', k("tests/test_hosting.py", "heavy_batches")),
-    Mutant("hosting: a visitor may hold two batches at once", "vit/ui/common.py",
+    Mutant("hosting: a visitor may hold two batches at once", "vit/ui/page.py",
            "            if who in self.busy:\n", "            if False:\n",
            k("tests/test_hosting.py", "heavy_batches")),
     Mutant("hosting: the browsers' key is made anew at every start", "vit/safety.py",

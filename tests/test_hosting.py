@@ -487,7 +487,7 @@ def test_concurrent_classifications_are_served_together_and_agree(shared, tmp_pa
     """Four at once, with room for two (VIT_CLASSIFY_CONCURRENCY=2): two maps are computed at the same time, never
     more, and each result is the one the image gets alone."""
     from vit import explain
-    from vit.ui.common import _explained
+    from vit.ui.loading import _explained
     paths = [_png(tmp_path, f"p{i}.png", seed=40 + i) for i in range(4)]
     client = Client(shared.url, verbose=False)
     alone = [client.predict(shared.run_id, handle_file(p), "chefer", 0.5, None, -1, 0, ALICE,

@@ -111,7 +111,7 @@ def test_weak_features_list_no_label_errors_and_say_why():
     assert not judged["ok"] and judged["cv_acc"] < features.JUDGE_FLOOR
     assert found["label_errors"] == [] and found["suspects"] == 0
     assert "too weak to judge labels" in judged["why"] and f"{judged['cv_acc']:.0%}" in judged["why"]
-    summary = "\n".join(ui.common._features_summary(found, set()))
+    summary = "\n".join(ui.runs_view._features_summary(found, set()))
     assert "Likely label errors:** not listed: the features are too weak to judge labels yet" in summary
 
 
@@ -128,7 +128,7 @@ def test_near_duplicates_are_withheld_when_distinct_images_are_as_close_as_copie
     found = features.diagnose(x, y.tolist(), names, ["train"] * 90, ["a", "b", "c"], copies=weak, copied=copied)
     assert found["near_duplicates"] == [] and "too weak to find near-duplicates" in found["judged"][
         "near_duplicates"]["why"]
-    summary = "\n".join(ui.common._features_summary(found, set()))
+    summary = "\n".join(ui.runs_view._features_summary(found, set()))
     assert "Near-duplicates:** not listed: the features are too weak" in summary
 
 
@@ -239,7 +239,7 @@ def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_
     shapes, moved = flipped_shapes(tmp_path / "shapes", per_class=30, flips=2, size=96)
     try:
         with load_dataset(shapes) as ds:
-            *_, state, _ = ui.common._show(ds, str(shapes), "shapes")  # the Data tab's view of it
+            *_, state, _ = ui.dataset_view._show(ds, str(shapes), "shapes")  # the Data tab's view of it
         # Alice starts a quick model from one of her runs (on features that know shapes), picked as the Model
         alice_source = manager.submit(str(shapes), TrainConfig(weights=str(trained_shapes), quick=True), owner=ALICE)
         assert manager.wait(alice_source, 300) == "completed"

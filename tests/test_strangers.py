@@ -322,7 +322,7 @@ def test_an_image_whose_metadata_would_decompress_past_a_cap_is_skipped_with_a_r
 
 
 def _page(manager):
-    from vit.ui.common import Page
+    from vit.ui.page import Page
     return SimpleNamespace(bind=lambda fn, *first: Page.bind(SimpleNamespace(manager=lambda: manager), fn, *first))
 
 
@@ -374,7 +374,7 @@ def test_a_full_disk_said_by_safetensors_is_a_full_disk():
 
 
 def test_served_downloads_are_swept_on_age_without_another_download(tmp_path, monkeypatch):
-    from vit.ui import common
+    from vit.ui import files as common
     monkeypatch.setattr(common, "DOWNLOADS", tmp_path / "downloads")
     old, fresh = common._download_folder(), common._download_folder()
     (old / "x.zip").write_bytes(b"z")
@@ -411,7 +411,7 @@ def test_refused_classes_built_here_remove_their_uploads_at_once(tmp_path):
 
 
 def test_cells_a_spreadsheet_would_run_are_escaped():
-    from vit.ui.common import spreadsheet_safe
+    from vit.ui.files import spreadsheet_safe
     assert [spreadsheet_safe(c) for c in ("=1+2.png", "+x", "-y", "@z", "\tq", "cat.png", 0.5, -0.25)] == \
         ["'=1+2.png", "'+x", "'-y", "'@z", "'\tq", "cat.png", 0.5, -0.25]
 

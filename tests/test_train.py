@@ -548,7 +548,7 @@ def test_the_model_is_named_for_what_was_built_and_its_weights(shapes, tmp_path)
     from vit import hub, ui
     with load_dataset(shapes) as ds:
         train(ds, tiny(epochs=1), tmp_path / "run")
-        facts = ui.common.recipe.DataFacts.of(ds)
+        facts = ui.dataset_view.recipe.DataFacts.of(ds)
     config = runs.read_config(tmp_path / "run")
     built = config[runs.CONFIG_KEY]["built"]
     model = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)

@@ -254,7 +254,7 @@ def test_classify_and_the_batch_say_not_sure_at_the_sliders_threshold(checked_ru
 
 
 def test_the_data_tab_suggests_an_other_class_unless_there_is_one():
-    from vit.ui.common import other_class_hint
+    from vit.ui.dataset_view import other_class_hint
     assert "add a folder named **other**" in other_class_hint(["ants", "bees"])
     assert other_class_hint(["ants", "bees", "Other"]) == other_class_hint(["cat", "none"]) == ""
 

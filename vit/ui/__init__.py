@@ -9,15 +9,22 @@ Each tab module has layout() (its components), wire() (their events) and the han
 - results.py       the selected run's results: per class, mistakes, what the features say, the label review
 - classify_tab.py  one image with its heatmap, a batch, the examples
 - share_tab.py     the model card, push, ONNX, the run as a zip
-- common.py        Page (what the events share), constants, refusals, run pickers, the Data tab's view of a dataset
+- page.py          Page (what the events share), handlers bound to it and their typed, named inputs and outputs,
+                   refusals as toasts, one request per visitor in a lane
+- common.py        the app's constants (title, catalog choices, the Train form's fields, caps on what is shown)
+- dataset_view.py  the Data tab's view of a checked dataset (Shown) and the expectations it sets
+- runs_view.py     runs in words: pickers, the model and accuracy, a run's images, what its features say
+- loading.py       trained models loaded once for Classify and Share, recent heatmaps
+- files.py         files served and received: CSV made safe, downloads and their cleanup
 """
 from vit.models import DEFAULT_MODEL
 from vit.ui.app import build_app
 from vit.ui.classify_tab import classify_batch, classify_image, run_examples
-from vit.ui.common import (CLASS_SPECIFIC, CSS, csv_rows, DOWNLOADS, INTRO, launch_options, MAX_BATCH,
-                           MAX_CLASSES, MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES,
-                           NO_DATA, PREDICTED, refused, RUN_COLUMNS, RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS,
-                           FORM, THEME, TITLE)
+from vit.ui.common import (CLASS_SPECIFIC, CSS, INTRO, launch_options, MAX_BATCH, MAX_CLASSES, MAX_MISTAKES,
+                           MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, MODEL_CHOICES, NO_DATA, PREDICTED, RUN_COLUMNS,
+                           RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS, FORM, THEME, TITLE)
+from vit.ui.files import csv_rows, DOWNLOADS
+from vit.ui.page import refused
 from vit.ui.data_tab import CLASS_SLOTS, check_classes, check_dataset, data_features, restore_session, sample_dataset
 from vit.ui.share_tab import download_run, export_run, preview_card, push_to_hub
 from vit.ui.results import review_choices, review_image, run_features, run_results

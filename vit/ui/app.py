@@ -12,8 +12,11 @@ from vit import jobs, runs, sessions
 from vit.runs import RunState
 from vit.safety import HostLimits, session_secret
 from vit.ui import classify_tab, data_tab, results, share_tab, train_tab
-from vit.ui.common import (INTRO, PRIVATE, TITLE, Page, Shown, _ensure_owner, _manager_getter, _model_picker, outputs,
-                           refused, sweep_temp_every)
+from vit.ui.common import INTRO, TITLE
+from vit.ui.dataset_view import Shown
+from vit.ui.files import sweep_temp_every
+from vit.ui.page import PRIVATE, Page, _ensure_owner, _manager_getter, outputs, refused
+from vit.ui.runs_view import _model_picker
 from vit.ui.data_tab import data_features
 from vit.ui.train_tab import _start_choices, best_run
 

@@ -11,9 +11,10 @@ import gradio as gr
 
 from vit import data, jobs, samples, trust
 from vit import safety
-from vit.ui.common import (CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, ONE_BATCH_EACH, PREDICTED, PRIVATE, Page,
-                           _METHOD_TITLES, _csv, _download_folder, _explained, _load, _placeholder, _unopened_path,
-                           _whole_number, csv_rows, refused)
+from vit.ui.common import CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED, _METHOD_TITLES
+from vit.ui.files import _csv, _download_folder, _placeholder, _unopened_path, csv_rows
+from vit.ui.loading import _explained, _load
+from vit.ui.page import ONE_BATCH_EACH, PRIVATE, Page, _whole_number, refused
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel

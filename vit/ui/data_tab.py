@@ -15,8 +15,11 @@ import pandas as pd
 from vit import data, jobs, runs, samples
 from vit import sessions
 from vit.safety import HostLimits
-from vit.ui.common import (FORM, MAX_CLASSES, ONE_CHECK_EACH, SAMPLE_MAX, SAMPLE_PER_CLASS, Page, _duration,
-                           Shown, _features_summary, _remove_upload, _seen_run, _show, refused)
+from vit.ui.common import FORM, MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS
+from vit.ui.dataset_view import Shown, _show
+from vit.ui.files import _remove_upload
+from vit.ui.page import ONE_CHECK_EACH, Page, refused
+from vit.ui.runs_view import _duration, _features_summary, _seen_run
 
 
 def layout() -> SimpleNamespace:

@@ -11,8 +11,10 @@ import gradio as gr
 import pandas as pd
 
 from vit import data, hub, jobs, runs
-from vit.ui.common import (MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL, PRIVATE, Page, _features_summary,
-                           _run_image, _seen_run, _show, outputs, refused)
+from vit.ui.common import MAX_MISTAKES, MAX_PAIRS, MAX_SUSPECTS, MISTAKES_LABEL
+from vit.ui.dataset_view import _show
+from vit.ui.page import PRIVATE, Page, outputs, refused
+from vit.ui.runs_view import _features_summary, _run_image, _seen_run
 from vit.ui.data_tab import keeping
 
 

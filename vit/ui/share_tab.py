@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from vit import env, hub, jobs, runs, safety
-from vit.ui.common import Page, _download_folder, refused
+from vit.ui.files import _download_folder
+from vit.ui.page import Page, refused
 
 
 ONNX = "model.onnx"

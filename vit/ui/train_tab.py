@@ -21,9 +21,10 @@ from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
 from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
-from vit.ui.common import (FORM, MODEL_CHOICES, NO_DATA, PRIVATE, RUN_COLUMNS, RUN_START, Page, form_signature,
-                           _accuracy_text, _duration, _epoch_text, _live_choice,
-                           _model_label, _model_text, _run_choices, _run_picker, _state_key, refused)
+from vit.ui.common import FORM, MODEL_CHOICES, NO_DATA, RUN_COLUMNS, RUN_START
+from vit.ui.page import PRIVATE, Page, form_signature, refused
+from vit.ui.runs_view import (_accuracy_text, _duration, _epoch_text, _live_choice, _model_label, _model_text,
+                              _run_choices, _run_picker, _state_key)
 from vit.ui.data_tab import restore_session, sample_folder
 
 
