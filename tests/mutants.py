@@ -173,7 +173,7 @@ MUTANTS = [
     Mutant("hosting: labels.csv read whole, whatever its length", "vit/data/sources.py",
            "                if len(rows) > limits.max_files + 1:", "                if False:",
            k("tests/test_strangers.py", "labels_csv")),
-    Mutant("hosting: ended runs never expire", "vit/jobs/manager.py",
+    Mutant("hosting: ended runs never expire", "vit/jobs/listing.py",
            "            if info.state in runs.ACTIVE_STATES or now - finished < self.keep_s:", "            if True:",
            k("tests/test_strangers.py", "expire")),
     Mutant("hosting: the session store keeps values of any size", "vit/sessions.py",

@@ -36,7 +36,7 @@ def manager(tmp_path):
         return m
 
     yield make
-    pids = [c.proc.pid for m in managers for c in m._children.values()]
+    pids = [c.proc.pid for m in managers for c in m.scheduler.children.values()]
     for m in managers:
         m.shutdown(grace_s=2.0)
     assert not [p for p in pids if _alive(p)], "a training process outlived its manager"

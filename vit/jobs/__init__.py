@@ -26,15 +26,19 @@ a lower priority, so the web server stays responsive.
 In multi-user mode (a public Space) a session may cancel, delete and resume
 only the runs it submitted; single-user mode (the local default) has no owners.
 
-- manager.py  JobManager: the queue, the scheduler, the requests, reconciliation
-- child.py    one training process: started on a slot, stopped, and how it ended in words
+- manager.py    JobManager: the requests, the one object the UI asks about runs
+- scheduler.py  the queue and its thread: children started on free slots, reaped, stopped for time; reconciliation
+- listing.py    owners, the runs a visitor sees and their summaries, expiry
+- host.py       single-user or shared, training threads, one manager per folder, run names, a full disk
+- child.py      one training process: started on a slot, stopped, and how it ended in words
 - worker.py   the child's entry point (python -m vit.jobs.worker RUN_DIR)
 - quota.py    runs queued or running per visitor on a shared app
 - views.py    a run as the app lists it
 - errors.py   JobError
 """
 from vit.jobs.errors import JobError
-from vit.jobs.manager import JobManager, default_cpu_threads, default_single_user
+from vit.jobs.host import default_cpu_threads, default_single_user
+from vit.jobs.manager import JobManager
 from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG
 
 __all__ = ["DATA_DIR", "DISK_FULL", "EXIT_DISK_FULL", "JOB", "JobError", "JobManager", "LOG", "default_cpu_threads",
