@@ -148,3 +148,21 @@ def test_the_environment_is_read_in_one_place_and_the_readme_names_what_a_host_s
     internal = {"VIT_NICE", "VIT_PARENT_PID", "VIT_THREADS"}  # the job manager sets these for its training process
     readme = (ROOT / "README.md").read_text()
     assert [v for v in VARIABLES if v.startswith("VIT_") and v not in internal and v not in readme] == []
+
+
+def test_figures_quoted_to_users_come_from_one_place():
+    from vit import figures
+    for f in figures.ALL:
+        assert (ROOT / f.bench).is_file() and f.measured, f
+    quoted = re.compile(r"\d+(\.\d+)?%|\d+(\.\d+)?x (sooner|faster)")
+    for path in (VIT / "train" / "recipe.py", VIT / "ui" / "dataset_view.py"):
+        tree = ast.parse(path.read_text())
+        scopes = (ast.Module, ast.FunctionDef, ast.ClassDef)
+        docs = {id(n.body[0].value) for n in ast.walk(tree)  # docstrings are for developers
+                if isinstance(n, scopes) and n.body and isinstance(n.body[0], ast.Expr)}
+        texts = [n.value for n in ast.walk(tree)
+                 if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+        found = [t for t in texts if quoted.search(t) and "at least 70% of the image" not in t]
+        assert not found, f"{path.name} quotes a measured figure of its own: {found} (put it in vit/figures.py)"
+    from vit.train import recipe
+    assert figures.LP_FT.text in recipe.LP_FT_NOTE

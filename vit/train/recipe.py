@@ -32,6 +32,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
+from vit import figures
 from vit.data.report import IMBALANCE_WARN_RATIO
 from vit.train.config import TrainConfig
 
@@ -42,8 +43,7 @@ MIN_EPOCHS = 15
 BASE_LR, BASE_BATCH = 1e-3, 32
 LP_FT_NOTE = ("LP-FT: the new head is first fitted on the frozen features (seconds), then the whole model is "
               "fine-tuned from it instead of from a random head, which distorts the pretrained features less "
-              "(Kumar et al., 2022; bench/probe_bench.py: 81.7% against 15.0% with the fine-tuning recipe, 82.1% "
-              "against 75.8% at lr 1e-3).")
+              f"(Kumar et al., 2022; {figures.LP_FT.bench}: {figures.LP_FT.text}).")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
 
 
@@ -116,8 +116,7 @@ def _balance(config: TrainConfig, facts: DataFacts | None, given: set[str]) -> l
         config.class_balance = "on"
     return [f"Class-balanced sampling: the largest class has {facts.imbalance:.1f}x the training images of the "
             f"smallest (from {BALANCE_FROM:g}x), so each epoch draws every class about as often; otherwise the model "
-            "learns to favour the large classes (digit glyphs at 10:1: balanced accuracy 95.2% against 88.0%, "
-            "bench/trust_bench.py)."] if on else []
+            f"learns to favour the large classes ({figures.BALANCE.text}, {figures.BALANCE.bench})."] if on else []
 
 
 def class_counts(dataset) -> list[int]:
@@ -167,7 +166,7 @@ def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set
                        f"A small model ({width} wide, {depth} blocks, {heads} heads; a larger one overfits "
                        f"{facts.train_images} images) whose head takes the strongest feature of any patch (global "
                        "max pooling, no class token): it finds what marks a class wherever it lies, and learns "
-                       "far sooner (the sample shapes: 97% by epoch 10, against under 70% with a class token)."),
+                       f"far sooner ({figures.MAX_POOL.text})."),
         "batch_size": (batch, None),
         "lr": (lr, f"AdamW at lr {lr:g} for batch {batch} (random weights need about 10x fine-tuning's rate), "
                    "warm-up then cosine."),
@@ -187,8 +186,8 @@ def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set
                           "seen)."),
         "early_stopping": (None, "No early stopping: the cosine schedule needs its last epochs."),
         "progressive": (img // patch >= 8,
-                        f"Progressive resizing: the first epochs train on smaller images, growing to {img} px (on "
-                        "an 8x8 grid of tokens the glyphs benchmark reaches the same accuracy 1.47x sooner)."
+                        f"Progressive resizing: the first epochs train on smaller images, growing to {img} px "
+                        f"({figures.PROGRESSIVE.text})."
                         if img // patch >= 8 else None),
     }
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from vit import data, models
+from vit import data, figures, models
 from vit.train import recipe
 
 
@@ -67,12 +67,11 @@ def expectations(facts: recipe.DataFacts, offline: bool) -> str:
     photos = not facts.grayscale and facts.side >= 128  # (the sample shapes are 96 px)
     if photos:
         text += ("\n\n**From scratch, on photos like these, expect little:** a ViT from random weights on a few "
-                 "hundred photos learns colours and textures, not objects. Tried on about 400 photos of two insect "
-                 "species, it delivered 74% (chance: 50%), where pretrained weights fine-tuned usually reach 90% or "
-                 "more. Fine-tune pretrained weights when you can (online, or with them in the local cache).")
+                 f"hundred photos learns colours and textures, not objects. {figures.SCRATCH_PHOTOS.text}. Fine-tune "
+                 "pretrained weights when you can (online, or with them in the local cache).")
     else:
-        text += ("\n\n**From scratch suits images like these** (small or grey, like shapes, digits or scans): 98% on "
-                 "the sample shapes, 98.6% on digit glyphs, in minutes on a CPU.")
+        text += ("\n\n**From scratch suits images like these** (small or grey, like shapes, digits or scans): "
+                 f"{figures.SCRATCH_SMALL.text}.")
     return text
 
 
