@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -303,7 +305,29 @@ def weights_words(model: nn.Module, pretrained: bool, weights: str | None) -> st
 
 
 def planned(spec: ModelSpec, num_classes: int) -> dict:
-    """built() of the model a spec would create, on the meta device: nothing downloaded or allocated."""
+    """built() of the model a spec would create, on the meta device: nothing downloaded or allocated. The last few
+    are kept (the Train tab's plan and its size check ask for the same one at every change of the form)."""
+    key = None if spec.name.startswith("local-dir:") else json.dumps(
+        [spec.name, spec.pretrained, spec.weights, spec.img_size, spec.patch_size, spec.model_args, num_classes],
+        sort_keys=True, default=str)
+    with _PLANNED_LOCK:
+        if key in _PLANNED:
+            _PLANNED.move_to_end(key)
+            return dict(_PLANNED[key])
+    made = _planned(spec, num_classes)
+    if key is not None:
+        with _PLANNED_LOCK:
+            _PLANNED[key] = made
+            while len(_PLANNED) > 32:
+                _PLANNED.popitem(last=False)
+    return dict(made)
+
+
+_PLANNED: OrderedDict[str, dict] = OrderedDict()
+_PLANNED_LOCK = threading.Lock()
+
+
+def _planned(spec: ModelSpec, num_classes: int) -> dict:
     import timm
     import torch
     name, kwargs = _resolve(spec)

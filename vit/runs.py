@@ -286,6 +286,7 @@ class RunIndex:
         self.root = Path(root)
         self._seen: dict[str, tuple[tuple, RunInfo]] = {}
         self._lock = threading.Lock()
+        self._scanned: tuple[tuple | None, list[str]] = (None, [])  # (root's stamp, its folders), replaced whole
 
     def runs(self, only=None) -> list[RunInfo]:
         """The runs, newest first (RunInfo's dicts are shared with the index: read them, do not change them)."""
@@ -312,9 +313,9 @@ class RunIndex:
 
     def _names(self) -> list[str]:
         """The folders under root, scanned again only when root changed (a folder made, renamed or removed)."""
-        seen = stamp(self.root)
-        if seen is not None and seen == getattr(self, "_scanned", (None, None))[0]:
-            return self._scanned[1]
+        seen, scanned = stamp(self.root), self._scanned  # (one read: another thread may replace it)
+        if seen is not None and seen == scanned[0]:
+            return scanned[1]
         try:
             with os.scandir(self.root) as entries:
                 names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]

@@ -28,24 +28,26 @@ class Listing:
             queue, pending = list(self.scheduler.queue), dict(self.scheduler.pending)
         hashed = owner_hash(owner)  # (once, not once a run)
         mine = None if self.single_user else (lambda run_id: hashed is not None and self.owner_of(run_id) == hashed)
-        return [self.summary(info.run_dir, info.status, info.config, owner, queue, pending)
+        return [self.summary(info.run_dir, info.status, info.config, hashed, queue, pending)
                 for info in self.index.runs(mine)]
 
     def progress(self, run_dir: Path, owner: str | None) -> dict:
         """The run's summary plus its per-epoch history (JobManager.progress)."""
         with self.scheduler.cv:
             queue, pending = list(self.scheduler.queue), dict(self.scheduler.pending)
-        view = self.summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner, queue, pending)
+        view = self.summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner_hash(owner), queue,
+                            pending)
         view["history"] = runs.read_metrics_log(run_dir)
         view["cancel_requested"] = runs.cancel_requested(run_dir)
         return view
 
-    def summary(self, run_dir: Path, status: dict, config: dict, owner: str | None, queue: list[str],
+    def summary(self, run_dir: Path, status: dict, config: dict, hashed: str | None, queue: list[str],
                 pending: dict) -> dict:
-        """The run as the app shows it, made again only when one of its files or its place in the queue changed."""
+        """The run as the app shows it to the visitor whose token hashes to `hashed` (hashed once per listing),
+        made again only when one of its files or its place in the queue changed."""
         if pending.get(run_dir.name):  # a final state the full disk has not let us write yet
             status = {**status, **pending[run_dir.name]}
-        mine = self.single_user or owns(self.owner_of(run_dir.name), owner)
+        mine = self.single_user or hashed is not None and self.owner_of(run_dir.name) == hashed
         made_from = (run_dir.name in queue, mine)
         seen = self._views.get(run_dir.name)
         if seen is not None and seen[0] == made_from and seen[2] is status and seen[3] is config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gradio as gr
 
@@ -14,7 +14,7 @@ from vit import safety
 from vit.ui.common import CLASS_SPECIFIC, DEFAULT_METHOD, MAX_BATCH, PREDICTED, _METHOD_TITLES
 from vit.ui.files import _csv, _download_folder, _placeholder, _unopened_path, csv_rows
 from vit.ui.loading import _explained, _load
-from vit.ui.page import ONE_BATCH_EACH, PRIVATE, Page, _whole_number, refused
+from vit.ui.page import ONE_BATCH_EACH, PRIVATE, Page, _whole_number, outputs, refused
 
 if TYPE_CHECKING:
     from vit.predict import LoadedModel
@@ -76,10 +76,11 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     batches = dict(concurrency_limit=page.limits.concurrency, concurrency_id="classify_batch")
     asked = [tab.model_source, tab.image, tab.method, tab.opacity, tab.target, tab.layer, tab.head, page.owner,
              tab.accept]
-    shown = [tab.labels_out, tab.overlay_out, tab.notes, tab.heads_out, tab.target]
+    shown = outputs(Classified, probs=tab.labels_out, overlay=tab.overlay_out, notes=tab.notes, heads=tab.heads_out,
+                    target=tab.target)
     tab.classify_btn.click(page.bind(classify_view), asked, shown, api_name="classify", **at_once)
     # a new image (or a cleared one, or a file that is not an image) clears the last one's results
-    tab.image.change(lambda _: (None, None, "", [], gr.update(value=PREDICTED)), tab.image, shown, **PRIVATE)
+    tab.image.change(lambda _: Classified(None, None, "", [], gr.update(value=PREDICTED)), tab.image, shown, **PRIVATE)
     # per-head maps exist for raw attention only: their box shows with it
     tab.method.change(lambda how: gr.Gallery(visible=how == "attention"), tab.method, tab.heads_out, **PRIVATE)
     for control, event in ((tab.method, "input"), (tab.target, "input"), (tab.layer, "submit"), (tab.head, "submit"),
@@ -90,6 +91,16 @@ def wire(page: Page, tab: SimpleNamespace) -> None:
     tab.model_source.change(page.bind(run_examples), [tab.model_source, page.owner], tab.examples.dataset, **PRIVATE)
 
 
+class Classified(NamedTuple):
+    """What a classification fills: the calibrated probabilities, the overlay, the notes (the verdict first), the
+    per-head maps and the class explained."""
+    probs: Any
+    overlay: Any
+    notes: Any
+    heads: Any
+    target: Any
+
+
 def classify_view(manager: jobs.JobManager, source: str | None, image, method: str, opacity: float,
                   target: str | None, layer: float | None = -1, head: float | None = 0, owner: str | None = None,
                   accept: float | None = None):
@@ -98,13 +109,13 @@ def classify_view(manager: jobs.JobManager, source: str | None, image, method: s
         return classify_image(manager, source, image, method, opacity, target, layer, head, accept, owner=owner)
     except gr.Error as e:
         gr.Warning(e.message)
-        return None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown()
+        return Classified(None, None, f"**Cannot classify:** {e.message}", [], gr.Dropdown())
 
 
 def redraw(manager: jobs.JobManager, source: str | None, image, *rest):
     """A changed method, class, layer, head or opacity: the map drawn again (nothing without a model and an image)."""
     if not source or not image:
-        return (gr.update(),) * 5
+        return Classified._make([gr.update()] * len(Classified._fields))
     return classify_view(manager, source, image, *rest)
 
 
@@ -152,7 +163,8 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
                                          f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
     chosen = loaded.labels[e.target] if t is not None else PREDICTED
-    return probs, picture, "\n\n".join(notes), heads, gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen)
+    return Classified(probs=probs, overlay=picture, notes="\n\n".join(notes), heads=heads,
+                      target=gr.Dropdown(choices=[PREDICTED, *loaded.labels], value=chosen))
 
 
 def verdict(answer, loaded: LoadedModel) -> str:

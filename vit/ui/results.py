@@ -54,7 +54,8 @@ def wire(page: Page, tab: SimpleNamespace, selected: gr.Dropdown, run_key: gr.St
     """Drawn when the picked run changes, and once per change of its state (e.g. when it completes), not on
     every tick. A review changes the dataset: `shown` (the Data tab) is drawn again and kept."""
     picked = [selected, page.owner]
-    results = [tab.per_class, tab.confusion, tab.mistakes, tab.reliability]
+    results = outputs(Results, per_class=tab.per_class, confusion=tab.confusion, mistakes=tab.mistakes,
+                      reliability=tab.reliability)
     diagnosed = outputs(Features, summary=tab.features, curve=tab.curve, pairs=tab.pairs, suspects=tab.suspects,
                         suspect=tab.suspect, verdict=tab.verdict, box=tab.features_box)
     features = page.bind(run_features)
@@ -69,11 +70,11 @@ def wire(page: Page, tab: SimpleNamespace, selected: gr.Dropdown, run_key: gr.St
         features, [selected, page.dataset, page.owner], diagnosed, api_visibility="private")
 
 
-def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None) -> Results:
     """A finished run's per-class table, confusion matrix, misclassified validation images and reliability
     diagram (hidden where the run has none)."""
     empty = pd.DataFrame(columns=["class", "precision", "recall", "F1", "images"])
-    nothing = (empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL), gr.Image(value=None, visible=False))
+    nothing = Results(empty, None, gr.Gallery(value=[], label=MISTAKES_LABEL), gr.Image(value=None, visible=False))
     run_dir = _seen_run(manager, run_id, owner)
     if run_dir is None:
         return nothing
@@ -93,9 +94,18 @@ def run_results(manager: jobs.JobManager, run_id: str | None, owner: str | None)
              else f"the {MAX_MISTAKES} most confident of {len(misclassified)}")
     calibration = metrics.get("calibration") or {}
     diagram = hub.reliability_image(calibration) if calibration.get("diagram_after") else None
-    return table, picture, gr.Gallery(value=wrong, label=f"Misclassified validation images, true -> predicted "
-                                                         f"({shown})"), gr.Image(value=diagram,
-                                                                                 visible=diagram is not None)
+    label = f"Misclassified validation images, true -> predicted ({shown})"
+    return Results(per_class=table, confusion=picture, mistakes=gr.Gallery(value=wrong, label=label),
+                   reliability=gr.Image(value=diagram, visible=diagram is not None))
+
+
+class Results(NamedTuple):
+    """What run_results fills: the per-class table, the confusion matrix, the misclassified images, the reliability
+    diagram."""
+    per_class: Any
+    confusion: Any
+    mistakes: Any
+    reliability: Any
 
 
 class Features(NamedTuple):
