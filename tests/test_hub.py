@@ -183,6 +183,7 @@ def test_the_card_names_the_base_model_and_the_health_warnings(run_dir, tmp_path
     assert "validation accuracy may be optimistic" in card.text
 
 
+@pytest.mark.slow  # (seconds: an ONNX export, or a quick model's features computed)
 def test_onnx_export_matches_pytorch_for_any_batch(run_dir, tmp_path):
     import onnxruntime as ort
     (tmp_path / "out").mkdir()
@@ -232,6 +233,7 @@ def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_pred
     assert np.abs(theirs - ours).max() < 1e-3
 
 
+@pytest.mark.slow  # (seconds: an ONNX export, or a quick model's features computed)
 def test_cli_export(run_dir, tmp_path, capsys):
     from vit import cli
     assert cli.main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0

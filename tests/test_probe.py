@@ -165,6 +165,7 @@ def test_copies_of_an_image_are_measured_through_the_models_own_pipeline(source)
                                                                                                abs=1e-4)
 
 
+@pytest.mark.slow  # (seconds: an ONNX export, or a quick model's features computed)
 def test_quick_model_is_a_normal_run_and_its_features_are_cached(shapes, source):
     root = source.parent
     computed = {}
@@ -226,6 +227,7 @@ def test_quick_and_lp_ft_need_trained_weights():
             TrainConfig(pretrained=False, **{flag: True}).check()
 
 
+@pytest.mark.slow  # (seconds: an ONNX export, or a quick model's features computed)
 def test_the_command_line_makes_a_quick_model(shapes, source, tmp_path, capsys):
     assert cli.main(["train", "--data", str(shapes), "--weights", str(source), "--quick",
                      "--out", str(tmp_path / "q")]) == 0
