@@ -686,3 +686,22 @@ def test_imbalanced_classes_weigh_the_loss_or_the_sampling_and_balanced_metrics_
                                              "train": [], "classes": ["a", "b"]})(), ["a", "b"],
                               {"epoch": 1, "val_loss": 0.0}, [], False)
     assert m["balanced_acc"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2, abs=1e-4)
+
+
+def test_evaluate_builds_no_graph_and_names_its_result():
+    import contextlib
+
+    from vit.train import TrainConfig
+    from vit.train.engine import Evaluation, evaluate
+
+    seen = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return super().forward(x)
+
+    images = [(torch.randn(4), i % 2) for i in range(6)]
+    result = evaluate(Probe(4, 2), images, TrainConfig(batch_size=2), torch.device("cpu"), contextlib.nullcontext)
+    assert isinstance(result, Evaluation) and 0.0 <= result.accuracy <= 1.0 and result.logits is None
+    assert seen and not any(seen), "validation ran with autograd on: every batch kept its graph"

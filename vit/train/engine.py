@@ -390,7 +390,6 @@ def _workers(config: TrainConfig, device: torch.device) -> int:
     return 4 if device.type == "cuda" else 0
 
 
-@torch.no_grad()
 class Evaluation(NamedTuple):
     """What evaluate gives: the mean loss, the accuracy and, asked for (keep=True), each image's logits and
     features on the CPU, in order (None otherwise, or without images)."""
@@ -400,6 +399,7 @@ class Evaluation(NamedTuple):
     features: dict | None = None
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, val_set: "Images", config: TrainConfig, device, autocast,
              keep: bool = False) -> Evaluation:
     """Validation loss and accuracy; with keep=True also each image's logits and features (outputs)."""
