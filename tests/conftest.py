@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402  (every tier imports it; its threads as it starts are what each test gets)
+
+TORCH_THREADS = torch.get_num_threads()
 
 E2E = Path(__file__).parent / "e2e"
 SLOW_FIXTURES = {"trained_shapes", "app_url", "app_manager", "shared", "shared_url"}  # a minute, or the app
@@ -33,6 +36,17 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"CI=true, and this browser test skipped: {reason}. CI must drive the app in Chromium."
     return report
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_found():
+    """A test that sets torch's CPU threads (a config's `threads`, a classification's share) leaves them as torch
+    first had them: a later test in the same process trains with the threads it would have alone, and so learns
+    the same weights (`tests/mutants.py` runs many selections in one process, where the label review's ranking
+    moved)."""
+    yield
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture

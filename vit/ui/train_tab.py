@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -22,7 +23,7 @@ from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 from vit.ui.common import FORM, MODEL_CHOICES, NO_DATA, RUN_COLUMNS, RUN_START
-from vit.ui.page import PRIVATE, Page, form_signature, refused
+from vit.ui.page import PRIVATE, Page, form_signature, outputs, refused
 from vit.ui.runs_view import (_accuracy_text, _duration, _epoch_text, _live_choice, _model_label, _model_text,
                               _run_choices, _run_picker, _state_key)
 from vit.ui.data_tab import restore_session, sample_folder
@@ -161,9 +162,10 @@ def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
 def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
     """The runs table and picker (polled), the live view, the actions and the comparison."""
     listing, picked = [tab.runs_table, tab.selected], [tab.selected, page.owner]
-    view = [tab.progress, tab.loss_plot, tab.acc_plot]
+    view = outputs(Progress, summary=tab.progress, loss=tab.loss_plot, accuracy=tab.acc_plot)
     page.timer.tick(refresh, picked, listing, api_name="list_runs", show_progress="hidden", concurrency_limit=None)
-    page.timer.tick(page.bind(live_view), picked, [*view, tab.run_key], **PRIVATE)
+    live = outputs(LiveView, summary=tab.progress, loss=tab.loss_plot, accuracy=tab.acc_plot, key=tab.run_key)
+    page.timer.tick(page.bind(live_view), picked, live, **PRIVATE)
     tab.selected.change(page.bind(show_run), picked, view, api_name="show_run", show_progress="hidden")
     for event in (tab.selected.change, tab.run_key.change):
         event(page.bind(curves_shown), picked, tab.curves, **PRIVATE)
@@ -230,9 +232,9 @@ def remember_settings(manager: jobs.JobManager, owner: str | None, **form) -> No
     sessions.remember(manager.root, owner, settings={k: v for k, v in form.items() if k in FORM})
 
 
-def live_view(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+def live_view(manager: jobs.JobManager, run_id: str | None, owner: str | None) -> LiveView:
     """show_run, and a key that changes when the run's state does (results are drawn once per state)."""
-    return (*show_run(manager, run_id, owner), _state_key(manager, run_id))
+    return LiveView(*show_run(manager, run_id, owner), key=_state_key(manager, run_id))
 
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
@@ -399,15 +401,30 @@ def list_runs(manager: jobs.JobManager, selected: str | None, owner: str | None)
     return table, _run_picker(rows, _live_choice(rows, selected))
 
 
-def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+class Progress(NamedTuple):
+    """What show_run fills: the summary line (with the progress bar), the loss curves, the accuracy curves."""
+    summary: Any
+    loss: Any
+    accuracy: Any
+
+
+class LiveView(NamedTuple):
+    """What the live view's tick fills: show_run's Progress and the run's state key."""
+    summary: Any
+    loss: Any
+    accuracy: Any
+    key: Any
+
+
+def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None) -> Progress:
     """Progress of one run: a summary line and its loss and accuracy curves."""
     empty = pd.DataFrame(columns=["epoch", "value", "curve"])
     if not run_id:
-        return "Start a run or pick one to see its progress.", empty, empty
+        return Progress("Start a run or pick one to see its progress.", empty, empty)
     try:
         p = manager.progress(run_id, owner or None)
     except jobs.JobError as e:
-        return str(e), empty, empty
+        return Progress(str(e), empty, empty)
     lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
     if p["state"] == RunState.COMPLETED:
         lines.append(headline(p))
@@ -436,8 +453,8 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     for row in p["history"]:
         losses += [(row["epoch"], row["train_loss"], "train"), (row["epoch"], row["val_loss"], "validation")]
         accs += [(row["epoch"], row["train_acc"], "train"), (row["epoch"], row["val_acc"], "validation")]
-    return ("\n\n".join(lines), pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
-            pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
+    return Progress(summary="\n\n".join(lines), loss=pd.DataFrame(losses, columns=["epoch", "value", "curve"]),
+                    accuracy=pd.DataFrame(accs, columns=["epoch", "value", "curve"]))
 
 
 def expiry_line(expires_at: float, keep_s: float | None) -> str:
