@@ -24,22 +24,29 @@ class Listing:
 
     def runs(self, owner: str | None) -> list[dict]:
         """The runs `owner` may see, newest first (JobManager.list)."""
-        with self.scheduler.cv:
-            queue, pending = list(self.scheduler.queue), dict(self.scheduler.pending)
+        queue, pending = self._scheduled()
         hashed = owner_hash(owner)  # (once, not once a run)
         mine = None if self.single_user else (lambda run_id: hashed is not None and self.owner_of(run_id) == hashed)
         return [self.summary(info.run_dir, info.status, info.config, hashed, queue, pending)
                 for info in self.index.runs(mine)]
 
+    def one(self, run_dir: Path, owner: str | None) -> dict:
+        """One run's summary (JobManager.summary)."""
+        queue, pending = self._scheduled()
+        return self.summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner_hash(owner), queue,
+                            pending)
+
     def progress(self, run_dir: Path, owner: str | None) -> dict:
         """The run's summary plus its per-epoch history (JobManager.progress)."""
-        with self.scheduler.cv:
-            queue, pending = list(self.scheduler.queue), dict(self.scheduler.pending)
-        view = self.summary(run_dir, runs.read_status(run_dir), runs.read_config(run_dir), owner_hash(owner), queue,
-                            pending)
+        view = self.one(run_dir, owner)
         view["history"] = runs.read_metrics_log(run_dir)
         view["cancel_requested"] = runs.cancel_requested(run_dir)
         return view
+
+    def _scheduled(self) -> tuple[list[str], dict]:
+        """The queue and the final states not yet written, as they are now."""
+        with self.scheduler.cv:
+            return list(self.scheduler.queue), dict(self.scheduler.pending)
 
     def summary(self, run_dir: Path, status: dict, config: dict, hashed: str | None, queue: list[str],
                 pending: dict) -> dict:

@@ -175,6 +175,10 @@ class JobManager:
         first, with state, best metric and what they may do with each."""
         return self.listing.runs(owner)
 
+    def summary(self, run_id: str, owner: str | None = None) -> dict:
+        """One run as `list` shows it (its name, state, kind, settings, ...), without its history."""
+        return self.listing.one(self.own_run(run_id, owner, "see"), owner)
+
     def progress(self, run_id: str, owner: str | None = None) -> dict:
         """The run's summary plus its per-epoch history: what a progress view polls."""
         return self.listing.progress(self.own_run(run_id, owner, "see"), owner)

@@ -50,10 +50,11 @@ def start_summary(config: dict) -> str:
     """How a run starts, in a few words: 'pretrained', 'from a run, quick model', 'from scratch, 64 px'."""
     if not config:
         return ""
-    if config.get("pretrained", True) or config.get("weights"):
-        start = "from a run" if config.get("weights") else "pretrained"
-        return start + (", quick model" if config.get("quick") else ", LP-FT" if config.get("lp_ft") else "")
-    return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
+    kind = runs.kind_of(config)
+    if kind is runs.RunKind.SCRATCH:
+        return "from scratch" + (f", {config['img_size']} px" if config.get("img_size") else "")
+    start = "from a run" if config.get("weights") else "pretrained"
+    return start + (", quick model" if kind is runs.RunKind.QUICK else ", LP-FT" if config.get("lp_ft") else "")
 
 
 def default_name(source: str, config: TrainConfig) -> str:

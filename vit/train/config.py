@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from vit.models import DEFAULT_MODEL
 
@@ -55,7 +56,7 @@ class Setting:
     label: str = ""
 
 
-def setting(default=MISSING, *, factory=MISSING, **about) -> field:
+def setting(default=MISSING, *, factory=MISSING, **about) -> Any:
     """A TrainConfig field with its Setting."""
     if factory is not MISSING:
         return field(default_factory=factory, metadata={"setting": Setting(**about)})
@@ -179,7 +180,8 @@ class TrainConfig:
             raise ConfigError(f"class_balance must be one of {', '.join(BALANCE_CHOICES)} (got "
                               f"{str(self.class_balance)[:40]!r}).")
         if self.device not in SETTINGS["device"].choices:
-            raise ConfigError(f"device must be auto, cpu or cuda (got {str(self.device)[:40]!r}).")
+            *some, last = SETTINGS["device"].choices
+            raise ConfigError(f"device must be {', '.join(some)} or {last} (got {str(self.device)[:40]!r}).")
         if self.patch_size and self.img_size and self.patch_size > self.img_size:
             raise ConfigError(f"The patch size ({self.patch_size}) is larger than the image size ({self.img_size}).")
         if (self.quick or self.lp_ft) and not (self.pretrained or self.weights):

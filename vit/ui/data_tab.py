@@ -2,7 +2,6 @@
 one by one, the sample data, a returning visitor's dataset, and what a run's features say about it."""
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from vit.safety import HostLimits
 from vit.ui.common import FORM, MAX_CLASSES, SAMPLE_MAX, SAMPLE_PER_CLASS
 from vit.ui.dataset_view import Shown, _show
 from vit.ui.files import _remove_upload
-from vit.ui.page import ONE_CHECK_EACH, Page, refused
+from vit.ui.page import ONE_CHECK_EACH, Page, named_signature, refused
 from vit.ui.runs_view import _duration, _features_summary, _seen_run
 
 
@@ -108,8 +107,8 @@ def check_classes(request: gr.Request = None, **slots):
     """Validate classes built one by one and show the report: `slots` are CLASS_SLOTS by name, class_1 to
     class_8 (a name) and images_1 to images_8 (its uploaded images). Empty slots are ignored; a removed slot is
     emptied by the UI. Uploads that will not be used (a refused check) are removed at once."""
-    names = [slots.get(f"class_{i + 1}") for i in range(MAX_CLASSES)]
-    files = [slots.get(f"images_{i + 1}") for i in range(MAX_CLASSES)]
+    names = [slots.get(slot) for slot in CLASS_SLOTS[:MAX_CLASSES]]
+    files = [slots.get(slot) for slot in CLASS_SLOTS[MAX_CLASSES:]]
     uploaded = [p for paths in files if isinstance(paths, list) for p in paths if isinstance(p, str)]
     with ONE_CHECK_EACH.holding(getattr(request, "session_hash", None), CHECKING):
         try:
@@ -125,10 +124,8 @@ def check_classes(request: gr.Request = None, **slots):
 
 
 CLASS_SLOTS = (*(f"class_{i + 1}" for i in range(MAX_CLASSES)), *(f"images_{i + 1}" for i in range(MAX_CLASSES)))
-check_classes.__signature__ = inspect.signature(check_classes).replace(parameters=[
-    inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="gr.Request"),
-    *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None,
-                        annotation="str | None" if n.startswith("class") else "list | None") for n in CLASS_SLOTS)])
+check_classes.__signature__ = named_signature(check_classes, {
+    slot: "str | None" if slot.startswith("class") else "list | None" for slot in CLASS_SLOTS})
 
 
 def _check_classes(names: tuple, files: tuple):
@@ -234,7 +231,7 @@ def data_features(manager: jobs.JobManager, run_id: str | None, dataset: dict | 
     trained on the dataset shown there."""
     run_dir = _seen_run(manager, run_id, owner) if dataset else None
     found = runs.read_json(run_dir / runs.DIAGNOSTICS, None) if run_dir else None
-    run = manager.progress(run_dir.name, owner or None) if isinstance(found, dict) else {}
+    run = manager.summary(run_dir.name, owner or None) if isinstance(found, dict) else {}
     if not run or run.get("source") != dataset.get("name"):
         return ""
     name = run["name"]

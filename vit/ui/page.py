@@ -132,11 +132,21 @@ def typed_inputs(fn: Callable, skip: int = 0) -> Callable[[tuple, dict], None]:
     return check
 
 
-def form_signature(fn: Callable) -> inspect.Signature:
-    """`fn`'s signature with its **form replaced by a keyword-only parameter for each of FORM's fields, typed from
-    its Setting: the names an event passes them by (`inputs_kwargs`), the API shows and typed_inputs checks."""
+def named_signature(fn: Callable, annotations: dict[str, str]) -> inspect.Signature:
+    """`fn`'s signature with its **kwargs replaced by a keyword-only parameter (default None) for each name of
+    `annotations`, typed by it: the names an event passes them by (`inputs_kwargs`), the API shows and
+    typed_inputs checks."""
     signature = inspect.signature(fn)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+               for name, annotation in annotations.items()]
+    return signature.replace(parameters=params)
+
+
+def form_signature(fn: Callable) -> inspect.Signature:
+    """named_signature for a handler of the Train form: a parameter for each of FORM's fields, typed from its
+    Setting."""
+    kinds = {}
     for name in FORM:
         s, default = SETTINGS.get(name), DEFAULTS.get(name)
         if name == "scratch" or isinstance(default, bool) and not s.auto:
@@ -145,9 +155,8 @@ def form_signature(fn: Callable) -> inspect.Signature:
             kind = "float | str" if s.auto else "float"
         else:  # the model, a choice, auto/on/off
             kind = "str"
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=f"{kind} | None"))
-    return signature.replace(parameters=params)
+        kinds[name] = f"{kind} | None"
+    return named_signature(fn, kinds)
 
 
 def _manager_getter(manager: jobs.JobManager | None):

@@ -220,8 +220,13 @@ def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None,
                     run_name: str | None = None, **form):
     """start_training with the Train form's fields by name (FORM's: the API's parameters of /start_training and
     /quick_model); a field left out is empty ("auto", or the setting's default)."""
-    form = {**dict.fromkeys(FORM), "scratch": False, **{k: v for k, v in form.items() if v is not None}}
+    form = _filled(form)
     return start_training(manager, dataset, form.pop("model"), owner=owner, run_name=run_name, quick=quick, **form)
+
+
+def _filled(form: dict) -> dict:
+    """The Train form's fields as sent, with those left out (or None) empty: "auto", or From scratch off."""
+    return {**dict.fromkeys(FORM), "scratch": False, **{k: v for k, v in form.items() if v is not None}}
 
 
 start_from_form.__signature__ = form_signature(start_from_form)
@@ -351,7 +356,7 @@ def describe_config(config: TrainConfig, classes: int = 2) -> str:
 def run_plan(dataset: dict | None, **form) -> str:
     """The 'will run' line under the settings, updated as they or the dataset change (an error says what
     to fix). `form`: the Train form's fields by name."""
-    form = {**dict.fromkeys(FORM), "scratch": False, **{k: v for k, v in form.items() if v is not None}}
+    form = _filled(form)
     model_name, scratch = form.pop("model"), form.pop("scratch")
     try:
         config = planned_config(model_name, scratch, facts=_facts(dataset), **form)
@@ -408,12 +413,7 @@ class Progress(NamedTuple):
     accuracy: Any
 
 
-class LiveView(NamedTuple):
-    """What the live view's tick fills: show_run's Progress and the run's state key."""
-    summary: Any
-    loss: Any
-    accuracy: Any
-    key: Any
+LiveView = NamedTuple("LiveView", [*Progress.__annotations__.items(), ("key", Any)])  # Progress and the state key
 
 
 def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None) -> Progress:
@@ -505,7 +505,7 @@ def trust_lines(calibration: dict | None, ood: dict | None) -> str:
 def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None):
     """The loss and accuracy curves are hidden for a quick model: one fit, nothing to draw."""
     try:
-        quick = bool(run_id) and manager.progress(run_id, owner or None).get("kind") == RunKind.QUICK
+        quick = bool(run_id) and manager.summary(run_id, owner or None).get("kind") == RunKind.QUICK
     except jobs.JobError:
         quick = False
     return gr.Row(visible=not quick)
