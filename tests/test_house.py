@@ -19,7 +19,7 @@ VIT = ROOT / "vit"
 # the model and its pixels, which prediction, export and the run views read too: used in many places by design
 USED_WIDELY = {"model", "pretrained", "weights", "img_size", "patch_size", "model_args", "epochs", "batch_size", "lr",
                "crop_pct", "progressive", "hflip", "seed", "val_fraction", "device", "threads", "workers", "data",
-               "recipe", "quick", "lp_ft"}
+               "recipe", "quick", "lp_ft", "teacher"}
 
 
 def test_a_training_knob_is_named_in_at_most_three_files_of_vit():
@@ -80,7 +80,7 @@ def test_the_card_shows_every_setting_that_has_a_card_label():
 
 def test_the_api_names_every_parameter_and_the_form_is_the_settings():
     from vit import ui
-    assert ui.FORM == ("model", "scratch", *in_form("main"), *in_form("advanced"))
+    assert ui.FORM == ("model", "scratch", *in_form("main"), "teacher", *in_form("advanced"))  # (the teacher: a run)
     app = ui.build_app()
     named = app.get_api_info()["named_endpoints"]
     unnamed = {e: [p["parameter_name"] for p in v["parameters"] if p["parameter_name"].startswith("param_")]

@@ -149,7 +149,7 @@ def test_the_app_plans_the_same_recipe_and_shows_it_before_start():
     facts = SHAPES.to_dict()
     config = ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts)
     assert config == recipe.choose(TrainConfig(model=ui.DEFAULT_MODEL, pretrained=False), SHAPES)
-    line = ui.run_plan({"path": "x", "name": "shapes", "facts": facts}, model=ui.DEFAULT_MODEL, scratch=True)
+    line = ui.run_plan(None, {"path": "x", "name": "shapes", "facts": facts}, model=ui.DEFAULT_MODEL, scratch=True)
     assert line.startswith("**Will train:**") and "32 px images" in line
     assert "Chosen for your data" in line and "- Patch size 8" in line
     # what the visitor fills in wins, and is no longer listed as chosen
@@ -202,7 +202,7 @@ def test_the_form_and_the_cli_set_class_balance(tmp_path, capsys):
     assert ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts).class_balance == "on"
     off = ui.planned_config(ui.DEFAULT_MODEL, True, None, None, None, facts, class_balance="off")
     assert off.class_balance == "off"
-    assert "Class-balanced sampling" in ui.run_plan({"path": "x", "name": "s", "facts": facts},
+    assert "Class-balanced sampling" in ui.run_plan(None, {"path": "x", "name": "s", "facts": facts},
                                                 model=ui.DEFAULT_MODEL, scratch=True)
     folder = make_shapes_dataset(tmp_path / "d", per_class=6, size=32)
     out = tmp_path / "run"

@@ -77,7 +77,7 @@ def test_a_model_over_the_cap_is_refused_before_a_run_is_queued(tmp_path, monkey
         with pytest.raises(gr.Error, match=r"1,136M parameters, over this app's limit of 100M"):  # (no download)
             start_from_form(manager, False, dataset, ALICE, model="vit_giant_patch14_dinov2.lvd142m", epochs=1,
                             batch_size=8)
-        plan = run_plan(dataset, model="vit_giant_patch14_dinov2.lvd142m", epochs=1, batch_size=8)
+        plan = run_plan(None, dataset, model="vit_giant_patch14_dinov2.lvd142m", epochs=1, batch_size=8)
         assert plan.startswith("**Cannot start here:** vit_giant_patch14_dinov2.lvd142m has 1,136M parameters")
         with pytest.raises(gr.Error, match=r"86M parameters, over this app's limit of 50M"):  # a form's width
             monkeypatch.setenv("VIT_MAX_MODEL_PARAMS_M", "50")

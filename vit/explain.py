@@ -11,7 +11,8 @@ Methods (METHODS lists them with a one-line description):
   rollout    attention rollout (Abnar & Zuidema 2020), head fusion mean/max/min, discard ratio
   attention  raw attention of the last layer from the classifier token, per head and averaged:
              attention, not an explanation
-  gradcam    Grad-CAM on the tokens entering the last block, prefix tokens dropped
+  gradcam    Grad-CAM on the tokens entering the last block, prefix tokens dropped; for a CNN (resnet,
+             convnext, ...) on its last stage's feature map, the one method that applies to it
 
 Every timm VisionTransformer layout works: a class token, a distillation token (read with the
 class token, as DeiT's two heads are averaged), register tokens (dropped), no class token
@@ -34,7 +35,7 @@ METHODS = {
     "attention": "Raw attention of the last layer from the token(s) the head reads (the classifier token; without one, "
                  "the patch tokens averaged). Attention, not an explanation: by the "
                  "last layer every token carries information from the whole image, so it often points at background.",
-    "gradcam": "Grad-CAM on the tokens entering the last block: class-specific, coarse.",
+    "gradcam": "Grad-CAM on the tokens entering the last block (a CNN: its last stage): class-specific, coarse.",
 }
 DEFAULT_METHOD = "chefer"
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -104,6 +105,8 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = DEFAULT_METHO
         raise ExplainError("discard_ratio must be in [0, 1).")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ExplainError("explain() takes one image: a tensor of shape [1, 3, H, W].")
+    if not is_transformer(model):
+        return _cnn_gradcam(model, x, method, target)
     layout = token_layout(model, tuple(x.shape[-2:]))
     gradients = method in ("chefer", "gradcam")
     was_training = model.training
@@ -250,6 +253,49 @@ def perturbation_curve(model: torch.nn.Module, x: torch.Tensor, heatmap: np.ndar
 def area(curve: np.ndarray, fractions: tuple[float, ...] = FRACTIONS) -> float:
     """Area under a perturbation curve over the fractions removed."""
     return float(np.trapezoid(curve, fractions))
+
+
+def is_transformer(model: torch.nn.Module) -> bool:
+    """Whether a model has attention blocks over patch tokens (else a CNN: Grad-CAM on its last stage only)."""
+    return hasattr(model, "blocks") and hasattr(model, "patch_embed")
+
+
+NEEDS_ATTENTION = {"chefer": "Gradient-weighted attention", "rollout": "Attention rollout", "attention": "Raw attention"}
+
+
+def _cnn_gradcam(model: torch.nn.Module, x: torch.Tensor, method: str, target: int | None) -> Explanation:
+    """Grad-CAM (Selvaraju et al. 2017) on a CNN's last stage: its feature map weighted by the class score's mean
+    gradient per channel. The attention methods refuse, naming why."""
+    name = model.pretrained_cfg.get("architecture", type(model).__name__) if hasattr(model, "pretrained_cfg") \
+        else type(model).__name__
+    if method != "gradcam":
+        raise ExplainError(f"{NEEDS_ATTENTION[method]} reads a ViT's attention, and {name} is a CNN, which has none. "
+                           "Use Grad-CAM: it works on a CNN's last stage.")
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise ExplainError(f"{name} has no forward_features/forward_head (timm's), so its last stage cannot be read.")
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        with torch.enable_grad():
+            features = model.forward_features(x.detach())
+            if features.dim() != 4:
+                raise ExplainError(f"{name}'s last stage is not a feature map [1, C, H, W]; Grad-CAM needs one.")
+            logits = model.forward_head(features)
+            probs = logits.detach().float().softmax(-1)[0]
+            target = int(probs.argmax()) if target is None else int(target)
+            if not 0 <= target < probs.numel():
+                raise ExplainError(f"Class index {target} is out of range: the model has {probs.numel()} classes.")
+            (grad,) = torch.autograd.grad(logits[0, target], [features])
+    finally:
+        if was_training:
+            model.train()
+    acts, grad = features[0].detach().float(), grad[0].float()
+    cam = (acts * grad.mean((1, 2))[:, None, None]).sum(0).clamp(min=0)
+    h, w = cam.shape
+    return Explanation("gradcam", target, _normalise(cam), probs.cpu().numpy(), None,
+                       [f"Grad-CAM on the CNN's last stage: a {h}x{w} map, each cell {x.shape[-1] // max(w, 1)} px "
+                        f"of the model's {x.shape[-1]}-px input."])
 
 
 # ---------------------------------------------------------------------------

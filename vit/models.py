@@ -1,4 +1,4 @@
-"""The catalog of timm Vision Transformers and one way to create any of them.
+"""The catalog of timm Vision Transformers (and of CNNs to teach them) and one way to create any timm model.
 
     model = create_model(ModelSpec("vit_tiny_patch16_224.augreg_in21k_ft_in1k"), num_classes=3)
 
@@ -14,6 +14,7 @@ False)` exposes attention maps for explanations.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -57,6 +58,18 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "DINOv2 with register tokens: cleaner attention maps."),
     CatalogEntry("vit_base_patch16_224.augreg2_in21k_ft_in1k", "ViT-Base/16 (AugReg2)", 86.6, 224, "GPU",
                  "Best accuracy here; wants a GPU."),
+)
+# CNNs to fine-tune (or train from scratch) as teachers: DeiT's finding is that a ViT learns more from a convolutional
+# teacher, whose built-in locality suits small data, than from the labels alone (vit.train.teacher)
+TEACHERS: tuple[CatalogEntry, ...] = (
+    CatalogEntry("resnet18.a1_in1k", "ResNet-18 (CNN)", 11.7, 224, "CPU",
+                 "A small CNN teacher; fine-tunes on a laptop CPU."),
+    CatalogEntry("efficientnet_b0.ra_in1k", "EfficientNet-B0 (CNN)", 5.3, 224, "CPU",
+                 "A compact CNN teacher, accurate for its size; CPU is workable."),
+    CatalogEntry("convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny (CNN)", 28.6, 224, "GPU",
+                 "A strong modern CNN teacher (ImageNet-22k); wants a GPU."),
+    CatalogEntry("regnety_160.deit_in1k", "RegNetY-16GF (CNN, DeiT's teacher)", 83.6, 224, "GPU",
+                 "The teacher of the DeiT paper, as its authors trained it; a GPU teacher."),
 )
 DEFAULT_MODEL = CATALOG[0].name
 
@@ -137,14 +150,14 @@ def check_web_model_name(name: str) -> str:
 def unknown_model_message(name: str) -> str:
     import timm
     arch = name.split(".")[0]
-    close = difflib.get_close_matches(arch, timm.list_models("*vit*") + timm.list_models("deit*"), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (f"timm does not know the model '{name}'.{hint} Pick one from the catalog, or any name from "
-            "timm.list_models('vit*').")
+            "timm.list_models() (ViTs: 'vit*', CNNs: 'resnet*', 'convnext*', ...).")
 
 
 def catalog_entry(name: str) -> CatalogEntry | None:
-    return next((e for e in CATALOG if e.name == name), None)
+    return next((e for e in (*CATALOG, *TEACHERS) if e.name == name), None)
 
 
 def data_config(model: nn.Module) -> dict:
@@ -196,11 +209,65 @@ def _resolve(spec: ModelSpec) -> tuple[str, dict]:
     kwargs["pretrained"] = pretrained
     entry = catalog_entry(name)
     img_size = spec.img_size or (entry.img_size if entry else None)
-    if img_size:
+    arch = architecture(name)
+    if spec.patch_size and not arch.tokens:
+        raise ModelError(f"A patch size applies to a ViT; {name} is a {arch.kind}, which has no patches. Leave the "
+                         "patch size empty.")
+    if img_size and arch.tokens:
         kwargs["img_size"] = img_size
+    elif img_size:  # a CNN takes any size: its input size is its preprocessing's (and its config.json's)
+        kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}),
+                                            "input_size": (3, img_size, img_size)}
     if spec.patch_size:
         kwargs["patch_size"] = spec.patch_size
     return name, kwargs
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What kind of network a model name builds, as far as training and explaining it differ.
+
+    kind      "ViT" (timm's VisionTransformer: the from-scratch ViT recipe, attention maps, progressive resizing
+              on its patches), "transformer" (other token models: eva, beit, swin, ...) or "CNN"
+    tokens    it takes an image and patch size (a patch embedding): a transformer of either kind
+    """
+    kind: str
+    tokens: bool
+
+    @property
+    def vit(self) -> bool:
+        return self.kind == "ViT"
+
+
+VIT = Architecture("ViT", True)
+
+
+def architecture(name: str) -> Architecture:
+    """The Architecture of a timm name (tag allowed) or local-dir: folder; an hf-hub: id is taken for a ViT (its
+    architecture is only known once its config.json is downloaded)."""
+    if name.startswith("local-dir:"):
+        try:
+            name = json.loads((Path(name[len("local-dir:"):]) / "config.json").read_text()).get("architecture", "")
+        except (OSError, ValueError, AttributeError):
+            return VIT
+    if name.startswith("hf-hub:") or not name:
+        return VIT
+    return _architecture(name.split(".")[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _architecture(arch: str) -> Architecture:
+    import timm
+    import torch
+    from timm.models import VisionTransformer
+    if not timm.is_model(arch):
+        return VIT  # (creating it says what is wrong)
+    with torch.device("meta"):
+        model = timm.create_model(arch, num_classes=2)
+    if isinstance(model, VisionTransformer):
+        return VIT
+    tokens = hasattr(model, "patch_embed")
+    return Architecture("transformer" if tokens else "CNN", tokens)
 
 
 def hub_failure(error: BaseException, what: str) -> str:
@@ -271,7 +338,10 @@ def built(model: nn.Module, weights: str | None) -> dict:
     attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
     arch = str(model.pretrained_cfg.get("architecture") or type(model).__name__) \
         if hasattr(model, "pretrained_cfg") else type(model).__name__
-    return {"architecture": arch, "family": _family(arch), "width": getattr(model, "embed_dim", None),
+    if size is None:  # a CNN: the input size of its preprocessing
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (None,))[-1]
+    return {"architecture": arch, "family": _family(arch), "kind": _kind_of(model),
+            "width": getattr(model, "embed_dim", None),
             "depth": len(blocks) if blocks is not None else None,
             "heads": getattr(attn, "num_heads", None),
             "patch": patch[0] if isinstance(patch, (tuple, list)) else patch,
@@ -373,6 +443,12 @@ def hub_parameters(repo_id: str) -> int:
 def _family(arch: str) -> str:
     prefix = arch.split("_")[0].lower()
     return {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "eva02": "EVA-02", "beit": "BEiT"}.get(prefix, arch)
+
+
+def _kind_of(model: nn.Module) -> str:
+    """Architecture.kind of a built model."""
+    from timm.models import VisionTransformer
+    return "ViT" if isinstance(model, VisionTransformer) else "transformer" if hasattr(model, "patch_embed") else "CNN"
 
 
 def weights_cached(name: str) -> bool:

@@ -85,6 +85,7 @@ JOB = "job.json"        # what the app's child trains: the config, the owner, wh
 LOG = "train.log"       # the child's output
 DATA_DIR = "data"       # the run's own copy of its dataset, with a labels.csv manifest
 DATA_REPORT = "data_report.json"
+TRAINED_ON = "trained_on.txt"     # the sha256 of each training image: a teacher's check (vit.train.teacher)
 DIAGNOSTICS = "diagnostics.json"  # what the frozen features say about the data (vit.data.features)
 OOD = "ood.safetensors"           # what the "none of these" check compares with (vit.trust)
 FEATURES = ".features"  # under the runs' root: the frozen-feature cache, shared by the runs
@@ -202,7 +203,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return read_json(Path(run_dir) / CONFIG, {})
 
 
-LOCAL_PATH_KEYS = ("data", "weights")  # training settings that name files on the machine that trained
+LOCAL_PATH_KEYS = ("data", "weights", "teacher")  # training settings that may name files of the machine that trained
 
 
 def public_record(train_config: dict) -> dict:
@@ -210,7 +211,7 @@ def public_record(train_config: dict) -> dict:
     their last component, so nothing about the machine's folders leaves it."""
     record = dict(train_config)
     for key in LOCAL_PATH_KEYS:
-        if record.get(key):
+        if record.get(key) and not str(record[key]).startswith("hf-hub:"):
             record[key] = Path(str(record[key])).name
     return record
 

@@ -157,6 +157,16 @@ class TrainConfig:
     probe_flip: bool = setting(False, title="Mirror images for the head",
                                help="the fitted head also sees each training image's mirror image (twice the "
                                     "features)")
+    # distillation (vit.train.teacher)
+    teacher: str | None = setting(None, title="Teacher", card="teacher",
+                                  help="distil from a trained model of the same classes: a run directory, a "
+                                       "timm-format folder or hf-hub:user/repo")
+    distill: str = setting("hard", title="Distillation", choices=("hard", "soft"), card="distillation", form="advanced",
+                           help="with a teacher: hard (learn its top class as well as the label, DeiT's default) or "
+                                "soft (its probabilities at a temperature)")
+    distill_temperature: float = setting(3.0, **_num(0.1, 100.0), title="Distillation temperature", form="advanced",
+                                         label="Temperature (soft distillation)",
+                                         help="soft distillation's temperature")
     # imbalanced classes (vit.train.recipe: "auto" balances from a largest/smallest class ratio of 3)
     class_balance: str = setting("auto", title="Class balance", auto=True, form="advanced",
                                  choices=("auto", "on", "off"),
@@ -189,6 +199,14 @@ class TrainConfig:
                               + " on the features of trained weights, and random weights have none worth "
                               "fitting. Start from pretrained weights, or from an earlier run's (in the app: "
                               "pick 'Start from your run' as the Model; on the command line: --weights RUN_DIR).")
+        if self.distill not in SETTINGS["distill"].choices:
+            raise ConfigError(f"distill must be hard or soft (got {str(self.distill)[:40]!r}).")
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()
+                                         or len(self.teacher) > 1000):
+            raise ConfigError("The teacher is a run directory, a timm-format folder or hf-hub:user/repo.")
+        if self.teacher and self.quick:
+            raise ConfigError("A quick model fits only a head on frozen features, so there is nothing for a teacher "
+                              "to teach. Train the model (untick Quick model) to distil from a teacher.")
         if not isinstance(self.model_args, dict):
             raise ConfigError("model_args must be a mapping of timm model arguments.")
         return self

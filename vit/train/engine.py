@@ -122,6 +122,7 @@ class _Run:
     autocast: Callable = contextlib.nullcontext
     mixup: object = None
     criterion: nn.Module | None = None
+    teacher: nn.Module | None = None                   # distillation (vit.train.teacher)
     ema: object = None
     net: nn.Module | None = None                       # the model, DDP-wrapped under torchrun
     start_epoch: int = 0
@@ -141,6 +142,8 @@ def _fit(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
          should_stop: Callable[[], bool] | None, resume: bool, ddp: Distributed) -> dict:
     """Set up, then train epoch by epoch (checkpointing each), then report on the best weights."""
     run = _setup(dataset, config, run_dir, emit, resume, ddp)
+    if config.teacher:
+        _teacher(run, dataset)
     if not resume and config.lp_ft and (config.pretrained or config.weights):  # LP, then FT from its head
         head = probe_head(run.model, run.dcfg, dataset, run.eval_cache, run.labels, config, run_dir, emit,
                           run.device, StopFlag(run_dir, should_stop, ddp), ddp.is_main)
@@ -195,6 +198,21 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
                 BatchAugment(config, p.dcfg, p.device),
                 record={**asdict(config), "classes": dataset.classes, "img_size_used": img_size, "built": p.built,
                         "class_balance_used": balance, "class_weights": weights if balance else None})
+
+
+def _teacher(run: _Run, dataset: Dataset) -> None:
+    """Load the teacher (refusing one of other classes, or one that trained on this run's held-out images), measure
+    it on this run's validation images, and let a student with a distillation token learn from that token."""
+    from vit.train import teacher
+    held_out = {dataset.items[i].sha256 for i in (*dataset.val, *dataset.test)}
+    run.emit.status(RunState.RUNNING, message="Loading the teacher")
+    run.teacher, info = teacher.load(run.config, dataset.classes, held_out, run.device, run.dcfg)
+    info.val_acc = teacher.accuracy(run.teacher, run.val_set, run.config.batch_size * 2, run.device, run.autocast)
+    info.images = len(run.val_set)
+    if hasattr(run.model, "set_distilled_training"):  # timm's deit_*_distilled_*: the token's head learns the teacher
+        run.model.set_distilled_training(True)
+    run.record["teacher_used"] = asdict(info)
+    run.emit.event(type="recipe", text=teacher.said(run.teacher, info))
 
 
 def _optimisation(run: _Run, n_classes: int) -> None:
@@ -271,7 +289,11 @@ def train_one_epoch(run: _Run, epoch: int, stop: StopFlag) -> dict | None:
             x, target = run.mixup(x, y)
         with run.autocast():
             logits = run.net(x)
+            logits, logits_kd = logits if isinstance(logits, tuple) else (logits, logits)  # (a distillation token)
             loss = run.criterion(logits, target)
+            if run.teacher is not None:
+                loss = run.teacher.loss(loss, logits_kd, x)
+                logits = (logits + logits_kd) / 2  # (the answer of a two-headed model, as at inference)
         if not torch.isfinite(loss):
             raise TrainError(f"The loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training "
                              f"diverged. Lower the learning rate (now {config.lr:g}), keep gradient clipping on, "

@@ -15,7 +15,7 @@ from vit import runs
 from vit.runs import RunState
 from vit.data import Dataset, DecodeCache
 from vit.data.pixels import EvalPixels, read_for_model
-from vit.models import ModelSpec, built, built_text, create_model, data_config, weights_words
+from vit.models import ModelSpec, architecture, built, built_text, create_model, data_config, weights_words
 from vit.train.config import TrainConfig, TrainError
 from vit.train.distributed import Distributed
 from vit.train.events import Emitter
@@ -47,13 +47,16 @@ def prepare(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter,
         raise TrainError(dataset.report.refusal())
     if ddp.is_main and not resume:
         runs.write_json(run_dir / runs.DATA_REPORT, runs.public_report(dataset.report.to_dict()))
-    resizing = {"dynamic_img_size": True} if config.progressive else {}  # smaller inputs, pos. embeddings resampled
+        with runs.atomic(run_dir / runs.TRAINED_ON) as tmp:  # (a student of this run checks it holds none out)
+            Path(tmp).write_text("".join(f"{dataset.items[i].sha256}\n" for i in dataset.train))
     if resume:
-        spec = ModelSpec(f"local-dir:{run_dir}", pretrained=False, model_args=resizing)
+        spec = ModelSpec(f"local-dir:{run_dir}", pretrained=False)
     else:
         spec = ModelSpec(config.model, pretrained=config.pretrained, weights=config.weights,
-                         img_size=config.img_size, patch_size=config.patch_size,
-                         model_args={**config.model_args, **resizing})
+                         img_size=config.img_size, patch_size=config.patch_size, model_args=dict(config.model_args))
+    source = f"local-dir:{spec.weights}" if spec.weights and Path(spec.weights).is_dir() else spec.name
+    if config.progressive and architecture(source).tokens:
+        spec.model_args["dynamic_img_size"] = True  # smaller inputs, position embeddings resampled (a CNN takes any)
     for line in ([] if resume else config.recipe):
         emit.event(type="recipe", text=line)
     emit.status(RunState.RUNNING, message="Creating the model", epoch=0, epochs=epochs or config.epochs,

@@ -34,6 +34,7 @@ from typing import Iterable
 
 from vit import figures
 from vit.data.report import IMBALANCE_WARN_RATIO
+from vit.models import architecture
 from vit.train.config import TrainConfig
 
 LARGE = 5000            # training images from which a from-scratch run gets a larger model and token grid
@@ -97,7 +98,9 @@ def choose(config: TrainConfig, facts: DataFacts | None, given: Iterable[str] = 
     notes = [] if facts else ["No dataset yet: the choices below assume a few hundred 224-pixel images."]
     facts = facts or DataFacts(train_images=400, classes=2, side=224)
     large = facts.train_images >= LARGE
-    picked = _from_scratch(config, facts, large, given)
+    arch = architecture(config.model)
+    picked = _from_scratch(config, facts, large, given) if arch.vit else _cnn_from_scratch(config, facts, large,
+                                                                                           given, arch)
     for name, (value, why) in picked.items():
         if name not in given:
             setattr(config, name, value)
@@ -181,15 +184,50 @@ def _from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set
                                                    "(the object stays in view)."),
         "hflip": (0.0, "No flips: grey images (scans, digits, X-rays) often have a handedness that a mirror "
                        "image changes.") if facts.grayscale else (config.hflip, None),
-        "crop_pct": (1.0, f"Validation and Classify resize the shorter side to {img} px and keep the centre square, "
-                          "with no further crop (an oblong image loses its two ends: Classify outlines what is "
-                          "seen)."),
+        "crop_pct": (1.0, _crop_note(img)),
         "early_stopping": (None, "No early stopping: the cosine schedule needs its last epochs."),
         "progressive": (img // patch >= 8,
                         f"Progressive resizing: the first epochs train on smaller images, growing to {img} px "
                         f"({figures.PROGRESSIVE.text})."
                         if img // patch >= 8 else None),
     }
+
+
+def _cnn_from_scratch(config: TrainConfig, facts: DataFacts, large: bool, given: set[str], arch) -> dict:
+    """The from-scratch recipe for a CNN (or a transformer other than timm's ViT): the ViT recipe's schedule and
+    augmentation, the network as timm builds it, and inputs large enough for its 32x reduction."""
+    vit = _from_scratch(config, facts, large, given)
+    img = config.img_size if "img_size" in given and config.img_size else _cnn_image_size(facts.side, large)
+    small = facts.side <= 32
+    size_why = (f"the images are typically {facts.side} px, enlarged: a CNN reduces its input 32x, and a smaller "
+                "one ends in a 1x1 map" if img > facts.side else
+                f"the images are typically {facts.side} px; from random weights small inputs learn fastest"
+                if facts.side > img else f"the images' own size ({facts.side} px), not enlarged")
+    picked = {**vit,
+              "img_size": (img, f"Image size {img} px: {size_why}."),
+              "patch_size": (None, None),
+              "model_args": ({}, f"{config.model} as timm builds it, from random weights (a {arch.kind}: no patch "
+                                 "size, and none of the ViT recipe's shape)."),
+              "crop_padding": (max(1, img // 8) if small else 0,
+                               f"Augmentation: pad {max(1, img // 8)} px and crop at random (nothing of the object "
+                               "is cut away)." if small else None),
+              "crop_scale_min": (0.7, None if small else "Augmentation: random crops of at least 70% of the image "
+                                                         "(the object stays in view)."),
+              "crop_pct": (1.0, _crop_note(img)),
+              "progressive": (False, None)}
+    return {k: picked[k] for k in vit}  # (the ViT recipe's order of explanation)
+
+
+def _crop_note(img: int) -> str:
+    return (f"Validation and Classify resize the shorter side to {img} px and keep the centre square, with no further "
+            "crop (an oblong image loses its two ends: Classify outlines what is seen).")
+
+
+def _cnn_image_size(side: int, large: bool) -> int:
+    """The images' own size, but at least 64 px (a 2x2 map after a CNN's 32x reduction) and at most 128 (160 for
+    large data), a multiple of 32."""
+    size = min(max(side, 64), 160 if large else 128)
+    return size // 32 * 32
 
 
 def _image_size(side: int, large: bool, grid: int) -> int:

@@ -111,8 +111,13 @@ def progressive_sizes(final: int, patch: int, epochs: int) -> list[int]:
 
 def patch_size_of(model: nn.Module) -> int:
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    if not patch:
-        raise TrainError("Progressive resizing needs a ViT with a patch embedding; turn it off for this model.")
+    if not patch:  # a CNN: sizes in steps of its reduction (32 for most)
+        info = getattr(model, "feature_info", None)
+        reduction = info[-1].get("reduction") if isinstance(info, list) and info else None
+        if not reduction:
+            raise TrainError("Progressive resizing needs a ViT or a CNN whose reduction is known; turn it off for "
+                             "this model.")
+        return int(reduction)
     return patch[0] if isinstance(patch, (tuple, list)) else int(patch)
 
 

@@ -18,7 +18,7 @@ from vit.ui.files import sweep_temp_every
 from vit.ui.page import PRIVATE, Page, _ensure_owner, _manager_getter, outputs, refused
 from vit.ui.runs_view import _model_picker
 from vit.ui.data_tab import data_features
-from vit.ui.train_tab import _start_choices, best_run
+from vit.ui.train_tab import _start_choices, _teacher_choices, best_run
 
 
 def build_app(manager: jobs.JobManager | None = None) -> gr.Blocks:
@@ -103,15 +103,15 @@ def _wire_across(page: Page, data: SimpleNamespace, train: SimpleNamespace, clas
         picker.input(page.bind(remember_model, which), [picker, page.owner], None, **PRIVATE)
     lists = page.bind(model_lists)
     looked = dict(inputs=[*pickers, finished_seen, page.owner],
-                  outputs=[*pickers, finished_seen, train.fields["model"]])
+                  outputs=[*pickers, finished_seen, train.fields["model"], train.fields["teacher"]])
     page.app.load(lists, **looked, api_visibility="private")
     page.timer.tick(lists, **looked, **PRIVATE)
 
 
 def model_lists(manager: jobs.JobManager, for_share: str | None, for_classify: str | None, known: list | None,
                 owner: str | None):
-    """One listing of the visitor's runs for the Share and Classify pickers and the Model to start from; a run
-    finished since the last look is picked in both."""
+    """One listing of the visitor's runs for the Share and Classify pickers, the Model to start from and the Teacher;
+    a run finished since the last look is picked in the first two."""
     rows = manager.list(owner or None)
     finished = [r["id"] for r in rows if r["state"] == RunState.COMPLETED]
     new = [i for i in finished if known is not None and i not in known]
@@ -121,7 +121,9 @@ def model_lists(manager: jobs.JobManager, for_share: str | None, for_classify: s
         for_share = for_share or (picked.get("share") if isinstance(picked, dict) else None)
         for_classify = for_classify or (picked.get("classify") if isinstance(picked, dict) else None)
     starts = gr.update() if finished == known else gr.Dropdown(choices=_start_choices(rows))
-    return _model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished, starts
+    teachers = gr.update() if finished == known else gr.Dropdown(choices=_teacher_choices(rows))
+    return (_model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished, starts,
+            teachers)
 
 
 def remember_model(manager: jobs.JobManager, which: str, value: str | None, owner: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from vit.models import CATALOG
+from vit.models import CATALOG, TEACHERS
 from vit.safety import HostLimits
 from vit.train.config import in_form
 
@@ -22,7 +22,7 @@ THEME = gr.themes.Soft()
 CSS = ""
 
 
-MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in CATALOG]
+MODEL_CHOICES = [(f"{m.title} - {m.params_m:g}M params, {m.device}", m.name) for m in (*CATALOG, *TEACHERS)]
 
 
 RUN_COLUMNS = ["run", "state", "model", "epoch", "accuracy (95% interval)", "message", "id"]
@@ -63,6 +63,7 @@ NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab
 
 
 RUN_START = "run:"  # a Model choice that starts from one of the visitor's runs: "run:<id>"
+NO_TEACHER = "none"  # the Teacher picker's first choice; the others are the visitor's finished runs, "run:<id>"
 
 
 MAX_SUSPECTS = 24  # likely label errors shown for a run
@@ -71,7 +72,7 @@ MAX_SUSPECTS = 24  # likely label errors shown for a run
 MAX_PAIRS = 12     # near-duplicate pairs shown
 
 
-FORM = ("model", "scratch", *in_form("main"), *in_form("advanced"))  # the Train form's fields: its API names
+FORM = ("model", "scratch", *in_form("main"), "teacher", *in_form("advanced"))  # the Train form's fields: its API names
 
 
 def launch_options() -> dict:

@@ -29,6 +29,7 @@ def _show(ds: data.Dataset, path: str | None, name: str, classes: dict | None = 
     df = pd.DataFrame(rows, columns=["class", "split", "images"])
     if r.ok:
         state = {"path": path, "name": name, "classes": classes, "facts": recipe.DataFacts.of(ds).to_dict(),
+                 "labels": list(ds.classes),
                  **({"edits": edits} if edits else {})}
         line = (f"Dataset: **{name}**: {data.count(r.total, 'image')} in {data.count(len(ds.classes), 'class')} "
                 f"({', '.join(ds.classes)}).")

@@ -18,11 +18,11 @@ from vit.runs import RunKind, RunState
 from vit import models
 from vit.models import DEFAULT_MODEL
 from vit.safety import HostLimits
-from vit.train import ConfigError, TrainConfig, recipe, zero_means_off
+from vit.train import ConfigError, TrainConfig, TrainError, recipe, zero_means_off
 from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
-from vit.ui.common import FORM, MODEL_CHOICES, NO_DATA, RUN_COLUMNS, RUN_START
+from vit.ui.common import FORM, MODEL_CHOICES, NO_DATA, NO_TEACHER, RUN_COLUMNS, RUN_START
 from vit.ui.page import PRIVATE, Page, form_signature, outputs, refused
 from vit.ui.runs_view import (_accuracy_text, _duration, _epoch_text, _live_choice, _model_label, _model_text,
                               _run_choices, _run_picker, _state_key)
@@ -70,6 +70,11 @@ def form(offline: bool) -> dict:
     fields = dict(model=model, scratch=scratch)
     with gr.Row():
         fields.update({name: _setting_field(name) for name in in_form("main")})
+    with gr.Row():
+        fields["teacher"] = gr.Dropdown(_teacher_choices([]), value=NO_TEACHER, label="Teacher (distillation)",
+                                        info="One of your finished runs on the same classes, e.g. a CNN: the model "
+                                             "learns from its answers as well as from the labels (DeiT). Pick a "
+                                             "larger teacher to get a smaller model that is nearly as good.")
     with gr.Accordion("Advanced settings", open=False):
         advanced = in_form("advanced")
         for row in range(0, len(advanced), 4):
@@ -143,7 +148,8 @@ def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
                  outputs=[tab.start_msg, tab.selected])
     tab.start_btn.click(page.bind(start_from_form, False), **asked, api_name="start_training")
     tab.quick_btn.click(page.bind(start_from_form, True), **asked, api_name="quick_model")
-    planned = dict(fn=run_plan, inputs=[page.dataset], inputs_kwargs=tab.fields, outputs=tab.plan)
+    planned = dict(fn=page.bind(run_plan), inputs=[page.dataset, page.owner], inputs_kwargs=tab.fields,
+                   outputs=tab.plan)
     for field in [page.dataset, *settings]:  # what will actually run, before Start, as the dataset or a setting changes
         field.change(**planned, **PRIVATE)
     keep = dict(fn=page.bind(remember_settings), inputs=[page.owner], inputs_kwargs=tab.fields, outputs=None)
@@ -258,11 +264,12 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
         raise refused(f"Quick model is off: {why}", duration=None)
     try:
         if config.weights:  # "run:<id>": the weights of one of the visitor's own runs
-            run_dir = manager.own_run(config.weights[len(RUN_START):], owner or None, "start from")
-            if not (run_dir / runs.WEIGHTS).is_file():
-                raise jobs.JobError(f"The run {run_dir.name} has no saved model yet: wait for it to finish.")
+            run_dir = _finished_run(manager, config.weights, owner, "start from")
             config.model = runs.read_config(run_dir).get(runs.CONFIG_KEY, {}).get("model", config.model)
             config.weights = str(run_dir)
+        if config.teacher:  # "run:<id>" too
+            config.teacher = str(_finished_run(manager, config.teacher, owner, "distil from"))
+            _check_teacher_classes(Path(config.teacher), dataset)
         check_model_size(config, _facts(dataset), HostLimits.from_env().max_model_params_m)
         if isinstance(dataset.get("sample"), int) and not Path(dataset["path"]).is_dir():
             sample_folder(dataset["sample"])  # (removed to make room for other sizes: the same images again)
@@ -281,6 +288,27 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
     training = next((r["id"] for r in rows if r["state"] == RunState.RUNNING and r["id"] != run_id), None)
     return (f"Run **{state['name']}** ({run_id}) is {state['state']}: {state['message']}",
             _run_picker(rows, _live_choice(rows, training, new=run_id)))
+
+
+def _finished_run(manager: jobs.JobManager, choice: str, owner: str | None, action: str) -> Path:
+    """The directory of the visitor's finished run a "run:<id>" choice names (JobError if it is not theirs, or has
+    no model yet)."""
+    run_dir = manager.own_run(choice[len(RUN_START):], owner or None, action)
+    if not (run_dir / runs.WEIGHTS).is_file():
+        raise jobs.JobError(f"The run {run_dir.name} has no saved model yet: wait for it to finish.")
+    return run_dir
+
+
+def _check_teacher_classes(teacher: Path, dataset: dict) -> None:
+    """JobError naming the difference when the teacher run's classes are not the dataset's (checked again by the
+    run itself)."""
+    from vit.train.teacher import class_order  # (torch: only once a teacher is picked)
+    labels = runs.read_config(teacher).get("label_names")
+    if isinstance(labels, list) and isinstance(dataset.get("labels"), list):
+        try:
+            class_order(labels, dataset["labels"])
+        except TrainError as e:
+            raise jobs.JobError(str(e)) from None
 
 
 def check_model_size(config: TrainConfig, facts: dict | None, max_params_m: float) -> int:
@@ -317,6 +345,11 @@ def planned_config(model_name: str, scratch: bool, epochs=None, batch_size=None,
         given = zero_means_off(given)
         if "progressive" in given:
             given["progressive"] = given["progressive"] == "on"
+        if given.get("teacher") in (NO_TEACHER, ""):
+            given.pop("teacher")
+        elif given.get("teacher") is not None and not str(given["teacher"]).startswith(RUN_START):
+            raise ConfigError("Pick the teacher among your finished runs (the app takes no other teacher; on the "
+                              "command line, --teacher takes a folder or hf-hub:user/repo).")
         config = TrainConfig(model=name, pretrained=not scratch, weights=start, quick=bool(quick), **given).check()
         config = recipe.choose(config, recipe.DataFacts.from_dict(facts), given=given)
     except (models.ModelError, ConfigError) as e:
@@ -324,10 +357,10 @@ def planned_config(model_name: str, scratch: bool, epochs=None, batch_size=None,
     return config
 
 
-def describe_config(config: TrainConfig, classes: int = 2) -> str:
+def describe_config(config: TrainConfig, classes: int = 2, teacher: str = "") -> str:
     """What will run: the model as built (built on the meta device: width, depth, patch, parameters) and what its
-    weights are, the image size and the schedule in a line, then each choice the recipe made for the data (an
-    empty field in the form), and why."""
+    weights are, the image size and the schedule in a line, the teacher (`teacher`: its name and accuracy), then each
+    choice the recipe made for the data (an empty field in the form), and why."""
     entry = models.catalog_entry(config.model)
     if config.weights:
         model = f"the model of your run {Path(config.weights).name.removeprefix(RUN_START)}"
@@ -347,28 +380,38 @@ def describe_config(config: TrainConfig, classes: int = 2) -> str:
                 "the other settings do not apply).")
     elif config.lp_ft:
         line += " LP-FT: the head is first fitted on the frozen features, then the whole model fine-tuned from it."
+    if config.teacher and not config.quick:
+        from vit.train.teacher import distilling
+        line += f" Teacher: {teacher or config.teacher}; {distilling(config)}."
     if not config.recipe:
         return line
     return line + "\n\nChosen for your data (fill in a field to set it yourself):\n" + "".join(
         f"\n- {note}" for note in config.recipe)
 
 
-def run_plan(dataset: dict | None, **form) -> str:
+def run_plan(manager: jobs.JobManager | None, dataset: dict | None, owner: str | None = None, **form) -> str:
     """The 'will run' line under the settings, updated as they or the dataset change (an error says what
-    to fix). `form`: the Train form's fields by name."""
+    to fix). `form`: the Train form's fields by name; the teacher, one of the `owner`'s runs, is named with its
+    accuracy (without a manager: by its id)."""
     form = _filled(form)
     model_name, scratch = form.pop("model"), form.pop("scratch")
+    teacher = ""
     try:
         config = planned_config(model_name, scratch, facts=_facts(dataset), **form)
+        if config.teacher and manager is not None:
+            teacher = f"your run {_model_label(manager.summary(config.teacher[len(RUN_START):], owner or None))}"
+            _check_teacher_classes(_finished_run(manager, config.teacher, owner, "distil from"), dataset or {})
     except gr.Error as e:
         return f"**Cannot start:** {e.message}"
+    except jobs.JobError as e:
+        return f"**Cannot start:** {e}"
     if not config.weights and not config.model.startswith("hf-hub:"):  # (an hf-hub size is read at Start only)
         try:
             check_model_size(config, _facts(dataset), HostLimits.from_env().max_model_params_m)
         except jobs.JobError as e:
             return f"**Cannot start here:** {e}"
     facts = recipe.DataFacts.from_dict(_facts(dataset))
-    return f"**Will train:** {describe_config(config, facts.classes if facts else 2)}"
+    return f"**Will train:** {describe_config(config, facts.classes if facts else 2, teacher)}"
 
 
 def _auto_field(label: str) -> gr.Textbox:
@@ -509,6 +552,12 @@ def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None
     except jobs.JobError:
         quick = False
     return gr.Row(visible=not quick)
+
+
+def _teacher_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    """The Teacher picker: none, then the visitor's finished runs."""
+    return [("none", NO_TEACHER)] + [(_model_label(r), f"{RUN_START}{r['id']}") for r in rows
+                                     if r["has_model"] and r["state"] == RunState.COMPLETED]
 
 
 def _start_choices(rows: list[dict]) -> list[tuple[str, str]]:
