@@ -57,7 +57,7 @@ def test_run_directory_contents_and_stock_timm_loading(shapes, tmp_path):
         val_names = {ds.items[i].name for i in ds.val}
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["config.json", "model.safetensors", "last.pt", "status.json", "metrics.jsonl", "metrics.json",
-         "data_report.json"])
+         "data_report.json", "trained_on.txt"])
     config = json.loads((run / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert config["num_classes"] == 3 and config["label_names"] == ["circle", "square", "triangle"]
@@ -552,7 +552,7 @@ def test_the_model_is_named_for_what_was_built_and_its_weights(shapes, tmp_path)
     config = runs.read_config(tmp_path / "run")
     built = config[runs.CONFIG_KEY]["built"]
     model = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)
-    assert built == {"architecture": "vit_tiny_patch16_224", "family": "ViT", "width": 32, "depth": 1, "heads": 2,
+    assert built == {"architecture": "vit_tiny_patch16_224", "family": "ViT", "kind": "ViT", "width": 32, "depth": 1, "heads": 2,
                      "patch": 8, "img_size": 32, "class_token": True, "params": models.count_parameters(model),
                      "weights": "from scratch"}
     assert "tag" not in config["pretrained_cfg"], "no pretrained weights were loaded: no weights' tag"
