@@ -552,9 +552,9 @@ def test_the_model_is_named_for_what_was_built_and_its_weights(shapes, tmp_path)
     config = runs.read_config(tmp_path / "run")
     built = config[runs.CONFIG_KEY]["built"]
     model = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)
-    assert built == {"architecture": "vit_tiny_patch16_224", "family": "ViT", "kind": "ViT", "width": 32, "depth": 1, "heads": 2,
-                     "patch": 8, "img_size": 32, "class_token": True, "params": models.count_parameters(model),
-                     "weights": "from scratch"}
+    assert built == {"architecture": "vit_tiny_patch16_224", "family": "ViT", "kind": "ViT", "width": 32, "depth": 1,
+                     "heads": 2, "patch": 8, "img_size": 32, "class_token": True,
+                     "params": models.count_parameters(model), "weights": "from scratch"}
     assert "tag" not in config["pretrained_cfg"], "no pretrained weights were loaded: no weights' tag"
     text = models.built_text(built)
     assert text == f"ViT 32 wide, 1 block, patch 8, 32 px, {built['params'] / 1e6:.2f}M parameters, from scratch"

@@ -260,7 +260,8 @@ def is_transformer(model: torch.nn.Module) -> bool:
     return hasattr(model, "blocks") and hasattr(model, "patch_embed")
 
 
-NEEDS_ATTENTION = {"chefer": "Gradient-weighted attention", "rollout": "Attention rollout", "attention": "Raw attention"}
+NEEDS_ATTENTION = {"chefer": "Gradient-weighted attention", "rollout": "Attention rollout",
+                   "attention": "Raw attention"}
 
 
 def _cnn_gradcam(model: torch.nn.Module, x: torch.Tensor, method: str, target: int | None) -> Explanation:

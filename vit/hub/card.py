@@ -127,16 +127,23 @@ def _preprocessing(config: dict) -> str:
 
 
 def _method(train: dict) -> str | None:
-    """How the model was trained, when not plain fine-tuning: a quick model, or LP-FT."""
+    """How the model was trained, when not plain fine-tuning: a quick model, or LP-FT; and its teacher."""
     probe = train.get("probe_head") or train.get("lp_ft_head") or {}
     if train.get("quick"):
         return (f"quick model: only the head fitted (logistic regression, C = {probe.get('C')}) on the frozen "
                 "features of the starting weights")
+    said = []
     if train.get("lp_ft"):
-        return ("LP-FT: the head fitted on the frozen features first"
-                + (f" ({probe['val_acc']:.1%} on validation)" if probe.get("val_acc") is not None else "")
-                + ", then the whole model fine-tuned from it")
-    return None
+        said.append("LP-FT: the head fitted on the frozen features first"
+                    + (f" ({probe['val_acc']:.1%} on validation)" if probe.get("val_acc") is not None else "")
+                    + ", then the whole model fine-tuned from it")
+    teacher = train.get("teacher_info")
+    if isinstance(teacher, dict):
+        acc = teacher.get("val_acc")
+        measured = f", {acc:.1%} on the run's {teacher.get('images')} validation images" if acc is not None else ""
+        said.append(f"distilled (DeiT, {train.get('distill', 'hard')}) from the teacher `{teacher.get('source')}` "
+                    f"({teacher.get('model')}{measured})")
+    return "; ".join(said) or None
 
 
 def card_preview(run_dir: str | os.PathLike, repo_id: str) -> str:

@@ -158,10 +158,10 @@ class TrainConfig:
                                help="the fitted head also sees each training image's mirror image (twice the "
                                     "features)")
     # distillation (vit.train.teacher)
-    teacher: str | None = setting(None, title="Teacher", card="teacher",
+    teacher: str | None = setting(None, title="Teacher",
                                   help="distil from a trained model of the same classes: a run directory, a "
                                        "timm-format folder or hf-hub:user/repo")
-    distill: str = setting("hard", title="Distillation", choices=("hard", "soft"), card="distillation", form="advanced",
+    distill: str = setting("hard", title="Distillation", choices=("hard", "soft"), form="advanced",
                            help="with a teacher: hard (learn its top class as well as the label, DeiT's default) or "
                                 "soft (its probabilities at a temperature)")
     distill_temperature: float = setting(3.0, **_num(0.1, 100.0), title="Distillation temperature", form="advanced",

@@ -211,8 +211,9 @@ def _teacher(run: _Run, dataset: Dataset) -> None:
     info.images = len(run.val_set)
     if hasattr(run.model, "set_distilled_training"):  # timm's deit_*_distilled_*: the token's head learns the teacher
         run.model.set_distilled_training(True)
-    run.record["teacher_used"] = asdict(info)
-    run.emit.event(type="recipe", text=teacher.said(run.teacher, info))
+    line = teacher.said(run.teacher, info)
+    run.record.update(teacher_info=asdict(info), recipe=[*run.config.recipe, line])  # (the card names it)
+    run.emit.event(type="recipe", text=line)
 
 
 def _optimisation(run: _Run, n_classes: int) -> None:

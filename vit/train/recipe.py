@@ -110,6 +110,63 @@ def choose(config: TrainConfig, facts: DataFacts | None, given: Iterable[str] = 
     return config.check()
 
 
+STUDENT_PRETRAINED = "deit_tiny_distilled_patch16_224.fb_in1k"  # DeiT's own student: a token for the teacher
+
+
+@dataclass(frozen=True)
+class Student:
+    """A smaller model to distil a finished run into: its config (the teacher, seed and validation fraction set:
+    the same images held out), the settings it fixes (the rest is the recipe's) and why it was chosen."""
+    config: TrainConfig
+    given: frozenset
+    why: str
+
+
+def student(teacher_dir: str, record: dict, pretrained_ok: bool) -> Student:
+    """The student of a finished run (`record`: its config.json's training record): DeiT-Tiny with a distillation
+    token, pretrained, for a teacher fine-tuned from pretrained weights and larger than it (when the weights can be
+    had); else the from-scratch recipe's ViT when it is under half the teacher's size; else a ViT of half its width
+    and fewer blocks. TrainError when the teacher is already as small as that."""
+    from vit.train.config import TrainError
+    from vit.models import DEFAULT_MODEL, catalog_entry
+    built = record.get("built") or {}
+    params = int(built.get("params") or 0)
+    base = dict(teacher=str(teacher_dir), seed=int(record.get("seed", 0)),
+                val_fraction=float(record.get("val_fraction", 0.2)))
+    fixed = frozenset({"seed", "val_fraction"})
+    tiny = catalog_entry(STUDENT_PRETRAINED)
+    if (record.get("pretrained") or record.get("weights")) and pretrained_ok and params > tiny.params_m * 1.2e6:
+        return Student(TrainConfig(model=STUDENT_PRETRAINED, **base), fixed,
+                       f"{tiny.title}, pretrained ({tiny.params_m:g}M parameters against the teacher's "
+                       f"{params / 1e6:.1f}M): DeiT's own student, whose distillation token learns from the teacher.")
+    width, depth = built.get("width"), built.get("depth")
+    recipe_vit = 96 * 96 * 12 * 6  # (about the from-scratch recipe's ViT for small data: 0.7M parameters)
+    if built.get("kind") != "ViT" and params <= 2 * recipe_vit:
+        raise TrainError(f"This run's model ({built_words(built)}) is already smaller than the students the app "
+                         "makes.")
+    if built.get("kind") != "ViT" or not width or not depth or params > 2 * recipe_vit:
+        return Student(TrainConfig(model=DEFAULT_MODEL, pretrained=False, **base), fixed,
+                       f"the from-scratch recipe's ViT (about 0.7M parameters, chosen for the data) against the "
+                       f"teacher's {params / 1e6:.2f}M" + ("" if pretrained_ok or not record.get("pretrained") else
+                                                          "; pretrained weights cannot be downloaded here"))
+    if width < 64:
+        raise TrainError(f"This run's model ({built_words(built)}) is already as small as the students the app "
+                         "makes; distil a larger run into it instead.")
+    heads = built.get("heads") or 3
+    half = max(heads * 8, width // 2 // heads * heads)
+    args = {"embed_dim": half, "depth": max(2, depth - 2), "num_heads": heads, "class_token": False,
+            "global_pool": "max"}
+    config = TrainConfig(model=DEFAULT_MODEL, pretrained=False, model_args=args, **base)
+    return Student(config, fixed | {"model_args"},
+                   f"a ViT of half the teacher's width and fewer blocks ({half} wide, {args['depth']} blocks) against "
+                   f"the teacher's {width} wide, {depth} blocks")
+
+
+def built_words(built: dict) -> str:
+    from vit.models import built_text
+    return built_text(built, weights=False)
+
+
 def _balance(config: TrainConfig, facts: DataFacts | None, given: set[str]) -> list[str]:
     """Class balance: what the user set wins; else on from a BALANCE_FROM imbalance (the line says why)."""
     if "class_balance" in given and config.class_balance != "auto" or config.quick or facts is None:

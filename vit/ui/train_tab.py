@@ -113,6 +113,7 @@ def _runs_view() -> SimpleNamespace:
         selected = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
         cancel_btn = gr.Button("Cancel", scale=1)
         resume_btn = gr.Button("Resume", scale=1)
+        distil_btn = gr.Button("Distil into a smaller model", scale=1)
         delete_btn = gr.Button("Delete", variant="stop", scale=1)
     run_msg = gr.Markdown()
     progress = gr.Markdown()
@@ -126,9 +127,9 @@ def _runs_view() -> SimpleNamespace:
         use_best = gr.Button("Use the best run in Classify and Share")
     run_key = gr.State("")  # "<run id>:<state>" of the selected run: changes when its state does
     return SimpleNamespace(runs_table=runs_table, selected=selected, cancel_btn=cancel_btn, resume_btn=resume_btn,
-                           delete_btn=delete_btn, run_msg=run_msg, progress=progress, curves=curves,
-                           loss_plot=loss_plot, acc_plot=acc_plot, compare_table=compare_table, use_best=use_best,
-                           run_key=run_key)
+                           distil_btn=distil_btn, delete_btn=delete_btn, run_msg=run_msg, progress=progress,
+                           curves=curves, loss_plot=loss_plot, acc_plot=acc_plot, compare_table=compare_table,
+                           use_best=use_best, run_key=run_key)
 
 
 def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
@@ -183,7 +184,38 @@ def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
         ask = CONFIRM_DELETE if action == "delete" else None
         btn.click(page.bind(run_action, action), picked, tab.run_msg, api_name=f"{action}_run", js=ask).then(
             refresh, picked, listing, api_visibility="private")
+    tab.distil_btn.click(page.bind(distil_run), picked, [tab.run_msg, tab.selected], api_name="distil_run").then(
+        refresh, picked, listing, api_visibility="private")
     page.app.load(refresh, picked, listing, api_visibility="private")
+
+
+def distil_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
+    """Queue a smaller model (vit.train.recipe.student) distilled from the visitor's finished run, on the run's own
+    copy of its data with the same images held out; returns a message and the run picker on the new run."""
+    if not run_id:
+        raise refused("Pick a finished run first: it will be the teacher.")
+    try:
+        teacher = _finished_run(manager, f"{RUN_START}{run_id}", owner, "distil from")
+        summary = manager.summary(run_id, owner or None)
+        if summary["state"] != RunState.COMPLETED or summary.get("kind") == RunKind.QUICK:
+            raise jobs.JobError("Only a finished, fully trained run can teach (a quick model only fitted a head).")
+        if not (teacher / runs.DATA_DIR).is_dir():
+            raise jobs.JobError(f"The run {run_id} was not trained in this app, so its data is not here. Distil it "
+                                f"on the command line: python -m vit train --data DATA --teacher {run_id}")
+        record = runs.read_config(teacher).get(runs.CONFIG_KEY, {})
+        chosen = recipe.student(str(teacher), record, models.hub_reachable())
+        with data.load_dataset(teacher / runs.DATA_DIR, val_fraction=chosen.config.val_fraction,
+                               seed=chosen.config.seed) as ds:
+            facts = recipe.DataFacts.of(ds)
+            config = recipe.choose(chosen.config, facts, given=chosen.given)
+            check_model_size(config, facts.to_dict(), HostLimits.from_env().max_model_params_m)
+            new = manager.submit(ds, config, owner=owner or None, source_name=summary.get("source"),
+                                 name=f"{summary['name']} (distilled)"[:80])
+    except (jobs.JobError, data.DataError, TrainError, ConfigError) as e:
+        raise refused(str(e), duration=None)
+    rows = manager.list(owner or None)
+    return (f"Run **{manager.summary(new, owner or None)['name']}** ({new}) is queued: a smaller model, "
+            f"{chosen.why}, learning from the run {summary['name']}.", _run_picker(rows, new))
 
 
 def buttons(dataset: dict | None, model: str | None, scratch: bool, offline: bool = False):
