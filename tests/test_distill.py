@@ -195,6 +195,18 @@ def test_a_cnn_trains_from_scratch_saves_in_timms_format_and_classifies_with_gra
     for method in ("chefer", "rollout", "attention"):
         with pytest.raises(explain.ExplainError, match=f"reads a ViT's attention, and {CNN} is a CNN"):
             predict.classify_and_explain(loaded, image, method)
+    # the app's Classify tab: its default method, on a CNN, says why and shows Grad-CAM
+    from vit.jobs import JobManager
+    from vit.ui.classify_tab import classify_image
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    run_id = _finished_copy(out, root, "alice-token-000000")
+    photo = tmp_path / "photo.png"
+    image.save(photo)
+    with JobManager(root, single_user=False, gpus=0) as manager:
+        shown = classify_image(manager, run_id, str(photo), "chefer", 0.5, None, owner="alice-token-000000")
+    assert "Gradient-weighted attention needs a ViT's attention, and resnet10t is a CNN" in shown.notes
+    assert "**Grad-CAM**" in shown.notes and sum(shown.probs.values()) == pytest.approx(1, rel=1e-4)
 
 
 def test_gradcam_on_a_cnn_points_at_what_raises_the_class():

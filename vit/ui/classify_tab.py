@@ -141,11 +141,17 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
     if method not in explain.METHODS:
         raise refused(f"Unknown heatmap method {str(method)[:40]!r}; choose one of {', '.join(explain.METHODS)}.")
     loaded = _load(manager, source, owner)
+    instead = []
+    if not explain.is_transformer(loaded.model) and method != "gradcam":  # a CNN: its one map, and why
+        instead = [f"*{explain.NEEDS_ATTENTION[method]} needs a ViT's attention, and {loaded.name} is a CNN, which "
+                   "has none: Grad-CAM on its last stage is shown instead.*"]
+        method = "gradcam"
+    blocks = getattr(loaded.model, "blocks", None) or []
     try:
         accept = _acceptance(accept)
         layer_index = _whole_number(layer, "Layer", -1)
         head_number = _whole_number(head, "Head", 0)
-        heads_there = int(getattr(loaded.model.blocks[0].attn, "num_heads", 0) or 0)
+        heads_there = int(getattr(getattr(blocks[0], "attn", None), "num_heads", 0) or 0) if blocks else 0
         if method == "attention" and heads_there and not 0 <= head_number <= heads_there:
             raise ValueError(f"Head {head_number} does not exist: the model has {heads_there} heads per layer "
                              f"(use 1..{heads_there}, or 0 for their mean).")
@@ -158,8 +164,9 @@ def classify_image(manager: jobs.JobManager, source: str | None, image, method: 
         raise refused(str(err), duration=None)
     probs = {label: float(p) for label, p in zip(loaded.labels, answer.probs)}
     picture = explain.figure(rgb, e.heatmap, box=loaded.input_box(rgb.size), opacity=opacity)
-    notes = [verdict(answer, loaded), _map_title(method, loaded, e.target, layer_index, head_number)] + e.notes
-    where = _layer_name(layer_index, len(loaded.model.blocks))
+    notes = [verdict(answer, loaded), *instead, _map_title(method, loaded, e.target, layer_index, head_number),
+             *e.notes]
+    where = _layer_name(layer_index, len(blocks))
     heads = [] if e.heads is None else [(explain.colour_heatmap(h, (96, 96 * h.shape[0] // h.shape[1])),
                                          f"{where}, head {i + 1}") for i, h in enumerate(e.heads)]
     chosen = loaded.labels[e.target] if t is not None else PREDICTED
