@@ -24,6 +24,12 @@ image, 224-pixel inputs, a 12-block model) barely learns from a few hundred imag
 - enough epochs for about 200 updates per class (600 to 4,000 in all, at least 15 epochs: ten digits
   need three times the updates of three shapes), no early stopping (accuracy climbs late from random
   weights, and the cosine schedule needs its last epochs).
+
+A CNN (resnet, convnext, efficientnet, ...; any timm model other than its VisionTransformer) keeps the schedule and
+the augmentation, is built as timm builds it (no patch size, none of the ViT's shape) and gets inputs of at least
+64 px (its 32x reduction leaves a 2x2 map), at most 128 (160 from 5,000 images).
+
+`student` chooses the smaller model a finished run is distilled into (the Train tab's one click).
 """
 from __future__ import annotations
 
