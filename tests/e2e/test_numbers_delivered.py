@@ -90,7 +90,7 @@ def test_the_form_the_plan_and_quick_model_agree_and_the_start_message_goes(page
     visible_text(page, "the pretrained weights cannot be downloaded here (offline)")
     expect(quick).to_be_disabled()
     scratch.check()
-    page.get_by_label("Model (or type any timm ViT name)").click()
+    page.get_by_label("Model (or type any timm name: a ViT, or a CNN to teach one)").click()
     page.get_by_role("option", name=re.compile("Start from your run: my weights")).click()
     expect(scratch, "a run to start from has weights: From scratch goes off").not_to_be_checked()
     visible_text(page, "the model of your run")

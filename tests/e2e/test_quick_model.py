@@ -25,7 +25,7 @@ def test_quick_model_from_your_run_then_review_a_likely_label_error(page, app_ur
     page.locator("input[type=file]").first.set_input_files(str(upload))
     visible_text(page, "Ready to train: 90 images in 3 classes")
     page.get_by_role("tab", name="Train").click()
-    page.get_by_label("Model (or type any timm ViT name)").click()
+    page.get_by_label("Model (or type any timm name: a ViT, or a CNN to teach one)").click()
     page.get_by_role("option", name=re.compile("Start from your run: weights to start from")).click()
     visible_text(page, "the model of your run")  # the plan names the start
     page.get_by_role("button", name="Quick model (seconds)").click()

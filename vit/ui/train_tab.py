@@ -62,7 +62,7 @@ def form(offline: bool) -> dict:
     place in the form (vit.train.config), made from its Setting. An empty "auto" field is chosen for the data (the
     "Will train" line says how); typed, it wins. The defaults shown are TrainConfig's."""
     with gr.Row():
-        model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm ViT name)",
+        model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm name: a ViT, or a CNN to teach one)",
                             allow_custom_value=True)
         scratch = gr.Checkbox(offline, label="From scratch (no download; settings chosen for your data)",
                               info="Pretrained weights come from the Hugging Face Hub. Offline, train from scratch: "
@@ -201,7 +201,7 @@ def distil_run(manager: jobs.JobManager, run_id: str | None, owner: str | None):
             raise jobs.JobError("Only a finished, fully trained run can teach (a quick model only fitted a head).")
         if not (teacher / runs.DATA_DIR).is_dir():
             raise jobs.JobError(f"The run {run_id} was not trained in this app, so its data is not here. Distil it "
-                                f"on the command line: python -m vit train --data DATA --teacher {run_id}")
+                                f"on the command line: python -m vit train --data DATA --teacher checkpoints/{run_id}")
         record = runs.read_config(teacher).get(runs.CONFIG_KEY, {})
         chosen = recipe.student(str(teacher), record, models.hub_reachable())
         with data.load_dataset(teacher / runs.DATA_DIR, val_fraction=chosen.config.val_fraction,
