@@ -25,11 +25,21 @@ def browser():
         b.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.failed_in_call = report.failed
+    return report
+
+
 @pytest.fixture
-def page(browser):
+def page(browser, request):
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
     pg.set_default_timeout(30_000)
     yield pg
+    if getattr(request.node, "failed_in_call", False):  # what the page showed when the test failed
+        pg.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name[:80]}.png"), full_page=True)
     context.close()

@@ -101,6 +101,8 @@ def _model_picker(rows: list[dict], current: str | None, follow: str | None = No
     choices = [(_model_label(r), r["id"]) for r in done]
     if value and value.startswith("hf-hub:"):
         choices.append((value, value))
+    if value == current and follow not in ids:  # kept: not sent back, or a poll in flight while the visitor picks
+        return gr.update(choices=choices)      # another model would put the old one back
     return gr.Dropdown(choices=choices, value=value)
 
 
