@@ -62,8 +62,8 @@ def form(offline: bool) -> dict:
     place in the form (vit.train.config), made from its Setting. An empty "auto" field is chosen for the data (the
     "Will train" line says how); typed, it wins. The defaults shown are TrainConfig's."""
     with gr.Row():
-        model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model (or type any timm name: a ViT, or a CNN to teach one)",
-                            allow_custom_value=True)
+        model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, allow_custom_value=True,
+                            label="Model (or type any timm name: a ViT, or a CNN to teach one)")
         scratch = gr.Checkbox(offline, label="From scratch (no download; settings chosen for your data)",
                               info="Pretrained weights come from the Hugging Face Hub. Offline, train from scratch: "
                                    "good for simple images (shapes, digits, scans), far weaker on photos.")
