@@ -140,7 +140,8 @@ def _method(train: dict) -> str | None:
     teacher = train.get("teacher_info")
     if isinstance(teacher, dict):
         acc = teacher.get("val_acc")
-        measured = f", {acc:.1%} on the run's {teacher.get('images')} validation images" if acc is not None else ""
+        measured = (f", {acc:.1%} on the {teacher.get('images')} held-out images of the accuracy above"
+                    if acc is not None else "")
         said.append(f"distilled (DeiT, {train.get('distill', 'hard')}) from the teacher `{teacher.get('source')}` "
                     f"({teacher.get('model')}{measured})")
     return "; ".join(said) or None

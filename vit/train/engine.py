@@ -202,13 +202,15 @@ def _setup(dataset: Dataset, config: TrainConfig, run_dir: Path, emit: Emitter, 
 
 def _teacher(run: _Run, dataset: Dataset) -> None:
     """Load the teacher (refusing one of other classes, or one that trained on this run's held-out images), measure
-    it on this run's validation images, and let a student with a distillation token learn from that token."""
+    it on the images this run's accuracy estimate uses (the two compare), and let a student with a distillation
+    token learn from that token."""
     from vit.train import teacher
     held_out = {dataset.items[i].sha256 for i in (*dataset.val, *dataset.test)}
     run.emit.status(RunState.RUNNING, message="Loading the teacher")
     run.teacher, info = teacher.load(run.config, dataset.classes, held_out, run.device, run.dcfg)
-    info.val_acc = teacher.accuracy(run.teacher, run.val_set, run.config.batch_size * 2, run.device, run.autocast)
-    info.images = len(run.val_set)
+    same = Images(run.eval_cache, run.split.estimate, run.labels, run.pixels.tensor)  # (the student's estimate's)
+    info.val_acc = teacher.accuracy(run.teacher, same, run.config.batch_size * 2, run.device, run.autocast)
+    info.images = len(same)
     if hasattr(run.model, "set_distilled_training"):  # timm's deit_*_distilled_*: the token's head learns the teacher
         run.model.set_distilled_training(True)
     line = teacher.said(run.teacher, info)

@@ -91,7 +91,7 @@ class TeacherInfo:
     """What a run records of its teacher (config.json's `teacher_used`, the card, the plan line)."""
     source: str          # as given (a run's id for a run directory)
     model: str           # vit.models.built_text of the teacher
-    val_acc: float | None = None  # its accuracy on the student's validation images (measured at the start)
+    val_acc: float | None = None  # its accuracy on the images the student's estimate uses (measured at the start)
     images: int = 0
 
 
@@ -129,8 +129,8 @@ def load(config, classes: list[str], held_out_sha: set[str], device: torch.devic
 def said(teacher: Teacher, info: TeacherInfo) -> str:
     """The run's line on its teacher: what it is, its accuracy on this run's validation images, and how it
     teaches."""
-    measured = f"{info.val_acc:.1%} on the {info.images} validation images" if info.val_acc is not None else \
-        "not measured (no validation images)"
+    measured = (f"{info.val_acc:.1%} on the {info.images} held-out images this run's accuracy is estimated on"
+                if info.val_acc is not None else "not measured (no held-out images)")
     return f"Teacher: {info.source} ({info.model}), {measured}; {plan_words(teacher.mode, teacher.temperature)}."
 
 
@@ -175,7 +175,8 @@ def trained_on(folder: Path) -> set[str]:
 
 @torch.no_grad()
 def accuracy(teacher: Teacher, images, batch_size: int, device, autocast) -> float | None:
-    """The teacher's accuracy on a run's validation images (vit.train.transforms.Images: the student's pixels)."""
+    """The teacher's accuracy on some of a run's held-out images (vit.train.transforms.Images: the student's
+    pixels)."""
     if len(images) == 0:
         return None
     correct = 0
