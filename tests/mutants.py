@@ -48,6 +48,7 @@ def k(files: str, expression: str) -> list[str]:
 
 RESUME = k("tests/test_train.py", "resume")
 EXPLAIN = k("tests/test_predict.py", "(chefer or rollout or grad or attention or maps or class) and not background")
+DISTIL = k("tests/test_distill.py", "not cnn_trains")
 ENGINE_PARTS = k("tests/test_train.py", "ema or mixup or checkpointing or accumulation")
 
 MUTANTS = [
@@ -185,6 +186,23 @@ MUTANTS = [
     Mutant("hosting: the listing reads every run's files on every call", "vit/runs.py",
            "                if hit is None or hit[0] != key:", "                if True:",
            k("tests/test_strangers.py", "listing_reads_only")),
+    # distillation and CNN runs (issue 26)
+    Mutant("distil: hard distillation learns the teacher's probabilities instead of its top class",
+           "vit/train/teacher.py", "kd = nn.functional.cross_entropy(logits_kd, teacher_logits.argmax(1))",
+           "kd = nn.functional.cross_entropy(logits_kd, teacher_logits.softmax(1))", DISTIL),
+    Mutant("distil: the teacher gets the student's normalisation", "vit/train/teacher.py",
+           "        x = ((x - self.t_mean) / self.t_std)", "        x = ((x - self.s_mean) / self.s_std)", DISTIL),
+    Mutant("distil: a teacher that trained on the held-out images is let through", "vit/train/teacher.py",
+           "    seen = trained_on(loaded.folder) & held_out_sha", "    seen = set()", DISTIL),
+    Mutant("distil: the teacher's classes are not compared", "vit/train/teacher.py",
+           "    if missing or extra:", "    if False:", DISTIL),
+    Mutant("distil: the teacher picker lists every finished run, the visitor's or not", "vit/ui/app.py",
+           "    rows = manager.list(owner or None)\n    finished", "    rows = manager.list(None)\n    finished", DISTIL),
+    Mutant("distil: a distillation token is not used", "vit/train/engine.py",
+           "        run.model.set_distilled_training(True)", "        pass", DISTIL),
+    Mutant("cnn: Grad-CAM weighs the channels equally", "vit/explain.py",
+           "    cam = (acts * grad.mean((1, 2))[:, None, None]).sum(0).clamp(min=0)",
+           "    cam = acts.sum(0).clamp(min=0)", DISTIL),
 ]
 
 

@@ -149,15 +149,15 @@ def test_a_distilled_run_records_its_teacher_and_resumes(shapes, teacher_run, tm
 
 
 def test_a_student_with_a_distillation_token_learns_the_teacher_from_it(shapes, teacher_run, tmp_path, monkeypatch):
-    from vit.train import teacher as teaching
-    seen = []
-    real = teaching.distillation_loss
-    monkeypatch.setattr(teaching, "distillation_loss",
-                        lambda base, kd, t, *a: seen.append(kd.shape) or real(base, kd, t, *a))
+    from timm.models.deit import VisionTransformerDistilled
+    heads = []  # in training, the two heads apart: the class token's (the labels) and the distillation token's
+    real = VisionTransformerDistilled.forward_head
+    monkeypatch.setattr(VisionTransformerDistilled, "forward_head",
+                        lambda self, x, pre_logits=False: heads.append(out := real(self, x, pre_logits)) or out)
     config = tiny(model="deit_tiny_distilled_patch16_224", epochs=1, teacher=str(teacher_run))
     with load_dataset(shapes) as ds:
         train(ds, config, tmp_path / "deit")
-    assert seen and all(s[-1] == 3 for s in seen)
+    assert any(isinstance(out, tuple) and len(out) == 2 and out[1].shape[-1] == 3 for out in heads)
     model = timm.create_model(f"local-dir:{tmp_path / 'deit'}", pretrained=True).eval()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)  # stock timm: the two heads averaged
 
@@ -210,20 +210,25 @@ def test_a_cnn_trains_from_scratch_saves_in_timms_format_and_classifies_with_gra
 
 
 def test_gradcam_on_a_cnn_points_at_what_raises_the_class():
-    """A CNN whose class 1 is "bright right half": its Grad-CAM for class 1 lights the right half."""
+    """A CNN whose class 1 is "bright right half": its Grad-CAM for class 1 lights the right half, for class 0 the
+    left."""
     torch.manual_seed(0)
     model = timm.create_model(CNN, num_classes=2, pretrained=False).eval()
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.zero_()
-    x = torch.zeros(1, 3, 128, 128)
+    x = torch.full((1, 3, 128, 128), -3.0)  # dark left half, bright right half
     x[..., 64:] = 3.0
-    features = model.forward_features(x).detach()[0]  # which channels the right half excites most
-    right = features[..., 2:].mean((1, 2)) - features[..., :2].mean((1, 2))
+    features = model.forward_features(x).detach()[0]  # which channels each half excites
+    left, right = (torch.nn.functional.normalize(features[..., cols].mean((1, 2)), dim=0)
+                   for cols in (slice(0, 2), slice(2, 4)))
     with torch.no_grad():
-        model.fc.weight[1] = right
+        model.fc.weight[1] = right - left  # class 1: "the bright right half"
+        model.fc.weight[0] = left - right  # class 0: "the dark left half"
     e = explain.explain(model, x, "gradcam", target=1)
     assert e.heatmap.shape == (4, 4) and e.heatmap[:, 2:].mean() > e.heatmap[:, :2].mean()
+    other = explain.explain(model, x, "gradcam", target=0).heatmap
+    assert other[:, :2].mean() > other[:, 2:].mean()  # class-specific: the same image, the other half
 
 
 # ---------------------------------------------------------------- the app
