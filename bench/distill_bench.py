@@ -100,18 +100,24 @@ def measure(folder: Path, fresh: Path) -> tuple[float, float, str]:
 
 
 def small_data(found: dict) -> None:
-    t, a, h = found["teacher"][0], found["alone"][0], found["hard"][0]
-    met = h - a >= 0.03 or h > t
-    print(f"1. small data: distilled {h:.1%}, alone {a:.1%} ({(h - a) * 100:+.1f} points), teacher {t:.1%} "
-          f"(target: >= +3 points, or above the teacher: {'met' if met else 'NOT met'})")
+    t, a = found["teacher"][0], found["alone"][0]
+    for mode in ("hard", "soft"):
+        if mode in found:
+            d = found[mode][0]
+            met = d - a >= 0.03 or d > t
+            print(f"1. small data, {mode}: distilled {d:.1%}, alone {a:.1%} ({(d - a) * 100:+.1f} points), teacher "
+                  f"{t:.1%} (target: >= +3 points, or above the teacher: {'met' if met else 'NOT met'})")
 
 
 def compression(found: dict) -> None:
-    (t, t_ms, _), (h, h_ms, _) = found["teacher"], found["hard"]
-    keeps, faster = h / max(t, 1e-9), t_ms / max(h_ms, 1e-9)
-    print(f"2. compression: the student keeps {keeps:.1%} of the teacher's accuracy (target >= 97%: "
-          f"{'met' if keeps >= 0.97 else 'NOT met'}) and classifies {faster:.1f}x faster, {h_ms:.2f} against "
-          f"{t_ms:.2f} ms per image (target >= 3x: {'met' if faster >= 3 else 'NOT met'})")
+    t, t_ms, _ = found["teacher"]
+    for mode in ("hard", "soft"):
+        if mode in found:
+            d, d_ms, _ = found[mode]
+            keeps, faster = d / max(t, 1e-9), t_ms / max(d_ms, 1e-9)
+            print(f"2. compression, {mode}: the student keeps {keeps:.1%} of the teacher's accuracy (target >= 97%: "
+                  f"{'met' if keeps >= 0.97 else 'NOT met'}) and classifies {faster:.1f}x faster, {d_ms:.2f} against "
+                  f"{t_ms:.2f} ms per image (target >= 3x: {'met' if faster >= 3 else 'NOT met'})")
 
 
 def cost(data: Path, tmp: Path, same_size_teacher: Path, epochs: int) -> None:
