@@ -406,7 +406,8 @@ def describe_config(config: TrainConfig, classes: int = 2, teacher: str = "") ->
         model = f"{entry.title}: {shape}" if entry and config.pretrained else shape
     size = f"{config.img_size} px images" if config.img_size else "the model's own image size"
     grow = ", growing from smaller images" if config.progressive else ""
-    line = f"{model}; {size}{grow}; {config.epochs} epoch{'s' * (config.epochs != 1)}, batch {config.batch_size}, lr {config.lr:g}."
+    epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+    line = f"{model}; {size}{grow}; {epochs}, batch {config.batch_size}, lr {config.lr:g}."
     if config.quick:
         line = (f"a quick model from {model}: its head fitted on the frozen features of your images (seconds; "
                 "the other settings do not apply).")
