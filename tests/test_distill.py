@@ -103,6 +103,17 @@ def test_the_teacher_sees_the_students_pixels_at_its_own_size_and_normalisation(
 # ---------------------------------------------------------------- the teacher's checks
 
 
+def test_the_recipe_distils_hard_when_fine_tuning_and_soft_from_scratch():
+    facts = DataFacts(240, 10, 32)
+    scratch = recipe.choose(TrainConfig(pretrained=False, teacher="t"), facts)
+    assert scratch.distill == "soft" and any(line.startswith("Soft distillation: from random weights")
+                                             for line in scratch.recipe)
+    tuned = recipe.choose(TrainConfig(teacher="t"), facts)
+    assert tuned.distill == "hard" and any(line.startswith("Hard distillation (DeiT's)") for line in tuned.recipe)
+    assert recipe.choose(TrainConfig(pretrained=False, teacher="t", distill="hard"), facts).distill == "hard"
+    assert recipe.choose(TrainConfig(pretrained=False), facts).distill == "auto"  # no teacher: nothing said
+
+
 def test_a_teacher_of_other_classes_is_refused_naming_the_difference(shapes, teacher_run, tmp_path):
     assert class_order(["b", "a", "c"], ["a", "b", "c"]) == [1, 0, 2]  # the same classes in another order: fine
     other = tmp_path / "other"

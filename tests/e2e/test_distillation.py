@@ -34,7 +34,8 @@ def test_a_cnn_teaches_a_vit_and_a_run_is_distilled_in_one_click(page, app_url, 
     page.get_by_role("option", name=re.compile("cnn teacher · resnet10t")).click()
     visible_text(page, re.compile(r"Teacher: your run cnn teacher · resnet10t 64 px, 4\.\d+M parameters, from "
                                   r"scratch · \d+%"))
-    visible_text(page, "hard distillation (half from the labels, half from its top class)")
+    visible_text(page, "soft distillation (from its probabilities at temperature 3, weight 0.1)")  # from scratch
+    visible_text(page, "Soft distillation: from random weights on few images the teacher's probabilities teach more")
     page.screenshot(path=str(ARTIFACTS / "distil-plan.png"), full_page=True)
     page.get_by_role("button", name="Start training").click()
     visible_text(page, re.compile(r"\) is (queued|running)"))

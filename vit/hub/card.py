@@ -142,7 +142,7 @@ def _method(train: dict) -> str | None:
         acc = teacher.get("val_acc")
         measured = (f", {acc:.1%} on the {teacher.get('images')} held-out images of the accuracy above"
                     if acc is not None else "")
-        said.append(f"distilled (DeiT, {train.get('distill', 'hard')}) from the teacher `{teacher.get('source')}` "
+        said.append(f"distilled (DeiT, {teacher.get('mode')}) from the teacher `{teacher.get('source')}` "
                     f"({teacher.get('model')}{measured})")
     return "; ".join(said) or None
 

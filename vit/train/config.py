@@ -161,9 +161,10 @@ class TrainConfig:
     teacher: str | None = setting(None, title="Teacher",
                                   help="distil from a trained model of the same classes: a run directory, a "
                                        "timm-format folder or hf-hub:user/repo")
-    distill: str = setting("hard", title="Distillation", choices=("hard", "soft"), form="advanced",
+    distill: str = setting("auto", title="Distillation", choices=("auto", "hard", "soft"), form="advanced", auto=True,
                            help="with a teacher: hard (learn its top class as well as the label, DeiT's default) or "
-                                "soft (its probabilities at a temperature)")
+                                "soft (its probabilities at a temperature); auto: hard when fine-tuning, soft from "
+                                "scratch")
     distill_temperature: float = setting(3.0, **_num(0.1, 100.0), title="Distillation temperature", form="advanced",
                                          label="Temperature (soft distillation)",
                                          help="soft distillation's temperature")
@@ -200,7 +201,7 @@ class TrainConfig:
                               "fitting. Start from pretrained weights, or from an earlier run's (in the app: "
                               "pick 'Start from your run' as the Model; on the command line: --weights RUN_DIR).")
         if self.distill not in SETTINGS["distill"].choices:
-            raise ConfigError(f"distill must be hard or soft (got {str(self.distill)[:40]!r}).")
+            raise ConfigError(f"distill must be auto, hard or soft (got {str(self.distill)[:40]!r}).")
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher.strip()
                                          or len(self.teacher) > 1000):
             raise ConfigError("The teacher is a run directory, a timm-format folder or hf-hub:user/repo.")

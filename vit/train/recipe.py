@@ -94,7 +94,7 @@ def choose(config: TrainConfig, facts: DataFacts | None, given: Iterable[str] = 
     `facts` None (no dataset yet) assumes a few hundred 224-pixel images, and says so."""
     given = set(given)
     config = replace(config, model_args=dict(config.model_args), recipe=[])
-    balance = _balance(config, facts, given)
+    balance = _balance(config, facts, given) + _distill(config, given)
     if config.pretrained or config.weights:  # fine-tuning: TrainConfig's defaults are its recipe, with LP-FT
         if "lp_ft" not in given and not config.quick:
             config.lp_ft = True
@@ -171,6 +171,23 @@ def student(teacher_dir: str, record: dict, pretrained_ok: bool) -> Student:
 def built_words(built: dict) -> str:
     from vit.models import built_text
     return built_text(built, weights=False)
+
+
+def distill_mode(config: TrainConfig) -> str:
+    """With a teacher: DeiT's hard distillation when fine-tuning trained weights; soft from scratch, where a few
+    hundred images leave the student weakest and the teacher's probabilities teach it most (figures.DISTILL)."""
+    return "hard" if config.pretrained or config.weights else "soft"
+
+
+def _distill(config: TrainConfig, given: set[str]) -> list[str]:
+    """The distillation mode left open ("auto") of a run with a teacher, decided; the line says why."""
+    if config.distill != "auto" or not config.teacher or config.quick:  # (set by the user, or nothing to decide)
+        return []
+    config.distill = distill_mode(config)
+    if config.distill == "hard":
+        return ["Hard distillation (DeiT's): the model learns half from the labels, half from the teacher's top class."]
+    return [f"Soft distillation: from random weights on few images the teacher's probabilities teach more than its "
+            f"top class ({figures.DISTILL.text}, {figures.DISTILL.bench})."]
 
 
 def _balance(config: TrainConfig, facts: DataFacts | None, given: set[str]) -> list[str]:

@@ -91,6 +91,7 @@ class TeacherInfo:
     """What a run records of its teacher (config.json's `teacher_used`, the card, the plan line)."""
     source: str          # as given (a run's id for a run directory)
     model: str           # vit.models.built_text of the teacher
+    mode: str = "hard"   # how it teaches: hard or soft
     val_acc: float | None = None  # its accuracy on the images the student's estimate uses (measured at the start)
     images: int = 0
 
@@ -121,9 +122,16 @@ def load(config, classes: list[str], held_out_sha: set[str], device: torch.devic
             f"teacher did: train on the same data with the same seed and validation fraction{split}.")
     name = Path(source).name if Path(source).is_dir() else source
     model = loaded.model
-    info = TeacherInfo(source=str(name)[:200], model=built_text(built(model, None)))
-    return Teacher(model, loaded.data_config, student_dcfg, order, config.distill,
+    info = TeacherInfo(source=str(name)[:200], model=built_text(built(model, None)), mode=mode_of(config))
+    return Teacher(model, loaded.data_config, student_dcfg, order, mode_of(config),
                    config.distill_temperature).to(device), info
+
+
+def mode_of(config) -> str:
+    """hard or soft: the config's, or for "auto" (a run that did not go through vit.train.recipe.choose) the
+    recipe's rule."""
+    from vit.train.recipe import distill_mode
+    return config.distill if config.distill in WEIGHT else distill_mode(config)
 
 
 def said(teacher: Teacher, info: TeacherInfo) -> str:
@@ -136,7 +144,7 @@ def said(teacher: Teacher, info: TeacherInfo) -> str:
 
 def distilling(config) -> str:
     """How the teacher of a run's config will teach, in words (the Train tab's plan)."""
-    return plan_words(config.distill, config.distill_temperature)
+    return plan_words(mode_of(config), config.distill_temperature)
 
 
 def plan_words(mode: str, temperature: float) -> str:
