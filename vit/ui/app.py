@@ -122,8 +122,9 @@ def model_lists(manager: jobs.JobManager, for_share: str | None, for_classify: s
         for_classify = for_classify or (picked.get("classify") if isinstance(picked, dict) else None)
     starts = gr.update() if finished == known else gr.Dropdown(choices=_start_choices(rows))
     teachers = gr.update() if finished == known else gr.Dropdown(choices=_teacher_choices(rows))
-    return (_model_picker(rows, for_share, follow), _model_picker(rows, for_classify, follow), finished, starts,
-            teachers)
+    shown = known is not None  # (on a page load the pickers show nothing yet: the restored picks are sent)
+    return (_model_picker(rows, for_share, follow, shown), _model_picker(rows, for_classify, follow, shown), finished,
+            starts, teachers)
 
 
 def remember_model(manager: jobs.JobManager, which: str, value: str | None, owner: str | None) -> None:

@@ -85,10 +85,11 @@ def _run_choices(rows: list[dict]) -> list[tuple[str, str]]:
     return [(f"{r['name']} ({r['state']})", r["id"]) for r in rows]
 
 
-def _model_picker(rows: list[dict], current: str | None, follow: str | None = None):
+def _model_picker(rows: list[dict], current: str | None, follow: str | None = None, shown: bool = True):
     """A picker of the runs with a saved model, by name, model and accuracy, newest first. It moves to
     `follow` (a run that has just finished), else keeps the current choice (or a typed hf-hub id), else
-    takes the newest finished run."""
+    takes the newest finished run. `shown`: the page shows `current` already (a poll), so a kept choice is not
+    sent back; else (a page load restoring the visitor's last pick) it is."""
     done = [r for r in rows if r["has_model"]]
     ids = [r["id"] for r in done]
     finished = [r["id"] for r in done if r["state"] == RunState.COMPLETED]
@@ -101,8 +102,8 @@ def _model_picker(rows: list[dict], current: str | None, follow: str | None = No
     choices = [(_model_label(r), r["id"]) for r in done]
     if value and value.startswith("hf-hub:"):
         choices.append((value, value))
-    if value == current and follow not in ids:  # kept: not sent back, or a poll in flight while the visitor picks
-        return gr.update(choices=choices)      # another model would put the old one back
+    if shown and value == current and follow not in ids:  # kept: not sent back, or a poll in flight while the
+        return gr.update(choices=choices)                 # visitor picks another model would put the old one back
     return gr.Dropdown(choices=choices, value=value)
 
 
