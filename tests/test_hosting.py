@@ -254,9 +254,12 @@ def test_the_web_process_refuses_a_model_over_the_size_cap(tmp_path):
         import torch
         fake.repos["mallory/huge"] = {"private": False, "commits": ["0" * 40], "files": {
             "config.json": json.dumps(config).encode(), "model.safetensors": save({"x": torch.zeros(1)})}}
+        # the peak is the process's own (VmHWM: reset at exec), not ru_maxrss, which Linux carries over from the
+        # forking parent: a pytest process grown past 1.5 GB by earlier tests would fail this test
         code = ("from vit import predict\ntry:\n    predict.load_model('hf-hub:mallory/huge', max_params_m=100)\n"
-                "except predict.PredictError as e:\n    print(e)\nimport resource\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+                "except predict.PredictError as e:\n    print(e)\n"
+                "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM'))"
+                " // 1024)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
         env.update(HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
