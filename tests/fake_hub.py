@@ -3,7 +3,13 @@ download it again, kept in memory. Point HF_ENDPOINT at `FakeHub().url` (in a fr
 reads it at import).
 
 Tokens: "hf_write_<user>" may write to <user>/..., "hf_read_<user>" may only read; anything else is 401.
-Files are always committed inline ("regular" upload mode), so no LFS or Xet storage is needed.
+Files are always committed inline ("regular" upload mode), so no LFS or Xet storage is needed. Model repos are
+keyed "user/name", dataset repos "datasets/user/name".
+
+Jobs (HfApi.run_job and friends): a job's command runs here as a subprocess, in a folder of its own (its HOME and
+TMPDIR), with the job's environment and secrets and this Python first on PATH (the "image" is this machine's
+environment); its output is the job's log, its exit code the stage (COMPLETED, ERROR), a cancel sends SIGTERM
+(CANCELED). `jobs_denied` (users whose tokens lack the jobs permission: 403) and `no_credit` (402) set refusals.
 """
 from __future__ import annotations
 
@@ -11,8 +17,15 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
@@ -25,6 +38,11 @@ class FakeHub:
         self.auth_headers: list[str] = []       # every Authorization header seen
         self.validated: list[dict] = []         # model card metadata that passed /api/validate-yaml
         self.ranges: list[str | None] = []      # the Range header of every file GET (None: the whole file)
+        self.jobs: dict[str, dict] = {}         # job id -> {"spec", "owner", "stage", "message", "log", "proc", ...}
+        self.jobs_denied: set[str] = set()      # users whose token may not start jobs (403)
+        self.no_credit: set[str] = set()        # users with no credit for paid hardware (402)
+        self.hardware = [_hardware(*h) for h in HARDWARE]
+        self.scheduling_s = 0.0                 # how long a job waits in SCHEDULING before it runs
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +66,9 @@ class FakeHub:
         self._thread.start()
 
     def close(self) -> None:
+        for job in self.jobs.values():
+            if job.get("proc") is not None and job["proc"].poll() is None:
+                _kill(job["proc"], signal.SIGKILL)
         self.server.shutdown()
         self.server.server_close()
 
@@ -74,9 +95,11 @@ class FakeHub:
                 return self._validate_yaml(h, json.loads(body)["content"])
             if path == "/api/repos/create" and method == "POST":
                 return self._create(h, json.loads(body), user, role)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
+            if path.startswith("/api/jobs/"):
+                return self._jobs(h, method, path, body, user, role)
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
             if m and method == "POST":
-                repo_id, action = m.group(1), m.group(2)
+                repo_id, action = _key(m.group(1), m.group(2)), m.group(3)
                 if (error := self._may_write(repo_id, user, role)) is not None:
                     return self._json(h, *error)
                 if action == "preupload":
@@ -84,24 +107,25 @@ class FakeHub:
                     return self._json(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular",
                                                           "shouldIgnore": False, "oid": None} for f in files]})
                 return self._commit(h, repo_id, body)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
             if m and method == "GET":  # the file listing snapshot_download pages through
-                repo = self._readable(m.group(1), user)
+                repo = self._readable(_key(m.group(1), m.group(2)), user)
                 if repo is None:
                     return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
                 return self._json(h, 200, [{"type": "file", "path": p, "size": len(b),
                                             "oid": hashlib.sha1(b).hexdigest()}
                                            for p, b in sorted(repo["files"].items())])
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m and method == "GET":
-                repo = self._readable(m.group(1), user)
+                repo = self._readable(_key(m.group(1), m.group(2)), user)
                 if repo is None:
                     return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
-                return self._json(h, 200, {"id": m.group(1), "sha": repo["commits"][-1], "private": repo["private"],
+                return self._json(h, 200, {"id": m.group(2), "sha": repo["commits"][-1], "private": repo["private"],
                                            "siblings": [{"rfilename": p} for p in sorted(repo["files"])]})
-            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m and method in ("GET", "HEAD"):
-                return self._file(h, method, m.group(1), m.group(3), user)
+                return self._file(h, method, _key("datasets" if m.group(1) else "models", m.group(2)),
+                                  m.group(4), user)
             return self._json(h, 404, {"error": f"not implemented by the fake hub: {method} {path}"})
         except Exception as e:  # a bug in the fake must show in the test, not hang it
             return self._json(h, 500, {"error": f"fake hub error: {type(e).__name__}: {e}"})
@@ -112,14 +136,14 @@ class FakeHub:
         if user is None:
             return self._json(h, 401, {"error": "Invalid credentials"})
         owner = payload.get("organization") or user
-        repo_id = f"{owner}/{payload['name']}"
+        repo_id = _key(payload.get("type", "model") + "s", f"{owner}/{payload['name']}")
         if owner != user or role != "write":
             return self._json(h, 403, {"error": "You don't have the rights to create a model under this namespace"})
         if repo_id in self.repos:
             return self._json(h, 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"})
         self.repos[repo_id] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
                                "files": {}, "commits": [hashlib.sha1(repo_id.encode()).hexdigest()]}
-        return self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id})
+        return self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id.removeprefix("datasets/")})
 
     def _validate_yaml(self, h, content: str):
         """The checks the Hub makes of a model card's metadata that a card of ours could fail."""
@@ -199,6 +223,96 @@ class FakeHub:
         if method == "GET":
             h.wfile.write(data)
 
+    # ------------------------------------------------------------------ jobs
+
+    def _jobs(self, h, method: str, path: str, body: bytes, user: str | None, role: str | None):
+        if path == "/api/jobs/hardware" and method == "GET":
+            return self._json(h, 200, self.hardware)
+        if user is None:
+            return self._json(h, 401, {"error": "Invalid credentials in Authorization header"})
+        m = re.fullmatch(r"/api/jobs/([^/]+)(?:/([0-9a-f]+)(?:/(logs|cancel))?)?", path)
+        if m is None:
+            return self._json(h, 404, {"error": f"not implemented by the fake hub: {method} {path}"})
+        namespace, job_id, action = m.groups()
+        if namespace != user or user in self.jobs_denied or role != "write":
+            return self._json(h, 403, {"error": "This token does not have the permission to manage jobs in "
+                                                f"{namespace}"})
+        if job_id is None and method == "POST":
+            return self._run_job(h, namespace, json.loads(body))
+        if job_id is None and method == "GET":
+            return self._json(h, 200, [self._job_info(j) for j in self.jobs.values() if j["owner"] == namespace])
+        job = self.jobs.get(job_id)
+        if job is None or job["owner"] != namespace:
+            return self._json(h, 404, {"error": "Job not found"})
+        if action is None and method == "GET":
+            return self._json(h, 200, self._job_info(job))
+        if action == "cancel" and method == "POST":
+            if job["stage"] in ("SCHEDULING", "RUNNING"):
+                job["stage"], job["cancelled"] = "CANCELED", True
+                if job.get("proc") is not None and job["proc"].poll() is None:
+                    _kill(job["proc"], signal.SIGTERM)
+            return self._json(h, 200, {})
+        if action == "logs" and method == "GET":  # server-sent events: the log so far, then the stream ends
+            data = "".join(f"data: {json.dumps({'timestamp': t, 'data': line})}\n\n"
+                           for t, line in list(job["log"])).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
+        return self._json(h, 404, {"error": f"not implemented by the fake hub: {method} {path}"})
+
+    def _run_job(self, h, namespace: str, spec: dict):
+        flavors = {hw["name"]: hw for hw in self.hardware}
+        if spec.get("flavor") not in flavors:
+            return self._json(h, 400, {"error": f"Invalid flavor: {spec.get('flavor')}"})
+        if namespace in self.no_credit and flavors[spec["flavor"]]["unitCostMicroUSD"] > 0:
+            return self._json(h, 402, {"error": "Payment required: add a payment method to use paid hardware"})
+        job_id = secrets.token_hex(12)
+        job = self.jobs[job_id] = {"id": job_id, "spec": spec, "owner": namespace, "stage": "SCHEDULING",
+                                   "message": None, "log": [], "proc": None, "created": time.time(),
+                                   "folder": tempfile.mkdtemp(prefix=f"fake-job-{job_id[:6]}-")}
+        threading.Thread(target=self._execute, args=(job,), daemon=True).start()
+        return self._json(h, 200, self._job_info(job))
+
+    def _execute(self, job: dict) -> None:
+        """The job's command, as the Jobs service would run it in its image: here, this machine's Python."""
+        time.sleep(self.scheduling_s)
+        if job["stage"] != "SCHEDULING":  # cancelled while it waited
+            return
+        spec, folder = job["spec"], job["folder"]
+        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8", **spec.get("environment", {}),
+               **spec.get("secrets", {})}
+        job["stage"] = "RUNNING"
+        job["proc"] = proc = subprocess.Popen(spec["command"], cwd=folder, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                              start_new_session=True)
+        timeout = spec.get("timeoutSeconds")
+        if timeout:
+            threading.Timer(timeout, self._time_up, args=(job,)).start()
+        for line in proc.stdout:
+            job["log"].append((time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), line.rstrip("\n")))
+        rc = proc.wait()
+        if job["stage"] == "RUNNING":
+            job["stage"], job["message"] = ("COMPLETED", None) if rc == 0 else ("ERROR", f"exit code {rc}")
+
+    def _time_up(self, job: dict) -> None:
+        if job["stage"] == "RUNNING" and job["proc"].poll() is None:
+            job["stage"], job["message"] = "ERROR", "Job timeout"
+            _kill(job["proc"], signal.SIGKILL)
+
+    def _job_info(self, job: dict) -> dict:
+        spec = job["spec"]
+        image = {"spaceId": spec["spaceId"]} if "spaceId" in spec else {"dockerImage": spec.get("dockerImage")}
+        return {"id": job["id"], "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(job["created"])),
+                **image, "command": spec["command"], "arguments": spec.get("arguments", []),
+                "environment": spec.get("environment", {}),
+                "secrets": {k: "***" for k in spec.get("secrets", {})}, "flavor": spec["flavor"],
+                "labels": spec.get("labels"), "status": {"stage": job["stage"], "message": job["message"]},
+                "owner": {"id": "0" * 24, "name": job["owner"], "type": "user"}}
+
     # ------------------------------------------------------------------ helpers
 
     def _user(self, h) -> tuple[str | None, str | None]:
@@ -210,13 +324,13 @@ class FakeHub:
             return 401, {"error": "Invalid credentials"}
         if repo_id not in self.repos:
             return 404, {"error": "Repository not found"}
-        if repo_id.split("/")[0] != user or role != "write":
+        if repo_id.removeprefix("datasets/").split("/")[0] != user or role != "write":
             return 403, {"error": "You don't have the rights to write to this repo"}
         return None
 
     def _readable(self, repo_id: str, user):
         repo = self.repos.get(repo_id)
-        if repo is None or (repo["private"] and repo_id.split("/")[0] != user):
+        if repo is None or (repo["private"] and repo_id.removeprefix("datasets/").split("/")[0] != user):
             return None
         return repo
 
@@ -232,3 +346,28 @@ class FakeHub:
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(data)
+
+
+HARDWARE = (("cpu-basic", "CPU Basic", None, 167), ("t4-small", "Nvidia T4 - small", ("T4", 1), 6667),
+            ("a10g-large", "Nvidia A10G - large", ("A10G", 1), 25000),
+            ("a100x4", "4x Nvidia A100", ("A100", 4), 166667))
+
+
+def _hardware(name: str, pretty: str, gpu, micro_usd: int) -> dict:
+    accelerator = {"type": "gpu", "model": gpu[0], "quantity": gpu[1], "vram": "16 GB", "manufacturer": "Nvidia"} \
+        if gpu else None
+    return {"name": name, "prettyName": pretty, "cpu": "4 vCPU", "ram": "15 GB", "ephemeralStorage": "50 GB",
+            "accelerator": accelerator, "unitCostMicroUSD": micro_usd, "unitCostUSD": micro_usd / 1e6,
+            "unitLabel": "minute"}
+
+
+def _key(kind: str, repo_id: str) -> str:
+    """How a repo is keyed in FakeHub.repos: models by "user/name", datasets by "datasets/user/name"."""
+    return f"datasets/{repo_id}" if kind == "datasets" else repo_id
+
+
+def _kill(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -3,8 +3,9 @@
     python -m vit data check PATH [--json]
     python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
                         [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--progressive]
-                        [--out RUN_DIR] [--resume]
-        (a setting left out is chosen by vit.train.recipe: from the data, when training from scratch)
+                        [--out RUN_DIR] [--resume] [--remote hf-jobs --flavor t4-small]
+        (a setting left out is chosen by vit.train.recipe: from the data, when training from scratch;
+        --remote hf-jobs trains on a Hugging Face GPU, billed to the account of HF_TOKEN, and follows it here)
     python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
                           [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
     python -m vit push --run RUN_DIR --repo user/name [--private]     (token from HF_TOKEN)
@@ -73,6 +74,9 @@ def train_command(args) -> int:
     if settings is not None:
         # what the user left open is chosen by the recipe (from the data, for random weights)
         config = recipe.choose(TrainConfig(**settings), recipe.DataFacts.of(ds), given=settings)
+        if args.remote:
+            with ds:
+                return _train_remote(args, ds, config.check())
         run_dir = run_dir or runs.create_run_dir(None, args.model)
         run_dir.mkdir(parents=True, exist_ok=True)
     main_process = env.number("RANK") == 0
@@ -92,6 +96,57 @@ def train_command(args) -> int:
     if main_process:
         print(f"run directory: {run_dir}")
     return runs.Exit.OK
+
+
+def _train_remote(args, ds, config) -> int:
+    """Train on a Hugging Face GPU (vit.jobs.remote) and follow the job here: its epochs as they finish, then its
+    model fetched into the run directory. Ctrl-C cancels the job (a second one stops following; the job goes on)."""
+    from dataclasses import asdict, replace
+
+    from huggingface_hub import get_token
+    from vit.hub import HubError
+    from vit.jobs import remote
+    from vit.train import epoch_line
+    why = remote.refusal(config)
+    if why or args.resume:
+        raise HubError(why or "--resume with --remote: resume a run on Hugging Face from the app (Resume), which "
+                              "follows its job again or starts a new one from its last checkpoint.")
+    where = remote.Remote(args.flavor, get_token() or "")
+    hf = where.connect()
+    run_dir = Path(args.out) if args.out else runs.create_run_dir(None, config.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, data=str(data.export_dataset(ds, run_dir / runs.DATA_DIR)))
+    job = {"config": asdict(config), "source": Path(str(ds.report.source)).name, "classes": ds.classes,
+           "name": run_dir.name, "images": len(ds.items), "device": f"hf:{args.flavor}",
+           remote.REMOTE: remote.prepare(run_dir, hf, where, config, ds)}
+    runs.write_json(run_dir / runs.JOB, job)
+    guess = job[remote.REMOTE]
+    print(f"run directory: {run_dir}\ntraining on Hugging Face {args.flavor}: about {guess['estimate_s'] / 60:.0f} "
+          f"min, about ${guess['estimate_usd']:.2f} (an estimate); the job stops at {guess['timeout_s'] / 60:.0f} min")
+    follower = remote.Follower(run_dir, hf, new_job=True)
+    stop = _cancel_on_ctrl_c()
+    follower.start()
+    shown, said = 0, None
+    try:
+        while follower.is_alive():
+            if stop["requested"]:
+                follower.cancel()
+            status, rows = runs.read_status(run_dir), runs.read_metrics_log(run_dir)
+            for row in rows[shown:]:
+                print(epoch_line({**row, "epochs": status.get("epochs") or config.epochs}), flush=True)
+            shown = max(shown, len(rows))
+            if status.get("message") != said:
+                said = status.get("message")
+                print(said, file=sys.stderr)
+            follower.join(timeout=1.0)
+    except KeyboardInterrupt:
+        print(f"Stopped following. {remote.detached_message(run_dir)}", file=sys.stderr)
+        return runs.Exit.CANCELLED
+    final = runs.read_status(run_dir)
+    print(final.get("message"), file=sys.stderr)
+    print(f"run directory: {run_dir}")
+    return {RunState.COMPLETED: runs.Exit.OK, RunState.CANCELLED: runs.Exit.CANCELLED}.get(
+        final.get("state"), runs.Exit.FAILED)
 
 
 def _train_request(args, distributed: bool) -> tuple[str, dict | None, float, int]:
@@ -310,6 +365,9 @@ def _train_parser(sub) -> None:
                     help="more timm model arguments, e.g. depth=4 embed_dim=96 (repeatable)")
     tr.add_argument("--out", help="the run directory (default: a new one under VIT_CHECKPOINTS, else checkpoints/)")
     tr.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    tr.add_argument("--remote", choices=["hf-jobs"], help="train on a Hugging Face GPU (Jobs), billed per minute to "
+                                                          "the account of your token (HF_TOKEN or `hf auth login`)")
+    tr.add_argument("--flavor", default="t4-small", help="the GPU machine of --remote (default t4-small)")
     tr.set_defaults(func=train_command)
 
 

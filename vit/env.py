@@ -27,6 +27,14 @@ VARIABLES = {
     # set by the job manager for its training process (vit.jobs.child -> vit.jobs.worker)
     "VIT_NICE": "the training process's niceness", "VIT_PARENT_PID": "the app that started it",
     "VIT_THREADS": "its CPU threads",
+    # training on Hugging Face Jobs (vit.jobs.remote; README, "Training on a Hugging Face GPU")
+    "SPACE_ID": "set by a Space: its id (a job runs in the Space's own image)",
+    "VIT_JOB_IMAGE": "the image a job runs in off a Space: one with this project installed (default: a stock "
+                     "Python image that installs it)",
+    "VIT_JOB_POLL_S": "seconds between two reads of a job's stage and log (default 5)",
+    # set by the app for its job on Hugging Face (vit.jobs.remote_worker)
+    "VIT_DATA_REPO": "the run's private dataset repo", "VIT_MODEL_REPO": "the private model repo it pushes to",
+    "VIT_RESUME": "1: continue from the checkpoint in the model repo", "VIT_JOB_WORK": "its working folder",
     # set by torchrun
     "WORLD_SIZE": "processes in a distributed run", "RANK": "this process's rank",
     "LOCAL_RANK": "this process's rank on its machine",

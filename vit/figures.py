@@ -36,3 +36,22 @@ DISTILL = Figure("digit glyphs, 30 per class: 96.1% soft, 91.3% hard, 86.6% with
                  "bench/distill_bench.py", f"{CPU}, 2026-12")
 
 ALL = (LP_FT, BALANCE, MAX_POOL, PROGRESSIVE, SCRATCH_PHOTOS, SCRATCH_SMALL, DISTILL)
+
+# Training on Hugging Face Jobs (vit.hub.hf_jobs): what a run is estimated to take and cost before it starts.
+# The hardware list and prices come from the Hub (list_jobs_hardware) when it answers; these are the fallback:
+# single-GPU flavors with the Hub's list prices (USD per hour, 2026) and each GPU's peak dense fp16/bf16 TFLOPS
+# (NVIDIA's datasheets). The estimate is not a measurement: no job could be run from this machine.
+JOB_FLAVORS = (  # (name, title, USD per hour, peak TFLOPS)
+    ("t4-small", "Nvidia T4 · small", 0.40, 65.0),
+    ("t4-medium", "Nvidia T4 · medium", 0.60, 65.0),
+    ("l4x1", "Nvidia L4", 0.80, 121.0),
+    ("a10g-small", "Nvidia A10G · small", 1.00, 70.0),
+    ("a10g-large", "Nvidia A10G · large", 1.50, 70.0),
+    ("l40sx1", "Nvidia L40S", 1.80, 362.0),
+    ("a100-large", "Nvidia A100 · large", 2.50, 312.0),
+    ("h200", "Nvidia H200", 5.00, 989.0),
+)
+JOB_GPU_USE = 0.25         # the share of a GPU's peak a small ViT's training loop reaches (the estimate's basis)
+JOB_SETUP_S = 300          # pulling the image, downloading the data and the starting weights, pushing the model
+JOB_TIMEOUT_FACTOR = 2.0   # a job's time limit: setup + this x the estimated training time + JOB_TIMEOUT_MARGIN_S
+JOB_TIMEOUT_MARGIN_S = 600

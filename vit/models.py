@@ -411,6 +411,31 @@ def _planned(spec: ModelSpec, num_classes: int) -> dict:
     return built(model, weights_words(model, spec.pretrained, spec.weights))
 
 
+def forward_flops(spec: ModelSpec, num_classes: int) -> int:
+    """The floating-point operations of one image through the model a spec would create, at its input size: counted
+    by torch on the meta device (nothing allocated). What a job's time estimate starts from."""
+    return _forward_flops(json.dumps([spec.name, spec.img_size, spec.patch_size, spec.model_args, num_classes],
+                                     sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=32)
+def _forward_flops(key: str) -> int:
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    name, img_size, patch_size, model_args, num_classes = json.loads(key)
+    name, kwargs = _resolve(ModelSpec(name, pretrained=False, img_size=img_size, patch_size=patch_size,
+                                      model_args=model_args))
+    kwargs.update(num_classes=num_classes, pretrained=False)
+    with torch.device("meta"):
+        model = timm.create_model(name, **kwargs)
+        size = data_config(model)["input_size"]
+        x = torch.empty(1, *size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
 def parameters_planned(spec: ModelSpec, num_classes: int) -> int:
     """How many parameters the model of a spec has, before anything is downloaded or allocated: the architecture
     built on the meta device (an hf-hub model's config.json is all that is fetched) and, for an hf-hub model, its

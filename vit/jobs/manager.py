@@ -16,6 +16,7 @@ from vit.jobs.child import tail
 from vit.jobs.errors import JobError
 from vit.jobs.host import default_cpu_threads, default_single_user, disk_full_refused, lock_root, run_name
 from vit.jobs.listing import Listing
+from vit.jobs import remote as remote_runs
 from vit.jobs.quota import Quota
 from vit.jobs.scheduler import Scheduler
 from vit.jobs.views import default_name
@@ -49,13 +50,17 @@ class JobManager:
                                    max_run_s=limits.max_run_minutes * 60 if shared and limits.max_run_minutes else None,
                                    every=((EXPIRY_EVERY_S, self.expire),) if self.keep_s else ())
         self._cv = self.scheduler.cv
+        self.followers: dict[str, remote_runs.Follower] = {}  # runs training on Hugging Face, followed from here
         self.listing = Listing(self.root, index, self.scheduler, self.single_user, self.keep_s)
 
     # ------------------------------------------------------------------ requests
 
     def submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, *, owner: str | None = None,
-               source_name: str | None = None, name: str | None = None) -> str:
-        """Queue a training run on `source` (a loaded Dataset or a path); return its run id at once."""
+               source_name: str | None = None, name: str | None = None,
+               remote: remote_runs.Remote | None = None) -> str:
+        """Queue a training run on `source` (a loaded Dataset or a path); return its run id at once. `remote`: train
+        it on a Hugging Face GPU instead (vit.jobs.remote), with the visitor's token, checked before anything is
+        made."""
         self._check_open()
         if not isinstance(config, TrainConfig):
             raise JobError("config must be a TrainConfig")
@@ -63,11 +68,12 @@ class JobManager:
             config = replace(config).check()  # a copy: the caller's config is not changed
         except ConfigError as e:
             raise JobError(str(e)) from None
+        hf = self._connect(remote, config) if remote is not None else None
         with self._reserved(owner):
-            return self._submit(source, config, owner, source_name, run_name(name))
+            return self._submit(source, config, owner, source_name, run_name(name), remote, hf)
 
     def _submit(self, source: Dataset | str | os.PathLike, config: TrainConfig, owner: str | None,
-                source_name: str | None, name: str | None) -> str:
+                source_name: str | None, name: str | None, remote=None, hf=None) -> str:
         dataset = source if isinstance(source, Dataset) else load_dataset(
             source, val_fraction=config.val_fraction, seed=config.seed)
         try:
@@ -78,11 +84,21 @@ class JobManager:
             try:
                 data_dir = export_dataset(dataset, run_dir / DATA_DIR)
                 config = replace(config, data=str(data_dir))
-                device = self.scheduler.device_kind(config.device)
-                runs.write_json(run_dir / JOB, {
-                    "config": asdict(config), "owner": owner_hash(owner), "device": device,
-                    "source": source_name, "classes": dataset.classes,
-                    "name": name or default_name(source_name, config), "images": len(dataset.items)})
+                device = f"hf:{remote.flavor}" if remote else self.scheduler.device_kind(config.device)
+                job = {"config": asdict(config), "owner": owner_hash(owner), "device": device,
+                       "source": source_name, "classes": dataset.classes,
+                       "name": name or default_name(source_name, config), "images": len(dataset.items)}
+                if remote is not None:
+                    try:
+                        job[remote_runs.REMOTE] = remote_runs.prepare(run_dir, hf, remote, config, dataset)
+                    except Exception as e:  # (the model is built on the meta device for the estimate)
+                        raise JobError(f"The model cannot be built, so no job was started: {e}") from None
+                runs.write_json(run_dir / JOB, job)
+                if remote is not None:
+                    runs.update_status(run_dir, RunState.RUNNING, message="Preparing the job", model=config.model,
+                                       epochs=config.epochs, device=device)
+                    self._follow(run_dir, hf, new_job=True)
+                    return run_dir.name
                 with self._cv:
                     runs.update_status(run_dir, RunState.QUEUED, message="Queued", model=config.model,
                                        epochs=config.epochs, device=device)
@@ -105,6 +121,11 @@ class JobManager:
         period (the status says which). Its best checkpoint stays. Returns a message for the user."""
         run_dir = self.own_run(run_id, owner, "cancel")
         grace = self.cancel_grace_s if grace_s is None else grace_s
+        follower = self.followers.get(run_id)
+        if follower is not None and follower.is_alive():
+            follower.cancel()
+            return (f"Cancelling run {run_id} on Hugging Face: the job stops within a minute; the best model it "
+                    "pushed is kept, and Resume starts a new job from its last checkpoint.")
         with self._cv:
             state = self.scheduler.state(run_dir)
             if run_id in self.scheduler.queue:
@@ -126,10 +147,14 @@ class JobManager:
             raise JobError(f"Run {run_id} is {state}; only a queued or running run can be cancelled.")
 
     @disk_full_refused
-    def resume(self, run_id: str, *, owner: str | None = None) -> str:
-        """Queue an interrupted, cancelled or failed run again; it continues from its last finished epoch."""
+    def resume(self, run_id: str, *, owner: str | None = None, token: str | None = None) -> str:
+        """Queue an interrupted, cancelled or failed run again; it continues from its last finished epoch. A run on
+        Hugging Face needs the visitor's `token`: its job is followed again if it still runs, else a new one starts
+        from the last pushed checkpoint."""
         self._check_open()
         run_dir = self.own_run(run_id, owner, "resume")
+        if remote_runs.record(run_dir):
+            return self._resume_remote(run_dir, owner, token)
         with self._cv:
             if self.scheduler.state(run_dir) not in runs.ACTIVE_STATES and not self.scheduler.settle(run_id):
                 raise JobError(f"Run {run_id} is still stopping; try again in a moment.")
@@ -153,8 +178,10 @@ class JobManager:
     def delete(self, run_id: str, *, owner: str | None = None) -> str:
         """Remove a run and its files; never a queued or running one."""
         run_dir = self.own_run(run_id, owner, "delete")
+        rec = remote_runs.record(run_dir)
         with self._cv:
-            if run_id in self.scheduler.queue or not self.scheduler.settle(run_id):
+            if run_id in self.scheduler.queue or not self.scheduler.settle(run_id) or (
+                    run_id in self.followers and self.followers[run_id].is_alive()):
                 raise JobError(f"Run {run_id} is queued or running; cancel it before deleting it.")
             try:
                 runs.delete_run(run_dir, state=self.scheduler.state(run_dir))
@@ -162,6 +189,9 @@ class JobManager:
                 raise JobError(str(e)) from None
             self.scheduler.pending.pop(run_id, None)
             self.listing.forget(run_id)
+        if rec:
+            return (f"Deleted run {run_id} here. Its repos on the Hub ({rec['data_repo']}, {rec['model_repo']}) are "
+                    "yours and stay: delete them there if you no longer need them.")
         return f"Deleted run {run_id}."
 
     def expire(self, now: float | None = None) -> list[str]:
@@ -219,7 +249,12 @@ class JobManager:
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop every child (cooperatively, then by force) and leave their runs `interrupted`, resumable.
-        Queued runs stay queued for the next start. Safe to call twice."""
+        Queued runs stay queued for the next start. Runs on Hugging Face are no longer followed (their jobs go on).
+        Safe to call twice."""
+        for follower in list(self.followers.values()):
+            follower.stop()
+        for follower in list(self.followers.values()):
+            follower.join(timeout=10)
         self.scheduler.close(self.shutdown_grace_s if grace_s is None else grace_s)
         if self._lock_file is not None:
             self._lock_file.close()
@@ -230,6 +265,49 @@ class JobManager:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+    # ------------------------------------------------------------------ runs on Hugging Face
+
+    def _connect(self, remote: remote_runs.Remote, config: TrainConfig):
+        """The visitor's checked session with the Hub for a run on `remote` (JobError says what is wrong)."""
+        why = remote_runs.refusal(config)
+        if why:
+            raise JobError(why)
+        try:
+            return remote.connect()
+        except remote_runs.HubError as e:
+            raise JobError(str(e)) from None
+
+    def _follow(self, run_dir: Path, hf, new_job: bool, flavor: str | None = None) -> None:
+        follower = remote_runs.Follower(run_dir, hf, flavor=flavor, new_job=new_job,
+                                        on_end=lambda run_id: self.followers.pop(run_id, None))
+        self.followers[run_dir.name] = follower
+        follower.start()
+
+    def _resume_remote(self, run_dir: Path, owner: str | None, token: str | None) -> str:
+        """A run on Hugging Face again: its job followed if it still runs (or has finished: its model fetched), else
+        a new job from the last checkpoint pushed, on the same flavor."""
+        run_id, rec = run_dir.name, remote_runs.record(run_dir)
+        if run_id in self.followers and self.followers[run_id].is_alive():
+            raise JobError(f"Run {run_id} is being followed already.")
+        state = runs.read_status(run_dir).get("state")
+        if state not in runs.ENDED_STATES:
+            raise JobError(f"Run {run_id} is {state}; only an interrupted, cancelled or failed run can be resumed.")
+        remote = remote_runs.Remote(rec["flavor"], token or "", rec.get("endpoint"))
+        try:
+            hf = remote.connect()
+            stage = hf.stage(rec["job_id"], rec["namespace"])[0] if rec.get("job_id") else None
+        except remote_runs.HubError as e:
+            raise JobError(str(e)) from None
+        with self._cv:
+            self.quota.check(owner, *self._counts(owner))
+        again = stage in ("SCHEDULING", "RUNNING", "COMPLETED")
+        runs.update_status(run_dir, RunState.RUNNING, resumed_from=state,
+                           message="Following the job again" if again else "Starting a new job")
+        self._follow(run_dir, hf, new_job=not again)
+        if again:
+            return f"Run {run_id}: following its job {rec['job_id']} on Hugging Face again ({stage.lower()})."
+        return f"Run {run_id}: a new job starts on Hugging Face {rec['flavor']}, from its last pushed checkpoint."
 
     # ------------------------------------------------------------------ helpers
 

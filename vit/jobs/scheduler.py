@@ -17,6 +17,7 @@ from typing import Callable
 from vit import runs
 from vit.jobs.child import Child
 from vit.jobs.errors import JobError
+from vit.jobs.remote import detached_message
 from vit.jobs.worker import kept_note
 from vit.runs import JOB, RunState
 from vit.safety import owner_hash
@@ -258,9 +259,9 @@ class Scheduler:
                 runs.remove_partial_files(info.run_dir)
                 epoch = info.status.get("epoch") or 0
                 self.finish(info.run_dir, RunState.INTERRUPTED, pid=None,
-                            message=f"The process training this run stopped during epoch {epoch + 1} "
-                                    f"(the app restarted or the process died). {kept_note(info.run_dir)} "
-                                    "Resume to continue.")
+                            message=detached_message(info.run_dir) or
+                            f"The process training this run stopped during epoch {epoch + 1} "
+                            f"(the app restarted or the process died). {kept_note(info.run_dir)} Resume to continue.")
 
     def update_positions(self) -> None:
         """Tell each queued run where it stands: 1 is next for its device."""
