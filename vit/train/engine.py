@@ -319,13 +319,16 @@ def train_one_epoch(run: _Run, epoch: int, stop: StopFlag) -> dict | None:
             "images_per_s": seen * run.ddp.world / max(time.perf_counter() - t0, 1e-9)}
 
 
+TIE = 1e-6  # a validation loss lower by less than this fraction is no improvement (float noise, not learning)
+
+
 def _end_epoch(run: _Run, epoch: int, trained: dict, val_loss: float, val_acc: float, seconds: float) -> bool:
     """Keep the best weights, record the epoch (metrics.jsonl, last.pt to resume from, status); True when
     early stopping ends the run here."""
     config = run.config
     choosing = bool(run.split.select)  # else nothing is chosen on the images: the last epoch is kept
     if not choosing or val_acc > run.best["val_acc"] or (val_acc == run.best["val_acc"]
-                                                         and val_loss < run.best["val_loss"]):
+                                                         and val_loss < run.best["val_loss"] * (1 - TIE)):
         run.best, run.stale = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}, 0
         if run.ddp.is_main:
             runs.save_model(run.run_dir, run.eval_model, run.record["classes"], run.record,
