@@ -87,7 +87,7 @@ def test_the_api_names_every_parameter_and_the_form_is_the_settings():
                for e, v in named.items()}
     assert not any(unnamed.values()), unnamed
     start = [p["parameter_name"] for p in named["/start_training"]["parameters"]]
-    assert set(start) == {"owner", "run_name", *ui.FORM}
+    assert set(start) == {"owner", "run_name", *ui.FORM, *ui.WHERE}  # (where: here, or a Hugging Face GPU)
     assert [p["parameter_name"] for p in named["/check_classes"]["parameters"]] == list(ui.CLASS_SLOTS)
 
 

@@ -249,7 +249,7 @@ def test_readme_front_matter_makes_a_gradio_space():
     meta = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", text, re.S).group(1))
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert meta["sdk_version"] == gradio.__version__  # the version requirements.txt pins
-    assert meta["hf_oauth"] is True and "write-repos" in meta["hf_oauth_scopes"]
+    assert meta["hf_oauth"] is True and {"write-repos", "manage-repos", "jobs"} <= set(meta["hf_oauth_scopes"])
     assert str(meta["python_version"]).startswith("3.") and meta["suggested_hardware"]
     assert "ZeroGPU" in text and "Duplicate" in text
 

@@ -1,4 +1,4 @@
-"""Training on a Hugging Face GPU (vit.jobs.remote, vit.hub.hf_jobs): the whole flow against the fake Hub, whose
+"""Training on a Hugging Face GPU (vit.jobs.remote, vit.jobs.hf): the whole flow against the fake Hub, whose
 Jobs service runs each job's command here as a subprocess. Start, live curves from the job's log, cancel, resume from
 the pushed checkpoint, completion into a run directory that classifies, and every refusal, none with the token."""
 import json
@@ -10,7 +10,7 @@ import pytest
 from vit import runs
 from vit.jobs import JobError, JobManager
 from vit.jobs.remote import Remote, estimate, record, refusal
-from vit.hub.hf_jobs import FALLBACK, flavors
+from vit.jobs.hf import FALLBACK, flavors
 from vit.samples import make_shapes_dataset
 
 from fake_hub import FakeHub
@@ -201,3 +201,36 @@ def test_the_command_line_trains_on_a_hugging_face_gpu_and_follows_it(fake_hub, 
     assert "training on Hugging Face t4-small: about" in done.stdout and "epoch 2/2" in done.stdout
     assert (tmp_path / "run" / runs.WEIGHTS).is_file() and TOKEN not in done.stdout + done.stderr
     no_token_in(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_the_train_tab_plans_starts_and_resumes_a_run_on_a_hugging_face_gpu(app_url, app_manager, fake_hub,
+                                                                           monkeypatch):
+    from gradio_client import Client
+    from huggingface_hub import constants
+    from vit import ui
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)  # (the app's Hub: the fake)
+    client = Client(app_url, verbose=False)
+    client.predict(10, api_name="/sample_dataset")
+    form = dict(model=ui.DEFAULT_MODEL, scratch=True, epochs=30, batch_size=8, lr=1e-4, owner="me",
+                train_on=ui.HF_GPU, flavor="t4-small")
+    with pytest.raises(Exception, match="needs your token"):
+        client.predict(**form, api_name="/start_training")
+    with pytest.raises(Exception, match="not a GPU machine that jobs run on"):
+        client.predict(**{**form, "flavor": "t4-huge"}, hf_token=TOKEN, api_name="/start_training")
+    message, picker = client.predict(**form, hf_token=TOKEN, api_name="/start_training")
+    run_id = picker["value"]
+    assert f"({run_id}) is running" in message and TOKEN not in message
+    wait_for(lambda: len(app_manager.progress(run_id, "me")["history"]) >= 1, what="an epoch shown live")
+    table, _ = client.predict(run_id, "me", api_name="/list_runs")
+    row = next(r for r in table["data"] if r[-1] == run_id)
+    assert row[1] == "running" and row[3].endswith("/30")
+    client.predict(run_id, "me", api_name="/cancel_run")
+    wait_for(lambda: ended(app_manager, run_id), what="the cancel")
+    with pytest.raises(Exception, match="needs your token"):
+        client.predict(run_id, "me", api_name="/resume_run")
+    assert "new job" in client.predict(run_id, "me", TOKEN, api_name="/resume_run")
+    wait_for(lambda: len(fake_hub.jobs) == 2, what="the second job")
+    client.predict(run_id, "me", api_name="/cancel_run")
+    wait_for(lambda: ended(app_manager, run_id), what="the second cancel")
+    no_token_in(app_manager.root)

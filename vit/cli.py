@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return runs.Exit.FAILED
     from vit.explain import ExplainError
     from vit.hub import HubError
+    from vit.jobs import JobError
     from vit.predict import PredictError
     from vit.train import TrainError
     try:
         return args.func(args)
-    except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError, HubError) as e:
+    except (data.DataError, models.ModelError, TrainError, PredictError, ExplainError, HubError, JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return runs.Exit.FAILED
 
@@ -104,12 +105,11 @@ def _train_remote(args, ds, config) -> int:
     from dataclasses import asdict, replace
 
     from huggingface_hub import get_token
-    from vit.hub import HubError
-    from vit.jobs import remote
+    from vit.jobs import JobError, remote
     from vit.train import epoch_line
     why = remote.refusal(config)
     if why or args.resume:
-        raise HubError(why or "--resume with --remote: resume a run on Hugging Face from the app (Resume), which "
+        raise JobError(why or "--resume with --remote: resume a run on Hugging Face from the app (Resume), which "
                               "follows its job again or starts a new one from its last checkpoint.")
     where = remote.Remote(args.flavor, get_token() or "")
     hf = where.connect()

@@ -145,3 +145,19 @@ def owns(stored: str | None, token: str | None) -> bool:
 
 def valid_owner_token(token: str | None) -> bool:
     return isinstance(token, str) and bool(OWNER_TOKEN.fullmatch(token))
+
+
+TOKENS_URL = "https://huggingface.co/settings/tokens"
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` (stripped) cannot be a Hugging Face token, in words that never repeat it (None: it can be): a
+    line break, a space or an invisible character inside is a paste gone wrong."""
+    if any(c.isspace() for c in token):
+        return f"The token has a space or a line break inside it. Paste it again as one line, from {TOKENS_URL}."
+    if not token.isascii() or not token.isprintable():
+        return ("The token has an invisible or non-ASCII character in it (e.g. a zero-width space from a copy). "
+                f"Paste it again from {TOKENS_URL}.")
+    if not 8 <= len(token) <= 256:
+        return f"That is not a Hugging Face token (they look like hf_...). Copy one from {TOKENS_URL}."
+    return None

@@ -10,8 +10,8 @@ from pathlib import Path
 from vit import runs
 from vit.hub.card import write_card
 from vit.models import is_network_error
+from vit.safety import TOKENS_URL, token_problem
 
-TOKENS_URL = "https://huggingface.co/settings/tokens"
 
 
 class HubError(ValueError):
@@ -19,17 +19,11 @@ class HubError(ValueError):
 
 
 def check_token(token: str) -> str:
-    """The token without surrounding spaces, or HubError when it cannot be one (the message never repeats
-    it): a line break, a space or an invisible character inside is a paste gone wrong."""
+    """The token without surrounding spaces, or HubError when it cannot be one (safety.token_problem)."""
     token = token.strip()
-    if any(c.isspace() for c in token):
-        raise HubError("The token has a space or a line break inside it. Paste it again as one line, from "
-                       f"{TOKENS_URL}.")
-    if not token.isascii() or not token.isprintable():
-        raise HubError("The token has an invisible or non-ASCII character in it (e.g. a zero-width space from "
-                       f"a copy). Paste it again from {TOKENS_URL}.")
-    if not 8 <= len(token) <= 256:
-        raise HubError(f"That is not a Hugging Face token (they look like hf_...). Copy one from {TOKENS_URL}.")
+    problem = token_problem(token)
+    if problem:
+        raise HubError(problem)
     return token
 
 

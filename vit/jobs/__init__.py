@@ -32,6 +32,9 @@ only the runs it submitted; single-user mode (the local default) has no owners.
 - host.py       single-user or shared, training threads, one manager per folder, run names, a full disk
 - child.py      one training process: started on a slot, stopped, and how it ended in words
 - worker.py   the child's entry point (python -m vit.jobs.worker RUN_DIR)
+- hf.py       the Hub's side of a job: GPUs and prices, the token checked, data up, job started, read, cancelled
+- remote.py   runs on a Hugging Face GPU (Jobs): the follower that uploads, starts, follows and fetches; the estimate
+- remote_worker.py  the job's entry point on Hugging Face (python -m vit.jobs.remote_worker)
 - quota.py    runs queued or running per visitor on a shared app
 - views.py    a run as the app lists it
 - errors.py   JobError
@@ -39,7 +42,8 @@ only the runs it submitted; single-user mode (the local default) has no owners.
 from vit.jobs.errors import JobError
 from vit.jobs.host import default_cpu_threads, default_single_user
 from vit.jobs.manager import JobManager
+from vit.jobs.remote import Remote
 from vit.jobs.worker import DATA_DIR, DISK_FULL, EXIT_DISK_FULL, JOB, LOG
 
-__all__ = ["DATA_DIR", "DISK_FULL", "EXIT_DISK_FULL", "JOB", "JobError", "JobManager", "LOG", "default_cpu_threads",
-           "default_single_user"]
+__all__ = ["DATA_DIR", "DISK_FULL", "EXIT_DISK_FULL", "JOB", "JobError", "JobManager", "LOG", "Remote",
+           "default_cpu_threads", "default_single_user"]

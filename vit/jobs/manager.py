@@ -273,10 +273,7 @@ class JobManager:
         why = remote_runs.refusal(config)
         if why:
             raise JobError(why)
-        try:
-            return remote.connect()
-        except remote_runs.HubError as e:
-            raise JobError(str(e)) from None
+        return remote.connect()
 
     def _follow(self, run_dir: Path, hf, new_job: bool, flavor: str | None = None) -> None:
         follower = remote_runs.Follower(run_dir, hf, flavor=flavor, new_job=new_job,
@@ -294,11 +291,8 @@ class JobManager:
         if state not in runs.ENDED_STATES:
             raise JobError(f"Run {run_id} is {state}; only an interrupted, cancelled or failed run can be resumed.")
         remote = remote_runs.Remote(rec["flavor"], token or "", rec.get("endpoint"))
-        try:
-            hf = remote.connect()
-            stage = hf.stage(rec["job_id"], rec["namespace"])[0] if rec.get("job_id") else None
-        except remote_runs.HubError as e:
-            raise JobError(str(e)) from None
+        hf = remote.connect()
+        stage = hf.stage(rec["job_id"], rec["namespace"])[0] if rec.get("job_id") else None
         with self._cv:
             self.quota.check(owner, *self._counts(owner))
         again = stage in ("SCHEDULING", "RUNNING", "COMPLETED")

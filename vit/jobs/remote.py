@@ -1,7 +1,7 @@
 """Runs trained on a Hugging Face GPU (Jobs, billed per minute to the visitor's account), followed by the app like
 its own runs: the run directory here is the record, kept up to date from the job's log.
 
-    hf = HfJobs(token)                                       # vit.hub.hf_jobs: the token checked, in memory only
+    hf = HfJobs(token)                                       # vit.jobs.hf: the token checked, in memory only
     follower = Follower(run_dir, hf, flavor="t4-small")      # a thread: upload, start, follow, fetch the model
     follower.start(); follower.cancel()
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit import env, figures, runs
-from vit.hub.hf_jobs import TERMINAL, Flavor, HfJobs, HubError, JobSpec, TokenRejected, code_folder, job_image, job_url
+from vit.jobs.errors import JobError
+from vit.jobs.hf import TERMINAL, Flavor, HfJobs, JobSpec, TokenRejected, code_folder, job_image, job_url
 from vit.jobs.remote_worker import EVENT, PUSHED
 from vit.runs import JOB, LOG, RunState
 
@@ -110,7 +111,7 @@ class Follower(threading.Thread):
     def run(self) -> None:
         try:
             self._follow()
-        except HubError as e:
+        except JobError as e:
             self._end(RunState.INTERRUPTED if self._job_id() else RunState.FAILED, str(e) + self._after())
         except Exception as e:  # (the follower must say what happened to the run, whatever it was)
             self._end(RunState.FAILED, f"Following the job failed: {type(e).__name__}: {e}{self._after()}")
@@ -177,7 +178,7 @@ class Follower(threading.Thread):
             lines = self.hf.log(rec["job_id"], rec["namespace"])
         except TokenRejected:
             raise
-        except HubError:
+        except JobError:
             self._misses += 1
             if self._misses >= MAX_MISSES:
                 raise
@@ -218,7 +219,7 @@ class Follower(threading.Thread):
         runs.update_status(self.run_dir, message=f"The job has ended ({stage.lower()}): fetching what it pushed")
         try:
             fetched = self.hf.download(rec["model_repo"], self.run_dir, FETCHED)
-        except HubError as e:
+        except JobError as e:
             fetched, why = [], str(e)
         else:
             why = ""
@@ -284,7 +285,7 @@ def detached_message(run_dir: Path) -> str | None:
 
 
 def _fallback() -> tuple[Flavor, ...]:
-    from vit.hub.hf_jobs import FALLBACK
+    from vit.jobs.hf import FALLBACK
     return FALLBACK
 
 
@@ -303,14 +304,14 @@ class Remote:
 
     def connect(self) -> HfJobs:
         """The visitor's session with the Hub, checked: the token may write repos and start jobs, and the flavor is
-        one the Hub lists (HubError otherwise, before anything is created or uploaded)."""
-        from vit.hub.hf_jobs import flavors
+        one the Hub lists (JobError otherwise, before anything is created or uploaded)."""
+        from vit.jobs.hf import flavors
         hf = HfJobs(self.token, self.endpoint)
         hf.check_jobs_allowed()
         listed, source = flavors(self.token, hf.endpoint)
         names = [f.name for f in listed]
         if self.flavor not in names:
-            raise HubError(f"{str(self.flavor)[:40]!r} is not a GPU machine that jobs run on ({source}): pick one "
+            raise JobError(f"{str(self.flavor)[:40]!r} is not a GPU machine that jobs run on ({source}): pick one "
                            f"of {', '.join(names)}.")
         self.chosen = next(f for f in listed if f.name == self.flavor)
         return hf

@@ -63,6 +63,8 @@ NO_DATA = "No dataset yet: upload one or use the sample data in the **Data** tab
 
 
 RUN_START = "run:"  # a Model choice that starts from one of the visitor's runs: "run:<id>"
+HERE, HF_GPU = "this machine", "a Hugging Face GPU"  # where a run trains (the Train tab's "Train on")
+WHERE = ("train_on", "flavor", "hf_token")  # the Train tab's fields beside the settings: where, on what, the token
 NO_TEACHER = "none"  # the Teacher picker's first choice; the others are the visitor's finished runs, "run:<id>"
 
 

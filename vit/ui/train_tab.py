@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from vit import data, jobs, runs, sessions
+from vit import data, env, jobs, runs, safety, sessions
 from vit.runs import RunKind, RunState
 from vit import models
 from vit.models import DEFAULT_MODEL
@@ -22,7 +22,7 @@ from vit.train import ConfigError, TrainConfig, TrainError, recipe, zero_means_o
 from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
-from vit.ui.common import FORM, MODEL_CHOICES, NO_DATA, NO_TEACHER, RUN_COLUMNS, RUN_START
+from vit.ui.common import FORM, HERE, HF_GPU, MODEL_CHOICES, NO_DATA, NO_TEACHER, RUN_COLUMNS, RUN_START, WHERE
 from vit.ui.page import PRIVATE, Page, form_signature, outputs, refused
 from vit.ui.runs_view import (_accuracy_text, _duration, _epoch_text, _live_choice, _model_label, _model_text,
                               _run_choices, _run_picker, _state_key)
@@ -40,6 +40,7 @@ def layout() -> SimpleNamespace:
                     "far better (copy a Hugging Face cache here, or run online).")
     data_line = gr.Markdown(NO_DATA)
     fields = form(offline)
+    place = where()
     with gr.Row():
         run_name = gr.Textbox("", label="Run name (optional)", placeholder="default: dataset · model · time",
                               max_length=80, scale=3)
@@ -52,7 +53,8 @@ def layout() -> SimpleNamespace:
                 "data: near-duplicates, likely label errors, and whether more images would help.")
     quick_note = gr.Markdown()  # why Quick model is off, when it is
     start_msg = gr.Markdown()
-    return SimpleNamespace(data_line=data_line, fields=fields, run_name=run_name, plan=plan, start_btn=start_btn,
+    return SimpleNamespace(data_line=data_line, fields=fields, where=place, run_name=run_name, plan=plan,
+                           start_btn=start_btn,
                            quick_btn=quick_btn, quick_note=quick_note, start_msg=start_msg, offline=offline,
                            **vars(_runs_view()))
 
@@ -81,6 +83,50 @@ def form(offline: bool) -> dict:
             with gr.Row():
                 fields.update({name: _setting_field(name) for name in advanced[row:row + 4]})
     return fields
+
+
+def where() -> dict:
+    """Where the run trains, keyed by WHERE's names: this machine, or a Hugging Face GPU (a job, billed per minute to
+    the visitor's account), on which GPU, with which token (on a Space, signing in gives it)."""
+    from vit.jobs.hf import FALLBACK
+    with gr.Row():
+        train_on = gr.Radio([HERE, HF_GPU], value=HERE, label="Train on",
+                            info="A Hugging Face GPU runs the training as a job, billed per minute to your Hugging "
+                                 "Face account; the data goes to a private dataset repo of yours, and the model "
+                                 "comes back here.")
+        flavor = gr.Dropdown(_flavor_choices(FALLBACK), value="t4-small", label="GPU (price per hour)",
+                             allow_custom_value=True,  # (the Hub's list may hold others: connect() checks)
+                             visible=False)
+        hf_token = gr.Textbox(label="Hugging Face token that can write repos and start jobs (for this run only, "
+                                    "never stored)", type="password", placeholder="hf_...", visible=False)
+        if safety.on_spaces() and env.read("OAUTH_CLIENT_ID"):  # hf_oauth: true, with the jobs scope
+            gr.LoginButton("Sign in with Hugging Face")
+    return dict(zip(WHERE, (train_on, flavor, hf_token)))
+
+
+def show_where(train_on: str | None):
+    """The GPU picker (the Hub's current list and prices, when it answers) and the token, shown for a Hugging Face
+    GPU."""
+    remote = train_on == HF_GPU
+    listed = _flavors()[0] if remote else []
+    return (gr.update(visible=remote, **({"choices": _flavor_choices(listed)} if listed else {})),
+            gr.update(visible=remote))
+
+
+def _flavors():
+    """The GPUs jobs run on and where their prices come from (vit.jobs.hf.flavors), read at most every 10 min."""
+    from vit.jobs.hf import flavors
+    now = time.monotonic()
+    if not _FLAVORS or now - _FLAVORS[0] > 600:
+        _FLAVORS[:] = [now, flavors()]
+    return _FLAVORS[1]
+
+
+_FLAVORS: list = []
+
+
+def _flavor_choices(listed) -> list[tuple[str, str]]:
+    return [(f.label, f.name) for f in listed]
 
 
 def _setting_field(name: str):
@@ -145,13 +191,17 @@ def wire(page: Page, tab: SimpleNamespace, shown: list, welcome) -> None:
                               tab.fields["model"], tab.fields["scratch"], **PRIVATE)
     page.timer.tick(page.bind(start_message_now), [tab.start_msg, page.owner], tab.start_msg, **PRIVATE)
     # the form goes by name (inputs_kwargs): the API's parameters are the settings' names, and no order can slip
-    asked = dict(inputs=[page.dataset, page.owner, tab.run_name], inputs_kwargs=tab.fields,
+    asked = dict(inputs=[page.dataset, page.owner, tab.run_name], inputs_kwargs={**tab.fields, **tab.where},
                  outputs=[tab.start_msg, tab.selected])
+    tab.where["train_on"].change(show_where, tab.where["train_on"], [tab.where["flavor"], tab.where["hf_token"]],
+                                 **PRIVATE)
     tab.start_btn.click(page.bind(start_from_form, False), **asked, api_name="start_training")
     tab.quick_btn.click(page.bind(start_from_form, True), **asked, api_name="quick_model")
-    planned = dict(fn=page.bind(run_plan), inputs=[page.dataset, page.owner], inputs_kwargs=tab.fields,
+    planned = dict(fn=page.bind(run_plan), inputs=[page.dataset, page.owner],
+                   inputs_kwargs={**tab.fields, "train_on": tab.where["train_on"], "flavor": tab.where["flavor"]},
                    outputs=tab.plan)
-    for field in [page.dataset, *settings]:  # what will actually run, before Start, as the dataset or a setting changes
+    # what will actually run (and where, at what cost), before Start, as the dataset or a setting changes
+    for field in [page.dataset, *settings, tab.where["train_on"], tab.where["flavor"]]:
         field.change(**planned, **PRIVATE)
     keep = dict(fn=page.bind(remember_settings), inputs=[page.owner], inputs_kwargs=tab.fields, outputs=None)
     for field in settings:  # remembered for the next visit
@@ -179,11 +229,13 @@ def _wire_runs(page: Page, tab: SimpleNamespace, refresh, welcome) -> None:
     comparison = page.bind(compare_runs)
     tab.run_key.change(comparison, page.owner, tab.compare_table, **PRIVATE)
     welcome.then(comparison, page.owner, tab.compare_table, api_name="compare_runs")
-    for btn, action in ((tab.cancel_btn, "cancel"), (tab.resume_btn, "resume"), (tab.delete_btn, "delete")):
+    for btn, action in ((tab.cancel_btn, "cancel"), (tab.delete_btn, "delete")):
         # Delete asks first in the page; a declined confirmation sends no run, and nothing is deleted
         ask = CONFIRM_DELETE if action == "delete" else None
         btn.click(page.bind(run_action, action), picked, tab.run_msg, api_name=f"{action}_run", js=ask).then(
             refresh, picked, listing, api_visibility="private")
+    tab.resume_btn.click(page.bind(resume_run), [*picked, tab.where["hf_token"]], tab.run_msg,
+                         api_name="resume_run").then(refresh, picked, listing, api_visibility="private")
     tab.distil_btn.click(page.bind(distil_run), picked, [tab.run_msg, tab.selected], api_name="distil_run").then(
         refresh, picked, listing, api_visibility="private")
     page.app.load(refresh, picked, listing, api_visibility="private")
@@ -255,11 +307,25 @@ def start_message_now(manager: jobs.JobManager, message: str | None, owner: str 
 
 
 def start_from_form(manager: jobs.JobManager, quick: bool, dataset: dict | None, owner: str | None,
-                    run_name: str | None = None, **form):
+                    run_name: str | None = None, train_on: str | None = None, flavor: str | None = None,
+                    hf_token: str | None = None, oauth_token: gr.OAuthToken | None = None, **form):
     """start_training with the Train form's fields by name (FORM's: the API's parameters of /start_training and
-    /quick_model); a field left out is empty ("auto", or the setting's default)."""
+    /quick_model); a field left out is empty ("auto", or the setting's default). `train_on` a Hugging Face GPU:
+    on `flavor`, with the token typed in, else the signed-in visitor's (neither is kept)."""
     form = _filled(form)
-    return start_training(manager, dataset, form.pop("model"), owner=owner, run_name=run_name, quick=quick, **form)
+    remote = _remote(train_on, flavor, hf_token, oauth_token)
+    return start_training(manager, dataset, form.pop("model"), owner=owner, run_name=run_name, quick=quick,
+                          remote=remote, **form)
+
+
+def _remote(train_on: str | None, flavor: str | None, typed: str | None, oauth_token) -> "jobs.Remote | None":
+    """Where to train, from the Train tab: None here; a Hugging Face GPU with the visitor's token."""
+    if train_on in (None, "", HERE):
+        return None
+    if train_on != HF_GPU:
+        raise refused(f"Train on {HERE!r} or {HF_GPU!r}, not {str(train_on)[:40]!r}.")
+    token = (typed or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None) or ""
+    return jobs.Remote(str(flavor or "t4-small"), token)
 
 
 def _filled(form: dict) -> dict:
@@ -282,9 +348,9 @@ def live_view(manager: jobs.JobManager, run_id: str | None, owner: str | None) -
 
 def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: str, scratch: bool,
                    epochs: float, batch_size: float, lr: float, owner: str | None, run_name: str | None = None,
-                   quick: bool = False, **advanced):
-    """Queue a run on the checked dataset (`quick`: the quick model); returns a message and the run picker
-    (on the new run, unless the view is on a run that is training: it stays there)."""
+                   quick: bool = False, remote: "jobs.Remote | None" = None, **advanced):
+    """Queue a run on the checked dataset (`quick`: the quick model; `remote`: on a Hugging Face GPU); returns a
+    message and the run picker (on the new run, unless the view is on a run that is training: it stays there)."""
     if not dataset:
         raise refused(NO_DATA.replace("**", ""))  # a toast shows text, not markdown
     if dataset.get("problem"):
@@ -309,10 +375,11 @@ def start_training(manager: jobs.JobManager, dataset: dict | None, model_name: s
             source = dataset.get("classes") or dataset["path"]
             with data.load_dataset(source, val_fraction=config.val_fraction, seed=config.seed,
                                    edits=dataset.get("edits")) as ds:
-                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"], name=run_name)
+                run_id = manager.submit(ds, config, owner=owner or None, source_name=dataset["name"], name=run_name,
+                                        remote=remote)
         else:
             run_id = manager.submit(dataset["path"], config, owner=owner or None, source_name=dataset["name"],
-                                    name=run_name)
+                                    name=run_name, remote=remote)
     except (jobs.JobError, data.DataError) as e:
         raise refused(str(e), duration=None)
     state = manager.progress(run_id, owner)
@@ -422,10 +489,11 @@ def describe_config(config: TrainConfig, classes: int = 2, teacher: str = "") ->
         f"\n- {note}" for note in config.recipe)
 
 
-def run_plan(manager: jobs.JobManager | None, dataset: dict | None, owner: str | None = None, **form) -> str:
+def run_plan(manager: jobs.JobManager | None, dataset: dict | None, owner: str | None = None,
+             train_on: str | None = None, flavor: str | None = None, **form) -> str:
     """The 'will run' line under the settings, updated as they or the dataset change (an error says what
     to fix). `form`: the Train form's fields by name; the teacher, one of the `owner`'s runs, is named with its
-    accuracy (without a manager: by its id)."""
+    accuracy (without a manager: by its id). On a Hugging Face GPU (`train_on`), the time and cost on `flavor`."""
     form = _filled(form)
     model_name, scratch = form.pop("model"), form.pop("scratch")
     teacher = ""
@@ -444,7 +512,30 @@ def run_plan(manager: jobs.JobManager | None, dataset: dict | None, owner: str |
         except jobs.JobError as e:
             return f"**Cannot start here:** {e}"
     facts = recipe.DataFacts.from_dict(_facts(dataset))
-    return f"**Will train:** {describe_config(config, facts.classes if facts else 2, teacher)}"
+    plan = f"**Will train:** {describe_config(config, facts.classes if facts else 2, teacher)}"
+    return plan + (f"\n\n{remote_plan(config, facts, flavor)}" if train_on == HF_GPU else "")
+
+
+def remote_plan(config: TrainConfig, facts, flavor: str | None) -> str:
+    """What training on a Hugging Face GPU will take and cost (vit.jobs.remote.estimate), and what goes where."""
+    from vit.jobs import remote
+    why = remote.refusal(config)
+    if why:
+        return f"**Cannot train on Hugging Face:** {why}"
+    listed, source = _flavors()
+    chosen = next((f for f in listed if f.name == flavor), None)
+    if chosen is None:
+        return f"**Cannot train on Hugging Face:** pick a GPU ({', '.join(f.name for f in listed)})."
+    if facts is None:
+        return "**On Hugging Face:** the time and cost are estimated once a dataset is checked."
+    val = round(facts.train_images * config.val_fraction / max(1e-9, 1 - config.val_fraction))
+    try:
+        guess = remote.estimate(config, facts.train_images, val, facts.classes, chosen)
+    except Exception as e:  # (a model timm cannot build: Start says why)
+        return f"**Cannot train on Hugging Face:** the model cannot be built ({type(e).__name__})."
+    return (f"**On Hugging Face:** {guess.text(chosen)} Prices: {source}. Billed to your Hugging Face account by the "
+            "minute the job runs. Your images go to a private dataset repo of yours, the job pushes a checkpoint "
+            "each epoch to a private model repo, and the model comes back here when it ends.")
 
 
 def _auto_field(label: str) -> gr.Textbox:
@@ -640,6 +731,18 @@ def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
 
 def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
     return [r for r in manager.list(owner or None) if r["state"] == RunState.COMPLETED and r["has_model"]]
+
+
+def resume_run(manager: jobs.JobManager, run_id: str | None, owner: str | None, hf_token: str | None = None,
+               oauth_token: gr.OAuthToken | None = None) -> str:
+    """Resume the selected run; one on a Hugging Face GPU with the token typed in, else the signed-in visitor's."""
+    if not run_id:
+        raise refused("Pick a run first.")
+    token = (hf_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+    try:
+        return manager.resume(run_id, owner=owner or None, token=token)
+    except jobs.JobError as e:
+        raise refused(str(e))
 
 
 def run_action(manager: jobs.JobManager, action: str, run_id: str | None, owner: str | None) -> str:

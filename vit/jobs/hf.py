@@ -7,7 +7,7 @@ and the files it pushed to its private model repo fetched.
     hf.stage(job.id, hf.namespace)           # ("RUNNING", None)
 
 The token is used for these calls, and goes into the job as a secret (HF_TOKEN, for its downloads and pushes).
-It is never stored, logged or put in a message: every error is rewritten without it (HubError).
+It is never stored, logged or put in a message: every error is rewritten without it (JobError).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit import env, figures
-from vit.hub.push import TOKENS_URL, HubError, check_token
+from vit.jobs.errors import JobError
 from vit.models import is_network_error
+from vit.safety import TOKENS_URL, token_problem
 
 JOBS_URL = "https://huggingface.co/settings/jobs"
 BILLING_URL = "https://huggingface.co/settings/billing"
@@ -28,7 +29,7 @@ WORKER = "vit.jobs.remote_worker"
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
 
-class TokenRejected(HubError):
+class TokenRejected(JobError):
     """The Hub rejected the token (invalid, revoked, or a sign-in that expired)."""
 
 
@@ -106,10 +107,12 @@ class HfJobs:
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()  # (a job's transfers are said in the run's status, not as bars in a log)
         if not token or not str(token).strip():
-            raise HubError("Training on a Hugging Face GPU needs your token: sign in with Hugging Face (on a Space), "
+            raise JobError("Training on a Hugging Face GPU needs your token: sign in with Hugging Face (on a Space), "
                            f"or paste a token that can write repos and start jobs ({TOKENS_URL}); on the command "
                            "line, set HF_TOKEN or run `hf auth login`.")
-        self._token = check_token(str(token))
+        self._token = str(token).strip()
+        if token_problem(self._token):
+            raise JobError(token_problem(self._token))
         self.api = HfApi(endpoint=endpoint, token=self._token)
         self.endpoint = self.api.endpoint
         with self.errors("check the token"):
@@ -117,14 +120,14 @@ class HfJobs:
         self.namespace = who.get("name")
         role = (who.get("auth", {}).get("accessToken") or {}).get("role")
         if role == "read":
-            raise HubError("This token can only read; a job needs one that can write repos (for the data and the "
+            raise JobError("This token can only read; a job needs one that can write repos (for the data and the "
                            f"model) and start jobs. Create one at {TOKENS_URL}.")
 
     def __repr__(self) -> str:  # (never the token)
         return f"HfJobs({self.namespace!r})"
 
     def check_jobs_allowed(self) -> None:
-        """HubError unless the token may start jobs in its namespace (the `jobs` scope of a Space's sign-in, or a
+        """JobError unless the token may start jobs in its namespace (the `jobs` scope of a Space's sign-in, or a
         token's "Start and manage Jobs" permission)."""
         with self.errors("list your jobs"):
             next(iter(self.api.list_jobs(namespace=self.namespace)), None)
@@ -212,7 +215,7 @@ def _per_hour(cost: float, unit: str) -> float:
 
 
 class _JobErrors:
-    """Turn huggingface_hub and network errors into HubError messages that say what to do, without the token."""
+    """Turn huggingface_hub and network errors into JobError messages that say what to do, without the token."""
 
     def __init__(self, token: str, doing: str):
         self.token, self.doing = token, doing
@@ -223,7 +226,7 @@ class _JobErrors:
     def __exit__(self, kind, error, tb):
         if error is None:
             return False
-        if isinstance(error, HubError):
+        if isinstance(error, JobError):
             error.args = (self._scrub(str(error)),)
             return False
         from huggingface_hub.errors import HfHubHTTPError
@@ -248,7 +251,7 @@ class _JobErrors:
                        "Check the internet connection and try again.")
         else:
             return False
-        raise (TokenRejected if status == 401 else HubError)(message) from None
+        raise (TokenRejected if status == 401 else JobError)(message) from None
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "hf_***") if self.token else text
