@@ -65,6 +65,15 @@ class FakeHub:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
+    def as_the_hub(self, monkeypatch) -> None:
+        """Make this the Hub of the test's own process (huggingface_hub reads HF_ENDPOINT at import: its endpoint
+        and the file URL template made from it), online."""
+        from huggingface_hub import constants
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", self.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            self.url + "/{repo_id}/resolve/{revision}/{filename}")
+
     def close(self) -> None:
         for job in self.jobs.values():
             if job.get("proc") is not None and job["proc"].poll() is None:

@@ -207,9 +207,8 @@ def test_the_command_line_trains_on_a_hugging_face_gpu_and_follows_it(fake_hub, 
 def test_the_train_tab_plans_starts_and_resumes_a_run_on_a_hugging_face_gpu(app_url, app_manager, fake_hub,
                                                                            monkeypatch):
     from gradio_client import Client
-    from huggingface_hub import constants
     from vit import ui
-    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)  # (the app's Hub: the fake)
+    fake_hub.as_the_hub(monkeypatch)  # (the app's)
     client = Client(app_url, verbose=False)
     client.predict(10, api_name="/sample_dataset")
     form = dict(model=ui.DEFAULT_MODEL, scratch=True, epochs=30, batch_size=8, lr=1e-4, owner="me",

@@ -40,6 +40,7 @@ def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, qu
         "best_val_acc": best if best is None or best >= 0 else None, "best_epoch": status.get("best_epoch"),
         "position": status.get("position") if run_dir.name in queue else None,
         "device": status.get("device") or job.get("device"), "has_model": (run_dir / runs.WEIGHTS).is_file(),
+        "job_url": status.get("job_url"),  # a run on a Hugging Face GPU: its job's page
         "mine": mine, "can_cancel": mine and state in runs.ACTIVE_STATES,
         "can_delete": mine and state not in runs.ACTIVE_STATES,
         "can_resume": mine and state in runs.ENDED_STATES and (run_dir / JOB).is_file(),

@@ -114,15 +114,17 @@ def show_where(train_on: str | None):
 
 
 def _flavors():
-    """The GPUs jobs run on and where their prices come from (vit.jobs.hf.flavors), read at most every 10 min."""
+    """The GPUs jobs run on and where their prices come from (vit.jobs.hf.flavors), read from the Hub at most every
+    10 minutes."""
+    from huggingface_hub import constants
     from vit.jobs.hf import flavors
-    now = time.monotonic()
-    if not _FLAVORS or now - _FLAVORS[0] > 600:
-        _FLAVORS[:] = [now, flavors()]
-    return _FLAVORS[1]
+    now, hub = time.monotonic(), constants.ENDPOINT
+    if _FLAVORS.get("hub") != hub or now - _FLAVORS.get("at", -1e9) > 600:
+        _FLAVORS.update(hub=hub, at=now, listed=flavors())
+    return _FLAVORS["listed"]
 
 
-_FLAVORS: list = []
+_FLAVORS: dict = {}
 
 
 def _flavor_choices(listed) -> list[tuple[str, str]]:
@@ -593,6 +595,9 @@ def show_run(manager: jobs.JobManager, run_id: str | None, owner: str | None) ->
     except jobs.JobError as e:
         return Progress(str(e), empty, empty)
     lines = [f"**{p['id']}**: {p['state']}. {p['message']}"]
+    if str(p.get("device") or "").startswith("hf:"):
+        job = f": [its job]({p['job_url']})" if p.get("job_url") else ""
+        lines.append(f"On a Hugging Face GPU ({p['device'][3:]}), billed to your account{job}.")
     if p["state"] == RunState.COMPLETED:
         lines.append(headline(p))
     if p["state"] == RunState.RUNNING and p["steps_per_epoch"]:
