@@ -43,6 +43,7 @@ class FakeHub:
         self.no_credit: set[str] = set()        # users with no credit for paid hardware (402)
         self.hardware = [_hardware(*h) for h in HARDWARE]
         self.scheduling_s = 0.0                 # how long a job waits in SCHEDULING before it runs
+        self.revoked: set[str] = set()          # tokens that no longer work (an expired sign-in): 401
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -325,6 +326,8 @@ class FakeHub:
     # ------------------------------------------------------------------ helpers
 
     def _user(self, h) -> tuple[str | None, str | None]:
+        if h.headers.get("Authorization", "").removeprefix("Bearer ") in self.revoked:
+            return None, None
         m = re.fullmatch(r"Bearer hf_(write|read)_(\w+)", h.headers.get("Authorization", ""))
         return (m.group(2), m.group(1)) if m else (None, None)
 

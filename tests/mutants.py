@@ -50,6 +50,7 @@ RESUME = k("tests/test_train.py", "resume")
 EXPLAIN = k("tests/test_predict.py", "(chefer or rollout or grad or attention or maps or class) and not background")
 DISTIL = k("tests/test_distill.py", "not cnn_trains")
 ENGINE_PARTS = k("tests/test_train.py", "ema or mixup or checkpointing or accumulation")
+REMOTE = k("tests/test_remote.py", "not train_tab and not command_line")
 
 MUTANTS = [
     # resume, progressive resizing and colour jitter: the three the audit found unguarded
@@ -204,6 +205,19 @@ MUTANTS = [
     Mutant("cnn: Grad-CAM weighs the channels equally", "vit/explain.py",
            "    cam = (acts * grad.mean((1, 2))[:, None, None]).sum(0).clamp(min=0)",
            "    cam = acts.sum(0).clamp(min=0)", DISTIL),
+    # training on a Hugging Face GPU (vit.jobs.remote, vit.jobs.hf)
+    Mutant("remote: the token is written into the run's job.json", "vit/jobs/remote.py",
+           '"endpoint": hf.endpoint,', '"endpoint": hf.endpoint, "token": remote.token,', REMOTE),
+    Mutant("remote: the job's epochs are not shown while it runs", "vit/jobs/remote.py",
+           '                self._rows[row["epoch"]] = row\n', "", REMOTE),
+    Mutant("remote: Cancel never reaches the job", "vit/jobs/remote.py",
+           '                self.hf.cancel(self._job_id(), rec["namespace"])\n', "", REMOTE),
+    Mutant("remote: a new job after a cancel starts over", "vit/jobs/remote.py",
+           '        resume = bool(rec.get("jobs"))', "        resume = False", REMOTE),
+    Mutant("remote: the job gets no time limit", "vit/jobs/hf.py", "flavor=spec.flavor, timeout=spec.timeout_s,",
+           "flavor=spec.flavor, timeout=None,", REMOTE),
+    Mutant("remote: the GPU is not checked against the Hub's list", "vit/jobs/remote.py",
+           "        if self.flavor not in names:", "        if False:", REMOTE),
 ]
 
 

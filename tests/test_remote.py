@@ -233,3 +233,32 @@ def test_the_train_tab_plans_starts_and_resumes_a_run_on_a_hugging_face_gpu(app_
     client.predict(run_id, "me", api_name="/cancel_run")
     wait_for(lambda: ended(app_manager, run_id), what="the second cancel")
     no_token_in(app_manager.root)
+
+
+def test_an_expired_sign_in_or_an_app_restart_leaves_the_job_running_and_resume_follows_it_again(fake_hub, shapes,
+                                                                                                   tmp_path):
+    root = tmp_path / "checkpoints"
+    first = JobManager(root, gpus=0, poll_s=0.05)
+    run_id = first.submit(shapes, tiny(epochs=40, lr=1e-4), remote=on_gpu(fake_hub, "hf_write_alice"))
+    wait_for(lambda: first.progress(run_id)["history"], what="an epoch")
+    fake_hub.revoked.add(TOKEN)  # the visitor's sign-in expires while the job runs
+    wait_for(lambda: ended(first, run_id), what="the follower to stop")
+    lost = first.progress(run_id)
+    assert lost["state"] == "interrupted" and "rejected the token" in lost["message"]
+    assert "may still be running on Hugging Face" in lost["message"] and "Resume (signed in)" in lost["message"]
+    (job,) = fake_hub.jobs.values()
+    assert job["stage"] == "RUNNING"  # the job goes on
+    fake_hub.revoked.clear()
+    assert "following its job" in first.resume(run_id, token=TOKEN)
+    wait_for(lambda: first.progress(run_id)["epoch"] > lost["epoch"], what="the job followed again")
+    first.shutdown()  # the app stops: the job goes on; the run says so
+    stopped = JobManager(root, gpus=0, poll_s=0.05)
+    try:
+        said = stopped.progress(run_id)
+        assert said["state"] == "interrupted" and "may still be running on Hugging Face" in said["message"]
+        assert "following its job" in stopped.resume(run_id, token=TOKEN) and len(fake_hub.jobs) == 1
+        stopped.cancel(run_id)
+        wait_for(lambda: ended(stopped, run_id), what="the cancel")
+        assert stopped.progress(run_id)["state"] == "cancelled" and job["stage"] == "CANCELED"
+    finally:
+        stopped.shutdown()
