@@ -44,6 +44,7 @@ class FakeHub:
         self.hardware = [_hardware(*h) for h in HARDWARE]
         self.scheduling_s = 0.0                 # how long a job waits in SCHEDULING before it runs
         self.revoked: set[str] = set()          # tokens that no longer work (an expired sign-in): 401
+        self.image_path: list[str] = []         # folders first on a job's PATH (the image's own commands)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -292,7 +293,7 @@ class FakeHub:
         if job["stage"] != "SCHEDULING":  # cancelled while it waited
             return
         spec, folder = job["spec"], job["folder"]
-        env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        env = {"PATH": os.pathsep.join([*self.image_path, os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
                "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8", **spec.get("environment", {}),
                **spec.get("secrets", {})}
         job["stage"] = "RUNNING"

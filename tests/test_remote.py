@@ -1,5 +1,5 @@
 """Training on a Hugging Face GPU (vit.jobs.remote, vit.jobs.hf): the whole flow against the fake Hub, whose
-Jobs service runs each job's command here as a subprocess. Start, live curves from the job's log, cancel, resume from
+Jobs service runs each job's command here as a subprocess (so those tests are slow: each starts a training process). Start, live curves from the job's log, cancel, resume from
 the pushed checkpoint, completion into a run directory that classifies, and every refusal, none with the token."""
 import json
 import time
@@ -67,6 +67,7 @@ def no_token_in(folder: Path, token: str = TOKEN) -> None:
             assert token.encode() not in path.read_bytes(), f"the token is in {path}"
 
 
+@pytest.mark.slow  # (a job: a training process)
 def test_a_run_trains_on_a_hugging_face_gpu_and_comes_back_as_a_local_run(manager, fake_hub, shapes):
     run_id = manager.submit(shapes, tiny(epochs=2), remote=on_gpu(fake_hub), name="on a GPU")
     run_dir = manager.root / run_id
@@ -96,6 +97,7 @@ def test_a_run_trains_on_a_hugging_face_gpu_and_comes_back_as_a_local_run(manage
     assert TOKEN not in repr(manager.followers) + str(manager.summary(run_id))
 
 
+@pytest.mark.slow  # (a job: a training process)
 def test_cancel_stops_the_job_and_resume_starts_a_new_one_from_the_pushed_checkpoint(manager, fake_hub, shapes):
     run_id = manager.submit(shapes, tiny(epochs=30, lr=1e-4), remote=on_gpu(fake_hub))
     wait_for(lambda: len(manager.progress(run_id)["history"]) >= 2, what="two epochs in the live view")
@@ -150,8 +152,10 @@ def test_refusals_say_what_is_wrong_and_leave_nothing_behind(manager, fake_hub, 
     wait_for(lambda: ended(manager, run_id), what="the refusal")
     failed = manager.progress(run_id)
     assert failed["state"] == "failed" and "no credit" in failed["message"] and "hf_write_carol" not in str(failed)
+    assert "Resume starts the job without uploading it again" in failed["message"] and not fake_hub.jobs
 
 
+@pytest.mark.slow  # (a job: a training process)
 def test_a_job_that_fails_says_why_with_the_last_lines_of_its_log(manager, fake_hub, shapes, tmp_path):
     diverging = tiny(model_args={**tiny().model_args, "init_values": 1e30})  # LayerScale overflows: NaN loss
     run_id = manager.submit(shapes, diverging, remote=on_gpu(fake_hub))
@@ -180,6 +184,7 @@ def test_the_estimate_grows_with_the_model_and_the_data_and_the_prices_come_from
     assert small.timeout_s >= small.setup_s + 2 * small.train_s and "$0.40/hour" in small.text(t4)
 
 
+@pytest.mark.slow  # (a job: a training process)
 def test_the_command_line_trains_on_a_hugging_face_gpu_and_follows_it(fake_hub, shapes, tmp_path):
     import os
     import subprocess
@@ -235,6 +240,7 @@ def test_the_train_tab_plans_starts_and_resumes_a_run_on_a_hugging_face_gpu(app_
     no_token_in(app_manager.root)
 
 
+@pytest.mark.slow  # (a job: a training process)
 def test_an_expired_sign_in_or_an_app_restart_leaves_the_job_running_and_resume_follows_it_again(fake_hub, shapes,
                                                                                                    tmp_path):
     root = tmp_path / "checkpoints"
@@ -262,3 +268,24 @@ def test_an_expired_sign_in_or_an_app_restart_leaves_the_job_running_and_resume_
         assert stopped.progress(run_id)["state"] == "cancelled" and job["stage"] == "CANCELED"
     finally:
         stopped.shutdown()
+
+
+@pytest.mark.slow
+def test_off_a_space_the_job_installs_the_project_from_the_copy_sent_with_the_data(manager, fake_hub, shapes,
+                                                                                  tmp_path, monkeypatch):
+    monkeypatch.delenv("VIT_JOB_IMAGE")  # a stock Python image: the job fetches the code, installs, runs it
+    image = tmp_path / "image-bin"
+    image.mkdir()
+    (image / "pip").write_text(f"#!/bin/sh\necho \"$@\" >> {image}/pip.log\n")  # (the packages are here already)
+    (image / "pip").chmod(0o755)
+    fake_hub.image_path.append(str(image))
+    run_id = manager.submit(shapes, tiny(epochs=1), remote=on_gpu(fake_hub))
+    wait_for(lambda: ended(manager, run_id), what="the job")
+    assert manager.progress(run_id)["state"] == "completed", manager.log_tail(run_id, 30)
+    (job,) = fake_hub.jobs.values()
+    assert job["spec"]["dockerImage"] == "python:3.11-slim" and job["spec"]["command"][:2] == ["bash", "-c"]
+    files = fake_hub.repos[f"datasets/alice/vit-studio-data-{run_id}"]["files"]
+    assert {"code/requirements.txt", "code/pyproject.toml", "code/vit/jobs/remote_worker.py"} <= set(files)
+    assert not any("__pycache__" in f for f in files)
+    installed = (image / "pip.log").read_text().splitlines()
+    assert installed[0] == "install -q huggingface_hub==2.4.0" and installed[1].endswith("/vit/code/requirements.txt")

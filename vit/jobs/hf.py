@@ -80,9 +80,9 @@ def job_image() -> tuple[str, list[str]]:
 
 # the stock image: fetch the project's code (uploaded with the data, under code/), install its pinned requirements,
 # run the worker. $VIT_DATA_REPO is the job's own environment, not the app's.
-INSTALL_THEN_RUN = ("set -e; pip install -q 'huggingface_hub==2.4.0' && "
-                    "hf download \"$VIT_DATA_REPO\" --repo-type dataset --include 'code/*' --local-dir /tmp/vit && "
-                    "pip install -q -r /tmp/vit/code/requirements.txt && cd /tmp/vit/code && "
+INSTALL_THEN_RUN = ("set -e; here=\"${TMPDIR:-/tmp}/vit\"; pip install -q 'huggingface_hub==2.4.0'; "
+                    "hf download \"$VIT_DATA_REPO\" --repo-type dataset --include 'code/*' --local-dir \"$here\"; "
+                    "pip install -q -r \"$here/code/requirements.txt\"; cd \"$here/code\"; "
                     f"exec python -m {WORKER}")
 
 
@@ -132,13 +132,17 @@ class HfJobs:
         with self.errors("list your jobs"):
             next(iter(self.api.list_jobs(namespace=self.namespace)), None)
 
-    def upload_data(self, repo_id: str, folder: Path, code: Path | None = None) -> None:
-        """The run's checked data (its folder, as the run trains on it) into the private dataset repo `repo_id`,
-        with the project's code under code/ when the job's image installs it."""
+    def upload_data(self, repo_id: str, data: Path, settings: dict, code: Path | None = None) -> None:
+        """The run's checked data (its folder as the run trains on it: the images and labels.csv) under data/ and its
+        settings as job.json, into the private dataset repo `repo_id`; the project's code under code/ when the
+        job's image installs it."""
+        import json
         with self.errors(f"upload the data to {repo_id}"):
             self.api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
-            self.api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+            self.api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(data), path_in_repo="data",
                                    commit_message="The checked dataset of a ViT Studio run")
+            self.api.upload_file(path_or_fileobj=json.dumps(settings, indent=1).encode(), path_in_repo="job.json",
+                                 repo_id=repo_id, repo_type="dataset", commit_message="Its training settings")
             if code is not None:
                 self.api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(code),
                                        path_in_repo="code", commit_message="The code that trains it")
@@ -200,7 +204,7 @@ def job_url(endpoint: str, namespace: str, job_id: str) -> str:
 
 
 def code_folder(dest: Path) -> Path:
-    """A copy of the project's code and pinned requirements for a stock image to install (job_image)."""
+    """A copy of the project's code and pinned requirements, in `dest`, for a stock image to install (job_image)."""
     import shutil
     root = Path(__file__).resolve().parents[2]
     shutil.copytree(root / "vit", dest / "vit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -275,8 +275,8 @@ class JobManager:
             raise JobError(why)
         return remote.connect()
 
-    def _follow(self, run_dir: Path, hf, new_job: bool, flavor: str | None = None) -> None:
-        follower = remote_runs.Follower(run_dir, hf, flavor=flavor, new_job=new_job,
+    def _follow(self, run_dir: Path, hf, new_job: bool) -> None:
+        follower = remote_runs.Follower(run_dir, hf, new_job=new_job,
                                         on_end=lambda run_id: self.followers.pop(run_id, None))
         self.followers[run_dir.name] = follower
         follower.start()

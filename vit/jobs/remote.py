@@ -17,7 +17,6 @@ pushed checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -90,16 +89,13 @@ class Follower(threading.Thread):
     """One remote run, followed from this app: upload (once), start a job (unless one is to be followed again),
     follow its stage and log, cancel it when asked, fetch its files when it ends, and write the run's final state."""
 
-    def __init__(self, run_dir: Path, hf: HfJobs, *, flavor: str | None = None, timeout_s: int | None = None,
-                 new_job: bool = True, on_end=None):
+    def __init__(self, run_dir: Path, hf: HfJobs, *, new_job: bool = True, on_end=None):
         super().__init__(name=f"vit-remote-{run_dir.name}", daemon=True)
         self.run_dir, self.hf, self.new_job, self.on_end = run_dir, hf, new_job, on_end
         rec = record(run_dir) or {}
-        self.flavor = flavor or rec.get("flavor")
-        self.timeout_s = timeout_s or rec.get("timeout_s") or 3600
+        self.flavor, self.timeout_s = rec.get("flavor"), rec.get("timeout_s") or 3600
         self._cancel_asked, self._unfollow = threading.Event(), threading.Event()
         self._seen, self._rows, self._misses, self._cancel_sent = 0, {}, 0, False
-        self.final_state: str | None = None
 
     def cancel(self) -> None:
         self._cancel_asked.set()
@@ -130,6 +126,9 @@ class Follower(threading.Thread):
                 self._upload(rec)
             if self._cancel_asked.is_set():
                 return self._end(RunState.CANCELLED, "Cancelled before the job started: nothing was billed.")
+            if self._unfollow.is_set():
+                return self._end(RunState.INTERRUPTED, "The app shut down before the job started (nothing was "
+                                                       "billed). Resume (signed in) to start it.")
             self._start(rec)
         while not self._unfollow.is_set():
             stage, said = self._poll()
@@ -148,11 +147,10 @@ class Follower(threading.Thread):
         runs.update_status(self.run_dir, message=f"Uploading {images} images to the private dataset repo "
                                                  f"{rec['data_repo']}")
         job = runs.read_json(self.run_dir / JOB)
-        with tempfile.TemporaryDirectory(prefix="vit-upload-") as tmp:  # exactly what the job gets
-            shutil.copytree(data, Path(tmp) / "up" / "data")
-            runs.write_json(Path(tmp) / "up" / "job.json", {k: job[k] for k in ("config", "classes", "source", "name")})
-            code = None if job_image()[1][0] == "python" else code_folder(Path(tmp) / "code")
-            self.hf.upload_data(rec["data_repo"], Path(tmp) / "up", code)
+        settings = {k: job[k] for k in ("config", "classes", "source", "name")}  # (not the owner)
+        with tempfile.TemporaryDirectory(prefix="vit-upload-") as tmp:
+            code = None if job_image()[1][0] == "python" else code_folder(Path(tmp))
+            self.hf.upload_data(rec["data_repo"], data, settings, code)
         self._update(uploaded=True)
 
     def _start(self, rec: dict) -> None:
@@ -251,7 +249,6 @@ class Follower(threading.Thread):
         return tail(self.run_dir / LOG, 40).splitlines()
 
     def _end(self, state: str, message: str) -> None:
-        self.final_state = state
         runs.update_status(self.run_dir, state, message=message.strip(), pid=None, eta_s=None)
 
     def _job_id(self) -> str | None:
@@ -261,7 +258,8 @@ class Follower(threading.Thread):
         """What becomes of a job the app no longer follows, and what to do."""
         rec = record(self.run_dir) or {}
         if not rec.get("job_id"):
-            return ""
+            return (f" Your data is in {rec['data_repo']} (private): Resume starts the job without uploading it "
+                    "again." if rec.get("uploaded") else "")
         return (f" The job {rec['job_id']} may still be running on Hugging Face ({rec.get('job_url')}): it pushes "
                 f"its model to {rec['model_repo']} (private) and is billed until it ends or reaches its time limit. "
                 "Resume (signed in) to follow it again, or cancel it on that page.")
@@ -290,6 +288,8 @@ def _fallback() -> tuple[Flavor, ...]:
 
 
 def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
