@@ -36,6 +36,7 @@ bench: $(VENV)/.app-installed
 	HF_HUB_OFFLINE=1 $(PY) bench/diagnose_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/trust_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/hosting_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/remote_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
