@@ -238,7 +238,7 @@ def test_the_command_line_makes_a_quick_model(shapes, source, tmp_path, capsys):
 @pytest.mark.slow
 def test_review_relabels_or_drops_in_the_visitors_dataset_and_the_next_run_uses_it(trained_shapes, tmp_path):
     manager = jobs.JobManager(tmp_path / "checkpoints", gpus=0, single_user=False)
-    shapes, moved = flipped_shapes(tmp_path / "shapes", per_class=30, flips=2, size=96)
+    shapes, moved = flipped_shapes(tmp_path / "shapes", per_class=40, flips=2, size=96)  # (see test_quick_model)
     try:
         with load_dataset(shapes) as ds:
             *_, state, _ = ui.dataset_view._show(ds, str(shapes), "shapes")  # the Data tab's view of it

@@ -33,7 +33,7 @@ def test_train_on_a_hugging_face_gpu_watch_the_job_and_classify_with_its_model(p
     gpu = page.get_by_label("GPU (price per hour)")
     gpu.click()
     page.get_by_role("option", name="Nvidia A10G - large: $1.50/hour").click()  # the Hub's list and prices
-    visible_text(page, re.compile(r"On Hugging Face: on Nvidia A10G - large about \d+ min \(training \d+ min, "
+    visible_text(page, re.compile(r"On Hugging Face: on Nvidia A10G - large about \d+ min \(training \d+ (s|min), "
                                   r"starting and pushing 5 min\), about \$0\.\d\d at \$1\.50/hour"))
     visible_text(page, "Your images go to a private dataset repo of yours")
     page.screenshot(path=str(ARTIFACTS / "remote-plan.png"), full_page=True)
