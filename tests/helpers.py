@@ -52,6 +52,18 @@ TINY = dict(model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_s
             early_stopping=None)
 
 
+def wait_for(predicate, timeout=60.0, what="condition", every=0.05):
+    """The first true value of `predicate()`, asked every `every` seconds; AssertionError after `timeout`."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tiny(**over):
     from vit.train import TrainConfig
     return TrainConfig(**{**TINY, **over})

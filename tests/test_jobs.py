@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from vit.jobs import JobError, JobManager
 from vit.samples import make_shapes_dataset
 from vit.train import train
 
-from helpers import tiny
+from helpers import tiny, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = dict(epochs=400)  # long enough to be caught running; every test that starts one stops it
@@ -40,16 +39,6 @@ def manager(tmp_path):
     for m in managers:
         m.shutdown(grace_s=2.0)
     assert not [p for p in pids if _alive(p)], "a training process outlived its manager"
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def epochs_done(m, run_id, n):

@@ -1,8 +1,8 @@
 """Training on a Hugging Face GPU (vit.jobs.remote, vit.jobs.hf): the whole flow against the fake Hub, whose
-Jobs service runs each job's command here as a subprocess (so those tests are slow: each starts a training process). Start, live curves from the job's log, cancel, resume from
-the pushed checkpoint, completion into a run directory that classifies, and every refusal, none with the token."""
+Jobs service runs each job's command here as a subprocess (so those tests are slow: each starts a training
+process). Start, live curves from the job's log, cancel, resume from the pushed checkpoint, completion into a run
+directory that classifies, and every refusal, none with the token."""
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from vit.jobs.hf import FALLBACK, flavors
 from vit.samples import make_shapes_dataset
 
 from fake_hub import FakeHub
-from helpers import tiny
+from helpers import tiny, wait_for
 
 TOKEN = "hf_write_alice"
 
@@ -47,16 +47,6 @@ def on_gpu(fake: FakeHub, token: str = TOKEN, flavor: str = "t4-small") -> Remot
     return Remote(flavor, token, fake.url)
 
 
-def wait_for(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def ended(manager, run_id):
     return manager.progress(run_id)["state"] not in runs.ACTIVE_STATES
 
@@ -71,7 +61,7 @@ def no_token_in(folder: Path, token: str = TOKEN) -> None:
 def test_a_run_trains_on_a_hugging_face_gpu_and_comes_back_as_a_local_run(manager, fake_hub, shapes):
     run_id = manager.submit(shapes, tiny(epochs=2), remote=on_gpu(fake_hub), name="on a GPU")
     run_dir = manager.root / run_id
-    wait_for(lambda: ended(manager, run_id), what="the job to end")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the job to end")
     done = manager.progress(run_id)
     assert done["state"] == "completed", done["message"] + manager.log_tail(run_id, 30)
     assert done["message"].startswith("Finished: accuracy") and done["device"] == "hf:t4-small"
@@ -106,7 +96,7 @@ def test_cancel_stops_the_job_and_resume_starts_a_new_one_from_the_pushed_checkp
     wait_for(lambda: "last.pt" in fake_hub.repos.get(f"alice/vit-studio-{run_id}", {}).get("files", {}),
              what="a checkpoint pushed")
     assert "Cancelling run" in manager.cancel(run_id)
-    wait_for(lambda: ended(manager, run_id), what="the cancel")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the cancel")
     cancelled = manager.progress(run_id)
     assert cancelled["state"] == "cancelled" and "Resume starts a new job" in cancelled["message"]
     (first,) = fake_hub.jobs.values()
@@ -124,7 +114,7 @@ def test_cancel_stops_the_job_and_resume_starts_a_new_one_from_the_pushed_checkp
     resumed_log = "\n".join(line for _, line in second["log"])
     assert "epoch 1/" not in resumed_log.lower().replace("epochs", "")  # it did not start over
     manager.cancel(run_id)
-    wait_for(lambda: ended(manager, run_id), what="the second cancel")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the second cancel")
 
 
 def test_refusals_say_what_is_wrong_and_leave_nothing_behind(manager, fake_hub, shapes):
@@ -149,7 +139,7 @@ def test_refusals_say_what_is_wrong_and_leave_nothing_behind(manager, fake_hub, 
     assert manager.list() == [] and not fake_hub.repos and not fake_hub.jobs
     # no credit: the Hub says so when the job starts; the run fails with the words, nothing is left running
     run_id = manager.submit(shapes, tiny(), remote=on_gpu(fake_hub, "hf_write_carol"))
-    wait_for(lambda: ended(manager, run_id), what="the refusal")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the refusal")
     failed = manager.progress(run_id)
     assert failed["state"] == "failed" and "no credit" in failed["message"] and "hf_write_carol" not in str(failed)
     assert "Resume starts the job without uploading it again" in failed["message"] and not fake_hub.jobs
@@ -159,7 +149,7 @@ def test_refusals_say_what_is_wrong_and_leave_nothing_behind(manager, fake_hub, 
 def test_a_job_that_fails_says_why_with_the_last_lines_of_its_log(manager, fake_hub, shapes, tmp_path):
     diverging = tiny(model_args={**tiny().model_args, "init_values": 1e30})  # LayerScale overflows: NaN loss
     run_id = manager.submit(shapes, diverging, remote=on_gpu(fake_hub))
-    wait_for(lambda: ended(manager, run_id), what="the job to fail")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the job to fail")
     failed = manager.progress(run_id)
     assert failed["state"] == "failed" and "failed on Hugging Face" in failed["message"]
     assert "last lines of its log" in failed["message"] and "loss became nan" in failed["message"]
@@ -280,7 +270,7 @@ def test_off_a_space_the_job_installs_the_project_from_the_copy_sent_with_the_da
     (image / "pip").chmod(0o755)
     fake_hub.image_path.append(str(image))
     run_id = manager.submit(shapes, tiny(epochs=1), remote=on_gpu(fake_hub))
-    wait_for(lambda: ended(manager, run_id), what="the job")
+    wait_for(lambda: ended(manager, run_id), timeout=90, what="the job")
     assert manager.progress(run_id)["state"] == "completed", manager.log_tail(run_id, 30)
     (job,) = fake_hub.jobs.values()
     assert job["spec"]["dockerImage"] == "python:3.11-slim" and job["spec"]["command"][:2] == ["bash", "-c"]

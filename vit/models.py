@@ -300,6 +300,17 @@ def hub_failure(error: BaseException, what: str) -> str:
     return f"Could not download {what}: {type(chain[-1]).__name__}: {str(chain[-1]).splitlines()[0][:200]}"
 
 
+def hub_call_failure(error: BaseException) -> int | str | None:
+    """What went wrong in a call to the Hub, for the caller to say in its own words: the HTTP status it answered (an
+    int), "offline" (HF_HUB_OFFLINE is set), "network" (it could not be reached), or None (not a Hub failure)."""
+    from huggingface_hub.errors import HfHubHTTPError
+    if isinstance(error, HfHubHTTPError):
+        return getattr(getattr(error, "response", None), "status_code", None) or 0
+    if "offline mode is enabled" in str(error):
+        return "offline"
+    return "network" if is_network_error(error) else None
+
+
 def is_network_error(error: BaseException) -> bool:
     """Connection refused, DNS, timeouts, proxies: from the socket or huggingface_hub's HTTP client (httpx or
     httpx2). Not any OSError: a full disk is not the network."""

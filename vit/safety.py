@@ -161,3 +161,8 @@ def token_problem(token: str) -> str | None:
     if not 8 <= len(token) <= 256:
         return f"That is not a Hugging Face token (they look like hf_...). Copy one from {TOKENS_URL}."
     return None
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with `secret` (a token) replaced, for a message or a log."""
+    return text.replace(secret, "hf_***") if secret else text

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from vit import runs
 from vit.hub.card import write_card
-from vit.models import is_network_error
-from vit.safety import TOKENS_URL, token_problem
+from vit.models import hub_call_failure
+from vit.safety import TOKENS_URL, scrub, token_problem
 
 
 
@@ -85,27 +85,17 @@ class _hub_errors:
         return self
 
     def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, HubError):
-            if isinstance(error, HubError):
-                error.args = (self._scrub(str(error)),)
+        if isinstance(error, HubError):
+            error.args = (scrub(str(error), self.token),)
+        failure = None if error is None or isinstance(error, HubError) else hub_call_failure(error)
+        if failure is None:
             return False
-        from huggingface_hub.errors import HfHubHTTPError
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if isinstance(error, HfHubHTTPError) and status == 401:
-            message = f"The Hugging Face Hub rejected the token (invalid or revoked). Create a new one at {TOKENS_URL}."
-        elif isinstance(error, HfHubHTTPError) and status == 403:
-            message = (f"The token may not write to {self.repo_id}: it is read-only, fine-grained without write "
-                       "access to it, or the repo belongs to someone else.")
-        elif isinstance(error, HfHubHTTPError):
-            message = f"The Hugging Face Hub answered {status}: {self._scrub(str(error)).splitlines()[0]}"
-        elif "offline mode is enabled" in str(error):
-            message = "Offline mode is on (HF_HUB_OFFLINE is set): unset it to push to the Hub."
-        elif is_network_error(error):
-            message = (f"Cannot reach the Hugging Face Hub ({type(error).__name__}). "
-                       "Check the internet connection and try again; the run is unchanged.")
-        else:
-            return False
-        raise HubError(message) from None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "hf_***") if self.token else text
+        said = {
+            401: f"The Hugging Face Hub rejected the token (invalid or revoked). Create a new one at {TOKENS_URL}.",
+            403: (f"The token may not write to {self.repo_id}: it is read-only, fine-grained without write access to "
+                  "it, or the repo belongs to someone else."),
+            "offline": "Offline mode is on (HF_HUB_OFFLINE is set): unset it to push to the Hub.",
+            "network": (f"Cannot reach the Hugging Face Hub ({type(error).__name__}). Check the internet connection "
+                        "and try again; the run is unchanged.")}
+        first = (scrub(str(error), self.token).splitlines() or [type(error).__name__])[0]
+        raise HubError(said.get(failure) or f"The Hugging Face Hub answered {failure}: {first}") from None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from vit import env, figures
 from vit.jobs.errors import JobError
-from vit.models import is_network_error
-from vit.safety import TOKENS_URL, token_problem
+from vit.models import hub_call_failure
+from vit.safety import TOKENS_URL, scrub, token_problem
 
 JOBS_URL = "https://huggingface.co/settings/jobs"
 BILLING_URL = "https://huggingface.co/settings/billing"
@@ -228,35 +228,22 @@ class _JobErrors:
         return self
 
     def __exit__(self, kind, error, tb):
-        if error is None:
-            return False
         if isinstance(error, JobError):
-            error.args = (self._scrub(str(error)),)
+            error.args = (scrub(str(error), self.token),)
+        failure = None if error is None or isinstance(error, JobError) else hub_call_failure(error)
+        if failure is None:
             return False
-        from huggingface_hub.errors import HfHubHTTPError
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        said = self._scrub(str(error)).splitlines()[0] if str(error) else type(error).__name__
-        if isinstance(error, HfHubHTTPError) and status == 401:
-            message = ("The Hugging Face Hub rejected the token: it is invalid, revoked or expired (a sign-in lasts "
-                       f"a few hours). Sign in again, or create a new token at {TOKENS_URL}.")
-        elif isinstance(error, HfHubHTTPError) and status == 402:
-            message = (f"Hugging Face refused to {self.doing}: the account has no credit for paid hardware (HTTP "
-                       f"402). Add a payment method or credit at {BILLING_URL}, or train on this machine.")
-        elif isinstance(error, HfHubHTTPError) and status == 403:
-            message = (f"The token may not {self.doing}. A job needs a token that can write repos and start jobs: "
-                       "on a Space, sign out and in again to grant the `jobs` permission; otherwise create a "
-                       f"fine-grained token with \"Start and manage Jobs\" and write access at {TOKENS_URL}.")
-        elif isinstance(error, HfHubHTTPError):
-            message = f"Could not {self.doing}: the Hugging Face Hub answered {status}: {said}"
-        elif "offline mode is enabled" in str(error):
-            message = "Offline mode is on (HF_HUB_OFFLINE is set): unset it to train on Hugging Face."
-        elif is_network_error(error):
-            message = (f"Could not {self.doing}: the Hugging Face Hub cannot be reached ({type(error).__name__}). "
-                       "Check the internet connection and try again.")
-        else:
-            return False
-        raise (TokenRejected if status == 401 else JobError)(message) from None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "hf_***") if self.token else text
-
+        said = {
+            401: ("The Hugging Face Hub rejected the token: it is invalid, revoked or expired (a sign-in lasts a few "
+                  f"hours). Sign in again, or create a new token at {TOKENS_URL}."),
+            402: (f"Hugging Face refused to {self.doing}: the account has no credit for paid hardware (HTTP 402). Add "
+                  f"a payment method or credit at {BILLING_URL}, or train on this machine."),
+            403: (f"The token may not {self.doing}. A job needs a token that can write repos and start jobs: on a "
+                  "Space, sign out and in again to grant the `jobs` permission; otherwise create a fine-grained token "
+                  f"with \"Start and manage Jobs\" and write access at {TOKENS_URL}."),
+            "offline": "Offline mode is on (HF_HUB_OFFLINE is set): unset it to train on Hugging Face.",
+            "network": (f"Could not {self.doing}: the Hugging Face Hub cannot be reached ({type(error).__name__}). "
+                        "Check the internet connection and try again.")}
+        first = (scrub(str(error), self.token).splitlines() or [type(error).__name__])[0]
+        message = said.get(failure) or f"Could not {self.doing}: the Hugging Face Hub answered {failure}: {first}"
+        raise (TokenRejected if failure == 401 else JobError)(message) from None
