@@ -227,6 +227,7 @@ class Follower(threading.Thread):
         model = runs.WEIGHTS in fetched
         where = f" ({rec['model_repo']}, private)"
         if stage == "COMPLETED" and model:
+            done = done if not done or done.endswith(".") else f"{done}."
             return self._end(RunState.COMPLETED, f"{done} Trained on Hugging Face {self.flavor}; the model is "
                                                  f"here and in {rec['model_repo']} (private).")
         if stage == "COMPLETED":
