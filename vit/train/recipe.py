@@ -40,7 +40,7 @@ from typing import Iterable
 
 from vit import figures
 from vit.data.report import IMBALANCE_WARN_RATIO
-from vit.models import architecture
+from vit.models import architecture, built_text
 from vit.train.config import TrainConfig
 
 LARGE = 5000            # training images from which a from-scratch run gets a larger model and token grid
@@ -145,19 +145,18 @@ def student(teacher_dir: str, record: dict, pretrained_ok: bool) -> Student:
         return Student(TrainConfig(model=STUDENT_PRETRAINED, **base), fixed,
                        f"{tiny.title}, pretrained ({tiny.params_m:g}M parameters against the teacher's "
                        f"{params / 1e6:.1f}M): DeiT's own student, whose distillation token learns from the teacher.")
-    width, depth = built.get("width"), built.get("depth")
+    width, depth, shown = built.get("width"), built.get("depth"), built_text(built, weights=False)
     recipe_vit = 96 * 96 * 12 * 6  # (about the from-scratch recipe's ViT for small data: 0.7M parameters)
     if built.get("kind") != "ViT" and params <= 2 * recipe_vit:
-        raise TrainError(f"This run's model ({built_words(built)}) is already smaller than the students the app "
-                         "makes.")
+        raise TrainError(f"This run's model ({shown}) is already smaller than the students the app makes.")
     if built.get("kind") != "ViT" or not width or not depth or params > 2 * recipe_vit:
         return Student(TrainConfig(model=DEFAULT_MODEL, pretrained=False, **base), fixed,
                        f"the from-scratch recipe's ViT (about 0.7M parameters, chosen for the data) against the "
                        f"teacher's {params / 1e6:.2f}M" + ("" if pretrained_ok or not record.get("pretrained") else
                                                           "; pretrained weights cannot be downloaded here"))
     if width < 64:
-        raise TrainError(f"This run's model ({built_words(built)}) is already as small as the students the app "
-                         "makes; distil a larger run into it instead.")
+        raise TrainError(f"This run's model ({shown}) is already as small as the students the app makes; distil a "
+                         "larger run into it instead.")
     heads = built.get("heads") or 3
     half = max(heads * 8, width // 2 // heads * heads)
     args = {"embed_dim": half, "depth": max(2, depth - 2), "num_heads": heads, "class_token": False,
@@ -166,11 +165,6 @@ def student(teacher_dir: str, record: dict, pretrained_ok: bool) -> Student:
     return Student(config, fixed | {"model_args"},
                    f"a ViT of half the teacher's width and fewer blocks ({half} wide, {args['depth']} blocks) against "
                    f"the teacher's {width} wide, {depth} blocks")
-
-
-def built_words(built: dict) -> str:
-    from vit.models import built_text
-    return built_text(built, weights=False)
 
 
 def distill_mode(config: TrainConfig) -> str:

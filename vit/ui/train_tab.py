@@ -685,14 +685,18 @@ def curves_shown(manager: jobs.JobManager, run_id: str | None, owner: str | None
 
 def _teacher_choices(rows: list[dict]) -> list[tuple[str, str]]:
     """The Teacher picker: none, then the visitor's finished runs."""
-    return [("none", NO_TEACHER)] + [(_model_label(r), f"{RUN_START}{r['id']}") for r in rows
-                                     if r["has_model"] and r["state"] == RunState.COMPLETED]
+    return [("none", NO_TEACHER)] + [(_model_label(r), f"{RUN_START}{r['id']}") for r in _finished_rows(rows)]
 
 
 def _start_choices(rows: list[dict]) -> list[tuple[str, str]]:
     """The Model picker: the catalog, then the visitor's finished runs to start from."""
     return MODEL_CHOICES + [(f"Start from your run: {_model_label(r)}", f"{RUN_START}{r['id']}")
-                            for r in rows if r["has_model"] and r["state"] == RunState.COMPLETED]
+                            for r in _finished_rows(rows)]
+
+
+def _finished_rows(rows: list[dict]) -> list[dict]:
+    """The runs of a listing that have finished with a model: the ones to start from, teach, compare."""
+    return [r for r in rows if r["has_model"] and r["state"] == RunState.COMPLETED]
 
 
 CONFIRM_DELETE = ("(run, who) => (run && confirm('Delete this run with its model and results? This cannot be "
@@ -735,7 +739,7 @@ def best_run(manager: jobs.JobManager, owner: str | None) -> str | None:
 
 
 def _finished(manager: jobs.JobManager, owner: str | None) -> list[dict]:
-    return [r for r in manager.list(owner or None) if r["state"] == RunState.COMPLETED and r["has_model"]]
+    return _finished_rows(manager.list(owner or None))
 
 
 def resume_run(manager: jobs.JobManager, run_id: str | None, owner: str | None, hf_token: str | None = None,
