@@ -98,6 +98,12 @@ class Page:
         return handler
 
 
+def visitor_token(typed: str | None, oauth_token) -> str | None:
+    """The Hugging Face token of a request: the one typed in, else the signed-in visitor's (a Space's OAuth). Used for
+    the request, never kept."""
+    return (typed or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+
+
 def typed_inputs(fn: Callable, skip: int = 0) -> Callable[[tuple, dict], None]:
     """A check of the values an event hands `fn` (after its first `skip` parameters) against its annotations: text
     where it says str, a finite number where it says float or int, a bool where it says bool (None where allowed).

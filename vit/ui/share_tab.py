@@ -13,7 +13,7 @@ import gradio as gr
 
 from vit import env, hub, jobs, runs, safety
 from vit.ui.files import _download_folder
-from vit.ui.page import Page, refused
+from vit.ui.page import Page, refused, visitor_token
 
 
 ONNX = "model.onnx"
@@ -63,7 +63,7 @@ def push_to_hub(manager: jobs.JobManager, run_id: str | None, repo: str, private
         raise refused("Pick a finished run to push.")
     if not (repo or "").strip():
         raise refused("Give the repo a name, e.g. your-name/pets-vit.")
-    token = (typed_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+    token = visitor_token(typed_token, oauth_token)
     try:
         run_dir = manager.own_run(run_id, owner or None, "push")
         url = hub.push_run(run_dir, repo, token, private=bool(private))

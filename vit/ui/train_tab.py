@@ -23,7 +23,7 @@ from vit.train.config import DEFAULTS, SETTINGS, in_form
 from vit.train.events import NO_VALIDATION, no_validation
 from vit.train.metrics import IMBALANCED, SOURCE_WORDS
 from vit.ui.common import FORM, HERE, HF_GPU, MODEL_CHOICES, NO_DATA, NO_TEACHER, RUN_COLUMNS, RUN_START, WHERE
-from vit.ui.page import PRIVATE, Page, form_signature, outputs, refused
+from vit.ui.page import PRIVATE, Page, form_signature, outputs, refused, visitor_token
 from vit.ui.runs_view import (_accuracy_text, _duration, _epoch_text, _live_choice, _model_label, _model_text,
                               _run_choices, _run_picker, _state_key)
 from vit.ui.data_tab import restore_session, sample_folder
@@ -326,7 +326,7 @@ def _remote(train_on: str | None, flavor: str | None, typed: str | None, oauth_t
         return None
     if train_on != HF_GPU:
         raise refused(f"Train on {HERE!r} or {HF_GPU!r}, not {str(train_on)[:40]!r}.")
-    token = (typed or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None) or ""
+    token = visitor_token(typed, oauth_token) or ""
     return jobs.Remote(str(flavor or "t4-small"), token)
 
 
@@ -747,7 +747,7 @@ def resume_run(manager: jobs.JobManager, run_id: str | None, owner: str | None, 
     """Resume the selected run; one on a Hugging Face GPU with the token typed in, else the signed-in visitor's."""
     if not run_id:
         raise refused("Pick a run first.")
-    token = (hf_token or "").strip() or (getattr(oauth_token, "token", None) if oauth_token else None)
+    token = visitor_token(hf_token, oauth_token)
     try:
         return manager.resume(run_id, owner=owner or None, token=token)
     except jobs.JobError as e:
