@@ -55,3 +55,7 @@ JOB_GPU_USE = 0.25         # the share of a GPU's peak a small ViT's training lo
 JOB_SETUP_S = 300          # pulling the image, downloading the data and the starting weights, pushing the model
 JOB_TIMEOUT_FACTOR = 2.0   # a job's time limit: setup + this x the estimated training time + JOB_TIMEOUT_MARGIN_S
 JOB_TIMEOUT_MARGIN_S = 600
+
+# The Share tab's ONNX comparison: accuracy and speed of PyTorch, float32 ONNX and int8 ONNX on at most this many of
+# the run's validation images (each at batch 1 through each model: about 3 x this many forwards).
+ONNX_COMPARE_IMAGES = 100
