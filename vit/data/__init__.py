@@ -16,6 +16,7 @@ fix it; single bad files are skipped and listed in the report with a reason.
 
 - model.py     Dataset, Item, Skipped, HealthReport, Limits, DataError
 - sources.py   zip / folder / per-class uploads / labels.csv, archive safety, caps, the label review, export
+- hub_dataset.py  hf-dataset:user/name[@revision][:config]: imagefolder and parquet repos of the Hub, capped
 - images.py    header checks, bounded decode to 8-bit RGB, thumbnails
 - report.py    duplicates and leakage, the split, the health report
 - cache.py     the decode cache training reads from (and the eval cache: validation's crops)
@@ -24,6 +25,7 @@ fix it; single bad files are skipped and listed in the report with a reason.
                learning curve
 """
 from vit.data.cache import DecodeCache
+from vit.data.hub_dataset import PREFIX as HUB_PREFIX, fetch as fetch_hub_dataset, is_hub_source
 from vit.data.images import (BIG_IMAGE_PIXELS, IMAGE_SUFFIXES, SAFE_FORMATS, WIDE_MODES, read_rgb, reduced,
                              thumbnails, to_rgb)
 from vit.data.model import DataError, Dataset, HealthReport, Item, Limits, Skipped, count
@@ -32,6 +34,7 @@ from vit.data.sources import (ARCHIVE_SUFFIXES, JUNK_NAMES, MANIFEST_NAME, PROBE
                               load_dataset)
 
 __all__ = ["ARCHIVE_SUFFIXES", "BIG_IMAGE_PIXELS", "DataError", "Dataset", "DecodeCache", "HealthReport",
-           "IMAGE_SUFFIXES", "IMBALANCE_WARN_RATIO", "Item", "JUNK_NAMES", "Limits", "MANIFEST_NAME", "PROBE_MAX_SIDE",
-           "SAFE_FORMATS", "SMALL_IMAGE_SIDE", "SPLITS", "Skipped", "TINY_CLASS_IMAGES", "WIDE_MODES", "count",
-           "export_dataset", "load_dataset", "read_rgb", "reduced", "thumbnails", "to_rgb"]
+           "HUB_PREFIX", "IMAGE_SUFFIXES", "IMBALANCE_WARN_RATIO", "Item", "JUNK_NAMES", "Limits", "MANIFEST_NAME",
+           "PROBE_MAX_SIDE", "SAFE_FORMATS", "SMALL_IMAGE_SIDE", "SPLITS", "Skipped", "TINY_CLASS_IMAGES", "WIDE_MODES",
+           "count", "export_dataset", "fetch_hub_dataset", "is_hub_source", "load_dataset", "read_rgb", "reduced",
+           "thumbnails", "to_rgb"]

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 from PIL import Image
 
 from vit.safety import check_name, safe_join
+from vit.data.hub_dataset import fetch as fetch_hub_dataset, is_hub_source
 from vit.data.images import IMAGE_SUFFIXES, SAFE_FORMATS, read_rgb
 from vit.data.model import DataError, Dataset, Item, Limits, Skipped, human_size, natural_key, worker_count
 from vit.data.report import deduplicate, make_report, split_items
@@ -53,7 +54,8 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
                  val_fraction: float = 0.2, seed: int = 0, limits: Limits | None = None,
                  workspace_root: str | os.PathLike | None = None,
                  workers: int | None = None, edits: Mapping[str, str | None] | None = None) -> Dataset:
-    """Read a dataset from a zip file, a directory, or a {class name: [image files]} mapping.
+    """Read a dataset from a zip file, a directory, a Hub dataset (`hf-dataset:user/name[@revision][:config]`, with
+this machine's token if any: vit.data.hub_dataset) or a {class name: [image files]} mapping.
 
     `edits` (the label review: image name -> its class, or None to leave it out) are applied as the
     images are read; a name not in the dataset, or a class it does not have, is ignored.
@@ -72,6 +74,12 @@ def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.Path
             entries, declared = _class_upload_entries(source, limits)
             entries, skipped = _split_off_junk(entries)
             layout, label = "per-class uploads", "uploads"
+        elif is_hub_source(source):
+            workspace = Path(tempfile.mkdtemp(prefix="vit-hub-", dir=workspace_root))
+            folder, layout, fetched = fetch_hub_dataset(str(source), workspace / "data", limits)
+            entries, skipped, _ = _assign_labels(list(_walk_directory(folder, limits)), limits)
+            skipped = fetched + skipped
+            label = str(source).strip()
         else:
             path = Path(source)
             label = str(path)
