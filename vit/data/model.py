@@ -64,6 +64,7 @@ class HealthReport:
     errors: list[str]
     warnings: list[str]
     reviewed: dict[str, int] = field(default_factory=dict)  # the label review's edits: relabelled, dropped
+    content_sha256: str = ""  # of the images' bytes and labels (report.content_hash): the same data, the same hash
 
     @property
     def ok(self) -> bool:

@@ -98,7 +98,16 @@ def make_report(source, layout, classes, items, train, val, test, skipped, dupli
                          conflicts, val)
     modes = dict(Counter(it.mode for it in items))
     return HealthReport(source, layout, classes, counts, split_counts, imbalance, sizes, modes,
-                        skipped, duplicates, leakage, errors, warnings)
+                        skipped, duplicates, leakage, errors, warnings, content_sha256=content_hash(items))
+
+
+def content_hash(items) -> str:
+    """The sha256 of a dataset's content: each usable image's bytes (their sha256) with its label, in sorted order.
+    The same images with the same labels give the same hash whatever the files are called, how they came (a zip,
+    a folder, the Hub) and how they are split; one image more, less, changed or relabelled gives another."""
+    import hashlib
+    lines = sorted(f"{it.sha256}\t{it.label}\n" for it in items)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def _errors(classes, items, counts, given_splits, skipped, skipped_per_class) -> list[str]:
@@ -208,6 +217,9 @@ def render_report(r: HealthReport, markdown: bool) -> str:
     if any(r.reviewed.values()):
         facts.append(f"Label review: {r.reviewed.get('relabelled', 0)} relabelled, {r.reviewed.get('dropped', 0)} "
                      "dropped")
+    if r.content_sha256 and r.total:
+        facts.append(f"Content hash: {r.content_sha256[:16]} (sha256 of the images and their labels: the same data "
+                     "gives the same hash, whatever its files are called)")
     if r.duplicates:
         facts.append(f"Exact duplicates: {len(r.duplicates)} group(s), e.g. {' = '.join(r.duplicates[0][:3])}")
     lines += [f"- {f}" for f in facts]
