@@ -4,7 +4,8 @@ reads it at import).
 
 Tokens: "hf_write_<user>" may write to <user>/..., "hf_read_<user>" may only read; anything else is 401.
 Files are always committed inline ("regular" upload mode), so no LFS or Xet storage is needed. Model repos are
-keyed "user/name", dataset repos "datasets/user/name".
+keyed "user/name", dataset repos "datasets/user/name", Spaces "spaces/user/name". Every commit keeps a snapshot:
+a revision (a commit sha) reads the files as they were then.
 
 Jobs (HfApi.run_job and friends): a job's command runs here as a subprocess, in a folder of its own (its HOME and
 TMPDIR), with the job's environment and secrets and this Python first on PATH (the "image" is this machine's
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import yaml
 
@@ -76,6 +78,17 @@ class FakeHub:
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                             self.url + "/{repo_id}/resolve/{revision}/{filename}")
 
+    def add(self, repo_id: str, files: dict[str, bytes], *, private: bool = False) -> str:
+        """Put a repo ("user/name", "datasets/user/name") on the fake Hub, or commit `files` over it; the commit's
+        sha (a revision that keeps reading these files)."""
+        repo = self.repos.setdefault(repo_id, {"private": private, "files": {}, "commits": ["0" * 40],
+                                               "snapshots": {"0" * 40: {}}})
+        repo["files"].update(files)
+        sha = hashlib.sha1(repr(sorted(repo["files"].items())).encode() + repo["commits"][-1].encode()).hexdigest()
+        repo["commits"].append(sha)
+        repo["snapshots"][sha] = dict(repo["files"])
+        return sha
+
     def close(self) -> None:
         for job in self.jobs.values():
             if job.get("proc") is not None and job["proc"].poll() is None:
@@ -108,7 +121,7 @@ class FakeHub:
                 return self._create(h, json.loads(body), user, role)
             if path.startswith("/api/jobs/"):
                 return self._jobs(h, method, path, body, user, role)
-            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
+            m = re.fullmatch(r"/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
             if m and method == "POST":
                 repo_id, action = _key(m.group(1), m.group(2)), m.group(3)
                 if (error := self._may_write(repo_id, user, role)) is not None:
@@ -118,25 +131,33 @@ class FakeHub:
                     return self._json(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular",
                                                           "shouldIgnore": False, "oid": None} for f in files]})
                 return self._commit(h, repo_id, body)
-            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
+            m = re.fullmatch(r"/api/(models|datasets|spaces)/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
             if m and method == "GET":  # the file listing snapshot_download pages through
                 repo = self._readable(_key(m.group(1), m.group(2)), user)
                 if repo is None:
                     return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
+                files, sha = self._at(repo, unquote(m.group(3)))
+                if files is None:
+                    return self._json(h, 404, {"error": "Invalid rev id"}, code="RevisionNotFound")
                 return self._json(h, 200, [{"type": "file", "path": p, "size": len(b),
                                             "oid": hashlib.sha1(b).hexdigest()}
-                                           for p, b in sorted(repo["files"].items())])
-            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+                                           for p, b in sorted(files.items())])
+            m = re.fullmatch(r"/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m and method == "GET":
                 repo = self._readable(_key(m.group(1), m.group(2)), user)
                 if repo is None:
                     return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
-                return self._json(h, 200, {"id": m.group(2), "sha": repo["commits"][-1], "private": repo["private"],
-                                           "siblings": [{"rfilename": p} for p in sorted(repo["files"])]})
-            m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                files, sha = self._at(repo, unquote(m.group(3) or "main"))
+                if files is None:
+                    return self._json(h, 404, {"error": "Invalid rev id"}, code="RevisionNotFound")
+                return self._json(h, 200, {"id": m.group(2), "sha": sha, "private": repo["private"],
+                                           "siblings": [{"rfilename": p, "size": len(b)}
+                                                        for p, b in sorted(files.items())]})
+            m = re.fullmatch(r"/(datasets/|spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if m and method in ("GET", "HEAD"):
-                return self._file(h, method, _key("datasets" if m.group(1) else "models", m.group(2)),
-                                  m.group(4), user)
+                kind = (m.group(1) or "models/").rstrip("/")
+                return self._file(h, method, _key(kind, m.group(2)), unquote(m.group(4)), user,
+                                  unquote(m.group(3)))
             return self._json(h, 404, {"error": f"not implemented by the fake hub: {method} {path}"})
         except Exception as e:  # a bug in the fake must show in the test, not hang it
             return self._json(h, 500, {"error": f"fake hub error: {type(e).__name__}: {e}"})
@@ -152,9 +173,11 @@ class FakeHub:
             return self._json(h, 403, {"error": "You don't have the rights to create a model under this namespace"})
         if repo_id in self.repos:
             return self._json(h, 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"})
+        first = hashlib.sha1(repo_id.encode()).hexdigest()
         self.repos[repo_id] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
-                               "files": {}, "commits": [hashlib.sha1(repo_id.encode()).hexdigest()]}
-        return self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id.removeprefix("datasets/")})
+                               "files": {}, "commits": [first], "snapshots": {first: {}},
+                               "sdk": payload.get("sdk")}
+        return self._json(h, 200, {"url": f"{self.url}/{repo_id}", "name": _owner(repo_id) + "/" + payload["name"]})
 
     def _validate_yaml(self, h, content: str):
         """The checks the Hub makes of a model card's metadata that a card of ours could fail."""
@@ -199,17 +222,29 @@ class FakeHub:
                 return self._json(h, 400, {"error": f"fake hub cannot store {item['key']}"})
         sha = hashlib.sha1(b"".join(sorted(repo["files"].values())) + repo["commits"][-1].encode()).hexdigest()
         repo["commits"].append(sha)
+        repo.setdefault("snapshots", {})[sha] = dict(repo["files"])
         return self._json(h, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha,
                                    "pullRequestUrl": None})
 
-    def _file(self, h, method: str, repo_id: str, filename: str, user: str | None):
+    def _at(self, repo: dict, revision: str) -> tuple[dict | None, str]:
+        """The repo's files at a revision (a branch name reads the latest) and the commit they are."""
+        if revision in repo.get("snapshots", {}):
+            return repo["snapshots"][revision], revision
+        if revision == repo["commits"][-1]:
+            return repo["files"], revision
+        if re.fullmatch(r"[0-9a-f]{40}", revision):
+            return None, revision
+        return repo["files"], repo["commits"][-1]
+
+    def _file(self, h, method: str, repo_id: str, filename: str, user: str | None, revision: str = "main"):
         repo = self._readable(repo_id, user)
         if repo is None:
             return self._json(h, 404, {"error": "Repository not found"}, code="RepoNotFound")
-        if filename not in repo["files"]:
+        files, sha = self._at(repo, revision)
+        if files is None or filename not in files:
             return self._json(h, 404, {"error": "Entry not found"}, code="EntryNotFound",
-                              extra={"X-Repo-Commit": repo["commits"][-1]})
-        data = repo["files"][filename]
+                              extra={"X-Repo-Commit": sha})
+        data = files[filename]
         etag = hashlib.sha256(data).hexdigest()
         if method == "GET":
             self.ranges.append(h.headers.get("Range"))
@@ -221,7 +256,7 @@ class FakeHub:
             h.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
             h.send_header("Content-Length", str(len(part)))
             h.send_header("ETag", f'"{etag}"')
-            h.send_header("X-Repo-Commit", repo["commits"][-1])
+            h.send_header("X-Repo-Commit", sha)
             h.end_headers()
             h.wfile.write(part)
             return
@@ -229,7 +264,7 @@ class FakeHub:
         h.send_header("Content-Type", "application/octet-stream")
         h.send_header("Content-Length", str(len(data)))
         h.send_header("ETag", f'"{etag}"')
-        h.send_header("X-Repo-Commit", repo["commits"][-1])
+        h.send_header("X-Repo-Commit", sha)
         h.end_headers()
         if method == "GET":
             h.wfile.write(data)
@@ -337,13 +372,13 @@ class FakeHub:
             return 401, {"error": "Invalid credentials"}
         if repo_id not in self.repos:
             return 404, {"error": "Repository not found"}
-        if repo_id.removeprefix("datasets/").split("/")[0] != user or role != "write":
+        if _owner(repo_id) != user or role != "write":
             return 403, {"error": "You don't have the rights to write to this repo"}
         return None
 
     def _readable(self, repo_id: str, user):
         repo = self.repos.get(repo_id)
-        if repo is None or (repo["private"] and repo_id.removeprefix("datasets/").split("/")[0] != user):
+        if repo is None or (repo["private"] and _owner(repo_id) != user):
             return None
         return repo
 
@@ -375,8 +410,13 @@ def _hardware(name: str, pretty: str, gpu, micro_usd: int) -> dict:
 
 
 def _key(kind: str, repo_id: str) -> str:
-    """How a repo is keyed in FakeHub.repos: models by "user/name", datasets by "datasets/user/name"."""
-    return f"datasets/{repo_id}" if kind == "datasets" else repo_id
+    """How a repo is keyed in FakeHub.repos: models by "user/name", datasets by "datasets/user/name", Spaces by
+    "spaces/user/name"."""
+    return f"{kind}/{repo_id}" if kind in ("datasets", "spaces") else repo_id
+
+
+def _owner(key: str) -> str:
+    return key.removeprefix("datasets/").removeprefix("spaces/").split("/")[0]
 
 
 def _kill(proc: subprocess.Popen, sig: int) -> None:

@@ -14,10 +14,10 @@ The token is used for the one call it is given to. It is never stored, logged
 or put in a message: every error is rewritten without it.
 """
 from vit.hub.card import CARD, CONFUSION_PNG, CURVES_PNG, card_preview, model_card, write_card
-from vit.hub.onnx import export_onnx, onnx_metadata
+from vit.hub.onnx import compare, export_onnx, onnx_metadata, quantize_onnx, validation_images
 from vit.hub.plots import confusion_image, curves_image, reliability_image
 from vit.hub.push import TOKENS_URL, HubError, check_token, push_run
 
-__all__ = ["CARD", "CONFUSION_PNG", "CURVES_PNG", "HubError", "TOKENS_URL", "card_preview", "check_token",
-           "confusion_image", "curves_image", "export_onnx", "model_card", "onnx_metadata", "push_run",
-           "reliability_image", "write_card"]
+__all__ = ["CARD", "CONFUSION_PNG", "CURVES_PNG", "HubError", "TOKENS_URL", "card_preview", "check_token", "compare",
+           "confusion_image", "curves_image", "export_onnx", "model_card", "onnx_metadata", "push_run", "quantize_onnx",
+           "reliability_image", "validation_images", "write_card"]

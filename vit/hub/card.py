@@ -20,8 +20,10 @@ CONFUSION_PNG, CURVES_PNG, RELIABILITY_PNG = "confusion_matrix.png", "learning_c
 TEMPLATE = Path(__file__).with_name("card_template.md")
 
 
-def model_card(run_dir: str | os.PathLike, repo_id: str):
-    """The run's model card (huggingface_hub.ModelCard), for the repo `repo_id`."""
+def model_card(run_dir: str | os.PathLike, repo_id: str, *, space_id: str | None = None,
+               dataset_id: str | None = None):
+    """The run's model card (huggingface_hub.ModelCard), for the repo `repo_id`; linking to its demo Space and its
+    dataset repo when they were pushed with it."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
@@ -35,13 +37,16 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
     data = ModelCardData(
         library_name="timm", pipeline_tag="image-classification", license=None,
         tags=["image-classification", "timm", "vision-transformer", "vit-studio"], base_model=base,
-        model_name=repo_id.split("/")[-1], metrics=["accuracy"] if acc is not None else None,
+        model_name=repo_id.split("/")[-1], datasets=[dataset_id] if dataset_id else None,
+        metrics=["accuracy"] if acc is not None else None,
         eval_results=[EvalResult(task_type="image-classification", dataset_type="imagefolder",
                                  dataset_name=dataset_name,
                                  dataset_split="test" if estimate.get("from") == "test" else "validation",
                                  metric_type="accuracy", metric_value=round(acc, 4))] if acc is not None else None)
     return ModelCard.from_template(data, template_path=TEMPLATE,
-                                   **_context(repo_id, config, base, train, metrics, report))
+                                   **_context(repo_id, config, base, train, metrics, report),
+                                   space_id=space_id, dataset_id=dataset_id,
+                                   content_sha256=report.get("content_sha256"))
 
 
 def _context(repo_id: str, config: dict, base: str | None, train: dict, metrics: dict, report: dict) -> dict:
@@ -162,12 +167,13 @@ def card_preview(run_dir: str | os.PathLike, repo_id: str) -> str:
     return text
 
 
-def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str) -> list[Path]:
+def write_card(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str, *, space_id: str | None = None,
+               dataset_id: str | None = None) -> list[Path]:
     """README.md and its images into `dest`; returns the files written."""
     run_dir, dest = Path(run_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = [dest / CARD]
-    model_card(run_dir, repo_id).save(dest / CARD)
+    model_card(run_dir, repo_id, space_id=space_id, dataset_id=dataset_id).save(dest / CARD)
     for name, picture in _card_pictures(run_dir).items():
         picture.save(dest / name)
         written.append(dest / name)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from vit import runs
+from vit.data import MANIFEST_NAME
+from vit.hub import share
 from vit.hub.card import write_card
 from vit.models import hub_call_failure
 from vit.safety import TOKENS_URL, scrub, token_problem
@@ -27,9 +30,22 @@ def check_token(token: str) -> str:
     return token
 
 
+@dataclass
+class Pushed:
+    """Where a push went: the model repo's URL and id, and the demo Space's and the dataset repo's (None when not
+    pushed)."""
+    url: str
+    repo_id: str
+    space_id: str | None = None
+    dataset_id: str | None = None
+
+
 def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, private: bool = False,
-             include_resume: bool = False, endpoint: str | None = None) -> str:
-    """Create (or update) the model repo `repo_id` with the run's model and card; return its URL.
+             include_resume: bool = False, endpoint: str | None = None, demo: bool = False,
+             data: bool = False) -> Pushed:
+    """Create (or update) the model repo `repo_id` with the run's model and card. With `demo`, a Space
+    `<repo_id>-demo` that runs the model (private when the model is); with `data`, the run's checked data as the
+    private dataset repo `<repo_id>-data`. The card links to both.
 
     `repo_id` may be a bare name: it then goes under the token's user.
     """
@@ -37,6 +53,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
     from huggingface_hub.utils import validate_repo_id
 
     run_dir = Path(run_dir)
+    if data and not (run_dir / runs.DATA_DIR / MANIFEST_NAME).is_file():
+        raise HubError(f"{run_dir.name} has no copy of its data (runs trained from the command line keep none), so "
+                       "there is no dataset version to push: untick it, or train the run from the app.")
     if not (run_dir / runs.WEIGHTS).is_file() or not (run_dir / runs.CONFIG).is_file():
         raise HubError(f"{run_dir.name} has no trained model to push (model.safetensors and config.json); "
                        "wait until it has finished at least one epoch.")
@@ -64,15 +83,42 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None, *, pri
             raise HubError(f"{repo_id} would belong to '{owner}', but this token is {user}'s. Push to "
                            f"{user}/{repo_id.split('/')[1]} instead, or use a token of {owner}.")
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        pushed = Pushed(str(url), repo_id)
+        if data:
+            pushed.dataset_id = _push_data(api, run_dir, repo_id)
+        if demo:
+            pushed.space_id = _push_demo(api, repo_id, private)
         with tempfile.TemporaryDirectory(prefix="vit-push-") as tmp:  # exactly what the repo gets
-            write_card(run_dir, tmp, repo_id)
+            write_card(run_dir, tmp, repo_id, space_id=pushed.space_id, dataset_id=pushed.dataset_id)
             runs.write_json(Path(tmp) / runs.CONFIG, runs.public_config(run_dir))  # no local paths
             for name in (runs.WEIGHTS, runs.OOD, runs.METRICS) + ((runs.RESUME,) if include_resume else ()):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, Path(tmp) / name)
             api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",
                               commit_message=f"Upload {run_dir.name} (ViT Studio)")
-    return str(url)
+    return pushed
+
+
+def _push_data(api, run_dir: Path, repo_id: str) -> str:
+    """The run's checked data as a private dataset repo (share.write_dataset); its id."""
+    target = share.dataset_id(repo_id)
+    api.create_repo(target, private=True, exist_ok=True, repo_type="dataset")
+    with tempfile.TemporaryDirectory(prefix="vit-push-data-") as tmp:
+        share.write_dataset(run_dir, tmp, repo_id)
+        api.upload_folder(repo_id=target, folder_path=tmp, repo_type="dataset",
+                          commit_message=f"The data of {repo_id} (ViT Studio)")
+    return target
+
+
+def _push_demo(api, repo_id: str, private: bool) -> str:
+    """The demo Space of the model (share.write_demo), private when the model is; its id."""
+    target = share.demo_id(repo_id)
+    api.create_repo(target, private=private, exist_ok=True, repo_type="space", space_sdk="gradio")
+    with tempfile.TemporaryDirectory(prefix="vit-push-demo-") as tmp:
+        share.write_demo(tmp, repo_id)
+        api.upload_folder(repo_id=target, folder_path=tmp, repo_type="space",
+                          commit_message=f"A demo of {repo_id} (ViT Studio)")
+    return target
 
 
 class _hub_errors:
