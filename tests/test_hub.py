@@ -134,8 +134,10 @@ def test_push_with_the_network_down_says_so(run_dir, online):
 
 
 def test_a_private_push_is_private_and_a_run_without_a_model_is_refused(run_dir, fake_hub, online, tmp_path):
-    url = hub.push_run(run_dir, "alice/secret", TOKEN, private=True, include_resume=True, endpoint=fake_hub.url)
-    assert url.endswith("/alice/secret") and fake_hub.repos["alice/secret"]["private"]
+    pushed = hub.push_run(run_dir, "alice/secret", TOKEN, private=True, include_resume=True, endpoint=fake_hub.url)
+    assert pushed.url.endswith("/alice/secret") and pushed.space_id is None and pushed.dataset_id is None
+    assert fake_hub.repos["alice/secret"]["private"]
+    assert set(fake_hub.repos) == {"alice/secret"}  # (demo and data: only when asked)
     assert "last.pt" in fake_hub.repos["alice/secret"]["files"]  # asked for
     assert all(h == f"Bearer {TOKEN}" for h in fake_hub.auth_headers)
     empty = runs.create_run_dir(tmp_path, "x")
@@ -233,6 +235,45 @@ def test_the_onnx_file_says_its_labels_and_preprocessing_and_they_reproduce_pred
     assert np.abs(theirs - ours).max() < 1e-3
 
 
+@pytest.mark.slow  # (seconds: two ONNX files and a comparison)
+def test_int8_onnx_keeps_the_metadata_says_its_precision_and_answers_as_float32(run_dir, tmp_path):
+    import onnxruntime as ort
+    fp32, _ = hub.export_onnx(run_dir, tmp_path / "m.onnx")
+    int8 = hub.quantize_onnx(fp32, tmp_path / "m.int8.onnx")
+    meta, meta8 = hub.onnx_metadata(fp32), hub.onnx_metadata(int8)
+    assert meta.pop("precision") == "float32" and meta8.pop("precision").startswith("int8")
+    assert meta8 == meta  # labels, preprocessing, temperature: all of it
+    assert int8.stat().st_size < 0.7 * fp32.stat().st_size  # (a tiny model: the graph is much of the file)
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}, ops  # really quantised
+    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+            for p in (fp32, int8))
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+@pytest.mark.slow  # (seconds: a run trained with its data copy, two ONNX files and a comparison)
+def test_compare_measures_each_model_on_the_runs_validation_images(tmp_path):
+    from vit.data import export_dataset
+    with load_dataset(make_shapes_dataset(tmp_path / "shapes", per_class=10, size=32), val_fraction=0.5) as ds:
+        train(ds, tiny(), tmp_path / "run")
+        export_dataset(ds, tmp_path / "run" / runs.DATA_DIR)
+        val = [ds.items[i] for i in ds.val]
+    run = tmp_path / "run"
+    fp32, _ = hub.export_onnx(run, tmp_path / "m.onnx")
+    compared = hub.compare(run, {"ONNX float32": fp32, "ONNX int8": hub.quantize_onnx(fp32, tmp_path / "i8.onnx")})
+    assert compared["images"] == len(val) == len(hub.validation_images(run))
+    loaded = predict.load_model(run)
+    expected = np.mean([loaded.classify(item.path, 1)[0][0][0] == item.label for item in val])
+    rows = {r["name"]: r for r in compared["rows"]}
+    assert list(rows) == ["PyTorch (float32)", "ONNX float32", "ONNX int8"]
+    assert rows["PyTorch (float32)"]["accuracy"] == pytest.approx(expected)
+    assert rows["ONNX float32"]["accuracy"] == pytest.approx(expected) and rows["ONNX float32"]["agree"] == 1.0
+    assert all(r["ms"] > 0 for r in rows.values()) and rows["ONNX int8"]["mb"] < rows["ONNX float32"]["mb"]
+    assert len(hub.validation_images(run, limit=3)) == 3
+
+
 @pytest.mark.slow  # (seconds: an ONNX export, or a quick model's features computed)
 def test_cli_export(run_dir, tmp_path, capsys):
     from vit import cli
@@ -292,7 +333,9 @@ def test_share_endpoints_preview_push_and_export(app_url, app_manager, fake_hub,
     pushed = fake_hub.repos["alice/from-app"]
     assert pushed["private"] and "model.safetensors" in pushed["files"]
     onnx, note = client.predict(run_id, "me", api_name="/export_onnx")
-    assert Path(onnx).stat().st_size > 1000 and "largest difference from PyTorch" in note
+    assert [Path(p).name for p in onnx] == [f"{run_id}.onnx", f"{run_id}.int8.onnx"]
+    assert all(Path(p).stat().st_size > 1000 for p in onnx) and "largest difference from PyTorch" in note
+    assert "| ONNX int8 |" in note and "of the run's validation images" in note
 
 
 def test_on_a_space_the_app_is_multi_user_and_warns_when_runs_are_not_kept(tmp_path, monkeypatch):
@@ -323,7 +366,8 @@ def test_a_run_downloads_as_a_zip_with_its_card_and_onnx_file_without_resume_sta
         shutil.copytree(run_dir, manager.root / run_dir.name)
         zipped = zipfile.ZipFile(ui.download_run(manager, run_dir.name, None))
         names = zipfile.ZipFile(zipped.filename).namelist()
-        assert {f"{run_dir.name}/{n}" for n in ("README.md", "model.onnx", "confusion_matrix.png")} <= set(names)
+        assert {f"{run_dir.name}/{n}" for n in ("README.md", "model.onnx", "model.int8.onnx",
+                                                "confusion_matrix.png")} <= set(names)
         card = zipped.read(f"{run_dir.name}/README.md").decode()
         assert "## Use it with timm" in card and "your-name/" in card
         exported = (manager.root / run_dir.name / "model.onnx").stat().st_mtime_ns
@@ -332,7 +376,9 @@ def test_a_run_downloads_as_a_zip_with_its_card_and_onnx_file_without_resume_sta
         served, said = ui.export_run(manager, run_dir.name, None)  # the Share tab says what the file needs
         labels = runs.read_config(run_dir)["label_names"]
         assert "Input `pixel_values`: float32 [batch, 3, 32, 32]" in said and ", ".join(labels) in said
-        assert "Preprocessing: RGB; resize the shorter side to" in said and Path(served).name.endswith(".onnx")
+        assert "Preprocessing: RGB; resize the shorter side to" in said
+        assert [Path(p).name for p in served] == [f"{run_dir.name}.onnx", f"{run_dir.name}.int8.onnx"]
+        assert "Accuracy not measured: the run has no copy of its validation images" in said
     finally:
         manager.shutdown(grace_s=1)
     names = zipfile.ZipFile(runs.archive(run_dir, tmp_path)).namelist()

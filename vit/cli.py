@@ -1,15 +1,16 @@
 """Command line.
 
     python -m vit data check PATH [--json]
-    python -m vit train --data PATH [--model NAME] [--no-pretrained] [--weights FILE] [--img-size S]
+    python -m vit train --data PATH|hf-dataset:USER/NAME[@REVISION][:CONFIG] [--model NAME] [--no-pretrained]
+                        [--weights FILE] [--img-size S]
                         [--patch-size P] [--epochs N] [--batch-size B] [--lr LR] [--progressive]
                         [--out RUN_DIR] [--resume] [--remote hf-jobs --flavor t4-small]
         (a setting left out is chosen by vit.train.recipe: from the data, when training from scratch;
         --remote hf-jobs trains on a Hugging Face GPU, billed to the account of HF_TOKEN, and follows it here)
     python -m vit predict --model RUN|FOLDER|hf-hub:ID --image FILE [FILE ...] [--topk 5]
                           [--explain METHOD] [--target CLASS] [--out overlay.png] [--json]
-    python -m vit push --run RUN_DIR --repo user/name [--private]     (token from HF_TOKEN)
-    python -m vit export --run RUN_DIR --format onnx [--out model.onnx]
+    python -m vit push --run RUN_DIR --repo user/name [--private] [--no-demo] [--with-data]  (token: HF_TOKEN)
+    python -m vit export --run RUN_DIR --format onnx [--out model.onnx] [--int8]
 
 Several GPUs or machines: run the same command under torchrun, e.g.
 `torchrun --nproc_per_node 2 -m vit train --data D --out checkpoints/run1` (rank 0 writes the run).
@@ -25,7 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vit import data, env, models, runs
+from vit import data, env, figures, models, runs
 from vit.runs import RunState
 
 
@@ -164,13 +165,14 @@ def _train_request(args, distributed: bool) -> tuple[str, dict | None, float, in
         val_fraction, seed = saved["config"]["val_fraction"], saved["config"]["seed"]
     else:
         if not args.data:
-            raise TrainError("--data PATH is required (a .zip or folder of class folders).")
+            raise TrainError("--data PATH is required (a .zip or folder of class folders, or hf-dataset:user/name).")
         if args.out and (Path(args.out) / runs.STATUS).exists() and not distributed:
             raise TrainError(f"{args.out} already holds a run. Use --resume to continue it, or another --out.")
         if distributed and not args.out:
             raise TrainError("Under torchrun give --out RUN_DIR, so that every process writes to the same run.")
         data_path = args.data
-        settings = _given_settings(args, data=str(Path(data_path).resolve()))
+        where = data_path if data.is_hub_source(data_path) else str(Path(data_path).resolve())
+        settings = _given_settings(args, data=where)
         val_fraction, seed = settings["val_fraction"], settings["seed"]  # flags with defaults: always given
     if not data_path:
         raise TrainError("--data PATH is required: the run does not record where its data came from.")
@@ -252,8 +254,13 @@ def push_command(args) -> int:
 
     from vit import hub
     token = get_token()  # HF_TOKEN, else the token of `hf auth login` (read, never written)
-    url = hub.push_run(args.run, args.repo, token, private=args.private, include_resume=args.include_resume)
-    print(f"pushed {Path(args.run).name} to {url}")
+    pushed = hub.push_run(args.run, args.repo, token, private=args.private, include_resume=args.include_resume,
+                          demo=args.demo, data=args.with_data)
+    print(f"pushed {Path(args.run).name} to {pushed.url}")
+    if pushed.space_id:
+        print(f"demo Space: https://huggingface.co/spaces/{pushed.space_id} (it builds in a few minutes)")
+    if pushed.dataset_id:
+        print(f"its data (private): https://huggingface.co/datasets/{pushed.dataset_id}")
     return runs.Exit.OK
 
 
@@ -264,6 +271,13 @@ def export_command(args) -> int:
     if diff > 1e-3:
         print("warning: the ONNX model differs from PyTorch by more than 1e-3", file=sys.stderr)
         return runs.Exit.FAILED
+    if args.int8:
+        int8 = hub.quantize_onnx(path, path.with_name(path.stem + ".int8.onnx"))
+        print(f"wrote {int8} (int8: {int8.stat().st_size / 1e6:.1f} MB against {path.stat().st_size / 1e6:.1f} MB)")
+        compared = hub.compare(args.run, {"ONNX float32": path, "ONNX int8": int8}, limit=figures.ONNX_COMPARE_IMAGES)
+        for r in compared["rows"] if compared["images"] else []:
+            print(f"  {r['name']}: {r['accuracy']:.1%} on {compared['images']} validation images, same answer as "
+                  f"PyTorch {r['agree']:.1%}, {r['ms']:.1f} ms/image")
     return runs.Exit.OK
 
 
@@ -418,10 +432,16 @@ def _share_parsers(sub) -> None:
     pu.add_argument("--repo", required=True, help="user/name (or just name: under the token's user)")
     pu.add_argument("--private", action="store_true")
     pu.add_argument("--include-resume", action="store_true", help="also upload last.pt (the resume state)")
+    pu.add_argument("--no-demo", dest="demo", action="store_false",
+                    help="do not push the demo Space <repo>-demo (an app to try the model in the browser)")
+    pu.add_argument("--with-data", action="store_true",
+                    help="also push the run's checked data as the private dataset repo <repo>-data")
     pu.set_defaults(func=push_command)
 
     ex = sub.add_parser("export", help="export a run's model (ONNX, dynamic batch, checked against PyTorch)")
     ex.add_argument("--run", required=True, help="the run directory")
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
+    ex.add_argument("--int8", action="store_true", help="also write an int8 copy (NAME.int8.onnx) and compare "
+                                                        "both with PyTorch on the run's validation images")
     ex.set_defaults(func=export_command)

@@ -81,6 +81,8 @@ def test_card_preview_pictures_load_and_onnx_is_one_file(page, app_url, finished
     assert all(pictures.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(2))
     page.get_by_role("button", name="Export ONNX").click()
     visible_text(page, "Exported")
+    visible_text(page, "of the run's validation images, one at a time")  # the table: PyTorch, float32, int8
+    assert page.get_by_role("cell", name="ONNX int8").count() == 1
     with page.expect_download() as download:
         page.locator("a[download]").filter(visible=True).first.click()
     saved = tmp_path / download.value.suggested_filename

@@ -25,7 +25,8 @@ from vit.ui.common import (CLASS_SPECIFIC, CSS, INTRO, launch_options, MAX_BATCH
                            RUN_START, SAMPLE_MAX, SAMPLE_PER_CLASS, FORM, HERE, HF_GPU, THEME, TITLE, WHERE)
 from vit.ui.files import csv_rows, DOWNLOADS
 from vit.ui.page import refused
-from vit.ui.data_tab import CLASS_SLOTS, check_classes, check_dataset, data_features, restore_session, sample_dataset
+from vit.ui.data_tab import (CLASS_SLOTS, check_classes, check_dataset, check_hub_dataset, data_features,
+                             restore_session, sample_dataset)
 from vit.ui.share_tab import download_run, export_run, preview_card, push_to_hub
 from vit.ui.results import review_choices, review_image, run_features, run_results
 from vit.ui.train_tab import (best_run, COMPARE_COLUMNS, compare_runs, CONFIRM_DELETE, curves_shown, describe_config,
@@ -36,8 +37,9 @@ __all__ = ["CLASS_SLOTS", "CLASS_SPECIFIC", "FORM", "HERE", "HF_GPU", "WHERE",
            "COMPARE_COLUMNS", "CONFIRM_DELETE", "CSS", "DEFAULT_MODEL", "DOWNLOADS",
            "INTRO", "MAX_BATCH", "MAX_CLASSES", "MAX_MISTAKES", "MAX_PAIRS", "MAX_SUSPECTS", "MISTAKES_LABEL",
            "MODEL_CHOICES", "NO_DATA", "PREDICTED", "RUN_COLUMNS", "RUN_START", "SAMPLE_MAX", "SAMPLE_PER_CLASS",
-           "THEME", "TITLE", "best_run", "build_app", "check_classes", "check_dataset", "classify_batch",
-           "classify_image", "compare_runs", "csv_rows", "curves_shown", "data_features", "describe_config",
-           "download_run", "export_run", "launch_options", "list_runs", "planned_config", "preview_card",
-           "push_to_hub", "refused", "restore_session", "review_choices", "review_image", "resume_run", "run_action",
-           "run_examples", "run_features", "run_plan", "run_results", "sample_dataset", "show_run", "start_training"]
+           "THEME", "TITLE", "best_run", "build_app", "check_classes", "check_dataset", "check_hub_dataset",
+           "classify_batch", "classify_image", "compare_runs", "csv_rows", "curves_shown", "data_features",
+           "describe_config", "download_run", "export_run", "launch_options", "list_runs", "planned_config",
+           "preview_card", "push_to_hub", "refused", "restore_session", "review_choices", "review_image", "resume_run",
+           "run_action", "run_examples", "run_features", "run_plan", "run_results", "sample_dataset", "show_run",
+           "start_training"]

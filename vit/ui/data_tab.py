@@ -29,6 +29,13 @@ def layout() -> SimpleNamespace:
             sample_count = gr.Slider(10, SAMPLE_MAX, value=SAMPLE_PER_CLASS, step=10,
                                      label="Images per class (sample data)")
             sample_btn = gr.Button("Use the sample dataset (generated shapes)")
+    with gr.Accordion("Or take a dataset from the Hugging Face Hub (imagefolder or parquet)", open=False):
+        with gr.Row():
+            hub_id = gr.Textbox(label="Hub dataset", placeholder="hf-dataset:user/name (optionally @revision, :config)",
+                                scale=3)
+            hub_token = gr.Textbox(label="Token, for a private or gated dataset (used for this download only)",
+                                   type="password", placeholder="hf_...", scale=2)
+            hub_btn = gr.Button("Load from the Hub", scale=1)
     with gr.Accordion("Or build it class by class: name each class and drop its images", open=False):
         class_count = gr.State(2)
         class_rows, class_names, class_files = [], [], []
@@ -47,7 +54,8 @@ def layout() -> SimpleNamespace:
     features = gr.Markdown()  # what a run's frozen features say about this data
     counts = gr.BarPlot(x="class", y="images", color="split", title="Images per class")
     grid = gr.Gallery(label="Sample images per class", columns=6, height="auto")
-    return SimpleNamespace(upload=upload, sample_count=sample_count, sample_btn=sample_btn, class_count=class_count,
+    return SimpleNamespace(upload=upload, sample_count=sample_count, sample_btn=sample_btn, hub_id=hub_id,
+                           hub_token=hub_token, hub_btn=hub_btn, class_count=class_count,
                            class_rows=class_rows, class_names=class_names, class_files=class_files,
                            add_class=add_class, remove_class=remove_class, check_classes_btn=check_classes_btn,
                            report=report, features=features, counts=counts, grid=grid)
@@ -61,6 +69,8 @@ def wire(page: Page, tab: SimpleNamespace, shown: list) -> None:
     tab.upload.upload(check_dataset, tab.upload, shown, api_name="check_dataset", **lane).then(**keeping(page))
     tab.sample_btn.click(sample_dataset, tab.sample_count, shown, api_name="sample_dataset", **lane
                          ).then(**keeping(page))
+    tab.hub_btn.click(page.bind(check_hub_dataset), [tab.hub_id, tab.hub_token], shown, api_name="check_hub_dataset",
+                      **lane).then(**keeping(page))
     slots = [tab.class_count, *tab.class_rows, *tab.class_names, *tab.class_files]
     tab.add_class.click(lambda n: _class_slots(n + 1), tab.class_count, slots, api_visibility="private")
     tab.remove_class.click(lambda n: _class_slots(n - 1), tab.class_count, slots, api_visibility="private")
@@ -89,6 +99,44 @@ def check_dataset(path: str | None, request: gr.Request = None):
 
 
 CHECKING = "Your last dataset is still being checked; wait for its report."
+HUB_KEPT = 8  # Hub datasets kept downloaded for Start (the oldest removed first: load it again to train on it)
+
+
+def check_hub_dataset(manager: jobs.JobManager, spec: str | None, typed_token: str | None = None,
+                      request: gr.Request = None, oauth_token: gr.OAuthToken | None = None):
+    """Download a Hub dataset (hf-dataset:user/name[@revision][:config]) with every cap of an upload, and show its
+    health report. The token typed in, else the signed-in visitor's; on a shared app never the host's own."""
+    from vit.ui.page import visitor_token
+    spec = (spec or "").strip()
+    if not spec:
+        raise refused("Name a Hub dataset: hf-dataset:user/name (a public one needs no token).")
+    if not data.is_hub_source(spec):
+        spec = data.HUB_PREFIX + spec  # (user/name typed alone)
+    token = visitor_token(typed_token, oauth_token) or (None if manager.single_user else False)
+    with ONE_CHECK_EACH.holding(getattr(request, "session_hash", None), CHECKING):
+        root = Path(tempfile.gettempdir()) / "vit-studio-hub"
+        root.mkdir(parents=True, exist_ok=True)
+        _forget_hub_datasets(root)
+        folder = Path(tempfile.mkdtemp(prefix="d-", dir=root))
+        try:
+            limits = data.Limits(max_total_bytes=HostLimits.from_env().max_upload_mb * 1024 ** 2)  # as an upload
+            got, layout, skipped = data.fetch_hub_dataset(spec, folder / "data", limits, token=token)
+            with data.load_dataset(got, limits=limits) as ds:
+                ds.report.source, ds.report.layout = spec, layout
+                ds.report.skipped[:0] = skipped
+                shown = _show(ds, str(got), spec)
+        except data.DataError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise refused(str(e) if not token else str(e).replace(token, "hf_***"), duration=None)
+    if shown.dataset.get("problem"):
+        shutil.rmtree(folder, ignore_errors=True)
+    return shown
+
+
+def _forget_hub_datasets(root: Path) -> None:
+    made = sorted((p for p in root.glob("d-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in made[HUB_KEPT - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_dataset(path: str):
