@@ -37,6 +37,8 @@ bench: $(VENV)/.app-installed
 	HF_HUB_OFFLINE=1 $(PY) bench/trust_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/hosting_bench.py
 	HF_HUB_OFFLINE=1 $(PY) bench/remote_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/onnx_bench.py
+	HF_HUB_OFFLINE=1 $(PY) bench/demo_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

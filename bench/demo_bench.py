@@ -49,16 +49,19 @@ def main() -> None:
             hub.push_run(run, "alice/tiny224", "hf_write_alice", endpoint=fake.url)
             folder = hub.share.write_demo(tmp / "space", "alice/tiny224")
             photos = [photo(tmp / f"{k}.jpg", k) for k in range(IMAGES + 1)]
-            imports = time_imports()
+            time_imports(fake.url, tmp)  # (once cold: the disk cache filled, as on a Space that has started before)
+            imports = time_imports(fake.url, tmp)
             first, latencies = run_demo(folder, fake.url, tmp, photos)
             bare = bare_forward(run, photos)
+            inside = in_process(folder, fake.url, tmp, photos)
         finally:
             fake.close()
     print(f"\nstart to first answer: {first:.1f} s (imports alone: {imports:.1f} s; the app adds "
           f"{first - imports:.1f} s: the model's download and build, Gradio's start, the first answer)")
     app, base = statistics.median(latencies), statistics.median(bare)
     print(f"per image (median of {IMAGES}): {app * 1000:.0f} ms through the app, against {base * 1000:.0f} ms for "
-          f"the bare forward ({app / base:.2f}x): Gradio's round trip, the upload and the heatmap")
+          f"the bare forward ({app / base:.2f}x); of which the app's classify() (forward without fused attention, "
+          f"rollout, overlay): {statistics.median(inside) * 1000:.0f} ms, the rest Gradio's round trip and the upload")
 
 
 def save_model(dest: Path) -> Path:
@@ -76,10 +79,21 @@ def photo(path: Path, seed: int) -> Path:
     return path
 
 
-def time_imports() -> float:
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import gradio, timm, torch"], check=True)
-    return time.perf_counter() - t
+def demo_env(endpoint: str, tmp: Path, port: int = 0) -> dict:
+    """The environment the demo app runs in (and the imports' baseline, the same)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIT_", "GRADIO_"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp / "hf-home"), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False")
+    return env
+
+
+def time_imports(endpoint: str, tmp: Path) -> float:
+    """From the process's start to its imports done (not to its exit: a Python holding torch and gradio takes
+    seconds to shut down)."""
+    t = time.time()
+    done = subprocess.run([sys.executable, "-c", "import gradio, timm, torch, time; print(time.time())"], check=True,
+                          env=demo_env(endpoint, tmp), capture_output=True, text=True)
+    return float(done.stdout.split()[-1]) - t
 
 
 def run_demo(folder: Path, endpoint: str, tmp: Path, photos: list[Path]) -> tuple[float, list[float]]:
@@ -87,9 +101,7 @@ def run_demo(folder: Path, endpoint: str, tmp: Path, photos: list[Path]) -> tupl
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIT_", "GRADIO_"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp / "hf-home"), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False")
+    env = demo_env(endpoint, tmp, port)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -113,6 +125,28 @@ def run_demo(folder: Path, endpoint: str, tmp: Path, photos: list[Path]) -> tupl
     finally:
         proc.kill()
         proc.wait()
+
+
+def in_process(folder: Path, endpoint: str, tmp: Path, photos: list[Path]) -> list[float]:
+    """The demo app's classify() called in this process, on the same images."""
+    import importlib.util
+
+    from huggingface_hub import constants
+    constants.ENDPOINT = endpoint
+    constants.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    spec = importlib.util.spec_from_file_location("demo_app", folder / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    app.classify(Image.open(photos[0]))
+    times = []
+    for p in photos[1:]:
+        image = Image.open(p)
+        t = time.perf_counter()
+        app.classify(image)
+        times.append(time.perf_counter() - t)
+    import timm
+    timm.layers.set_fused_attn(True)  # (the app turned it off for every model of this process)
+    return times
 
 
 def bare_forward(run: Path, photos: list[Path]) -> list[float]:

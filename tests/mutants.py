@@ -51,6 +51,8 @@ EXPLAIN = k("tests/test_predict.py", "(chefer or rollout or grad or attention or
 DISTIL = k("tests/test_distill.py", "not cnn_trains")
 ENGINE_PARTS = k("tests/test_train.py", "ema or mixup or checkpointing or accumulation")
 REMOTE = k("tests/test_remote.py", "not train_tab and not command_line")
+SHARE = k("tests/test_share.py tests/test_hub.py", "hash or hub_dataset or parquet or imagefolder or caps or hostile "
+                                                  "or demo or int8 or compare or push_with")
 
 MUTANTS = [
     # resume, progressive resizing and colour jitter: the three the audit found unguarded
@@ -218,6 +220,28 @@ MUTANTS = [
            "flavor=spec.flavor, timeout=None,", REMOTE),
     Mutant("remote: the GPU is not checked against the Hub's list", "vit/jobs/remote.py",
            "        if self.flavor not in names:", "        if False:", REMOTE),
+    # sharing (issue 28)
+    Mutant("share: the content hash ignores the labels", "vit/data/report.py",
+           'lines = sorted(f"{it.sha256}\\t{it.label}\\n" for it in items)',
+           'lines = sorted(f"{it.sha256}\\n" for it in items)', SHARE),
+    Mutant("share: a Hub dataset's splits are ignored", "vit/data/hub_dataset.py",
+           'OUR_FOLDER.get(split or "train", "train")', '"train"', SHARE),
+    Mutant("share: a revision is not honoured", "vit/data/hub_dataset.py",
+           "sha = api.dataset_info(source.repo, revision=source.revision).sha",
+           "sha = api.dataset_info(source.repo).sha", SHARE),
+    Mutant("share: the parquet row cap is not checked", "vit/data/hub_dataset.py",
+           "    if rows > limits.max_files:", "    if False:", SHARE),
+    Mutant("share: the class names of a parquet dataset are lost", "vit/data/hub_dataset.py",
+           "    names = features.get(label, {}).get(\"names\")", "    names = None", SHARE),
+    Mutant("share: the int8 file is the float32 file", "vit/hub/onnx.py",
+           "        quantize_dynamic(fp32, out, op_types_to_quantize=INT8_OPS, weight_type=QuantType.QInt8)",
+           "        import shutil; shutil.copyfile(fp32, out)", SHARE),
+    Mutant("share: the dataset version is public", "vit/hub/push.py",
+           'api.create_repo(target, private=True, exist_ok=True, repo_type="dataset")',
+           'api.create_repo(target, private=False, exist_ok=True, repo_type="dataset")', SHARE),
+    Mutant("share: the demo app ignores the temperature", "vit/hub/demo_app.py.tmpl",
+           "probs = (model(x.unsqueeze(0)) / temperature).softmax(-1)[0]",
+           "probs = model(x.unsqueeze(0)).softmax(-1)[0]", SHARE),
 ]
 
 

@@ -180,22 +180,29 @@ def test_a_user_error_logs_one_line_not_a_traceback(app_url, capfd):
 
 
 def test_finished_runs_are_compared_within_their_dataset_best_first(app_url, app_manager, tmp_path):
-    """Grouped by dataset, ranked by the accuracy estimate within it, one star per dataset; the best validation
-    figure is there, labelled as chosen."""
+    """Grouped by dataset (its content: the same images under another name are the same dataset), ranked by the
+    accuracy estimate within it, one star per dataset; the best validation figure is there, labelled as chosen."""
     from vit.samples import make_shapes_dataset
     from helpers import tiny
     shapes = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=32)
     other = make_shapes_dataset(tmp_path / "other", per_class=12, size=32, seed=5)
-    for name, data, source in (("first", shapes, "shapes.zip"), ("second", shapes, "shapes.zip"),
+    for name, data, source in (("first", shapes, "shapes.zip"), ("second", shapes, "copy of shapes.zip"),
                                ("third", other, "other.zip")):
         run_id = app_manager.submit(data, tiny(), name=name, source_name=source)
         assert app_manager.wait(run_id, 120) == "completed"
     table = Client(app_url, verbose=False).predict("me", api_name="/compare_runs")
     header, rows = table["headers"], [r for r in table["data"] if r[2] in ("first", "second", "third")]
     col = {h: header.index(h) for h in header}
-    assert [r[col["dataset"]] for r in rows] == ["other.zip", "shapes.zip", "shapes.zip"]
-    assert [r[col["best"]] for r in rows] == ["★", "★", ""], "one star per dataset"
-    shapes_accs = [float(r[col["accuracy"]].rstrip("%")) for r in rows[1:]]
+    named = {r[col["run"]]: r[col["dataset"]] for r in rows}
+    assert named["first"].startswith("shapes.zip · ") and named["second"].startswith("copy of shapes.zip · ")
+    hashes = [r[col["dataset"]].split(" · ")[1] for r in rows]
+    assert len(set(hashes)) == 2 and all(len(h) == 8 for h in hashes)
+    assert named["first"].split(" · ")[1] == named["second"].split(" · ")[1] != named["third"].split(" · ")[1]
+    starts = [k == 0 or hashes[k - 1] != h for k, h in enumerate(hashes)]
+    assert sum(starts) == 2, "each dataset's runs together"
+    assert [r[col["best"]] for r in rows] == ["★" if s else "" for s in starts], "one star per dataset"
+    group = [r for r in rows if r[col["run"]] in ("first", "second")]
+    shapes_accs = [float(r[col["accuracy"]].rstrip("%")) for r in group]
     assert shapes_accs == sorted(shapes_accs, reverse=True)
     for r in rows:
         estimate = runs.read_json(app_manager.root / r[-1] / runs.METRICS)["accuracy_estimate"]

@@ -283,3 +283,21 @@ def test_the_data_tab_loads_a_hub_dataset_with_the_visitors_token_never_the_host
             ui.check_hub_dataset(manager, "hf-dataset:alice/x@..", "")
     finally:
         manager.shutdown(grace_s=1)
+
+
+def test_the_command_line_checks_a_hub_dataset(fake_hub, capsys):
+    from vit import cli
+    fake_hub.add("datasets/bob/leaves", {f"{c}/{k}.png": _png(10 * i + k) for i, c in enumerate(["oak", "elm"])
+                                         for k in range(4)})
+    assert cli.main(["data", "check", "hf-dataset:bob/leaves"]) == 0
+    out = capsys.readouterr().out
+    assert "Ready to train: 8 images in 2 classes (Hub dataset, imagefolder, commit" in out and "Content hash" in out
+
+
+@pytest.mark.slow  # (two ONNX files and a comparison)
+def test_the_command_line_exports_int8_and_compares(trained, tmp_path, capsys):
+    from vit import cli
+    assert cli.main(["export", "--run", str(trained), "--out", str(tmp_path / "m.onnx"), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "m.int8.onnx").is_file() and "ONNX int8: " in out
+    assert f"on {len(hub.validation_images(trained))} validation images, same answer as PyTorch" in out

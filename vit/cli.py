@@ -119,6 +119,7 @@ def _train_remote(args, ds, config) -> int:
     config = replace(config, data=str(data.export_dataset(ds, run_dir / runs.DATA_DIR)))
     job = {"config": asdict(config), "source": Path(str(ds.report.source)).name, "classes": ds.classes,
            "name": run_dir.name, "images": len(ds.items), "device": f"hf:{args.flavor}",
+           "data_sha256": ds.report.content_sha256,
            remote.REMOTE: remote.prepare(run_dir, hf, where, config, ds)}
     runs.write_json(run_dir / runs.JOB, job)
     guess = job[remote.REMOTE]
@@ -358,7 +359,8 @@ def _parser() -> argparse.ArgumentParser:
 def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
     check = d.add_parser("check", help="validate a dataset and print its health report")
-    check.add_argument("path", help="a .zip of class folders or a folder (see README for layouts)")
+    check.add_argument("path", help="a .zip of class folders, a folder, or hf-dataset:user/name[@revision][:config] "
+                                    "(see README)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--val-fraction", type=float, default=0.2)
     check.add_argument("--seed", type=int, default=0)
@@ -373,7 +375,8 @@ def _data_parser(sub) -> None:
 
 def _train_parser(sub) -> None:
     tr = sub.add_parser("train", help="fine-tune (or train from scratch) a ViT into a run directory")
-    tr.add_argument("--data", help="a .zip or folder of class folders (default on --resume: the run's own)")
+    tr.add_argument("--data", help="a .zip or folder of class folders, or hf-dataset:user/name[@revision][:config] "
+                                   "(a Hub dataset; HF_TOKEN for a private one) (default on --resume: the run's own)")
     _setting_flags(tr)
     tr.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="more timm model arguments, e.g. depth=4 embed_dim=96 (repeatable)")

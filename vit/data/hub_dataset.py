@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -87,7 +88,7 @@ def fetch(text: str, dest: str | Path, limits: Limits | None = None, *, token: s
         sha = api.dataset_info(source.repo, revision=source.revision).sha
         files = [f for f in api.list_repo_tree(source.repo, repo_type="dataset", revision=sha, recursive=True)
                  if isinstance(f, RepoFile)]
-        readme = _readme(api, source, sha, files)
+        readme = _readme(api, source, sha, files, dest)
     chosen = _chosen(files, readme, source)
     parquet = [f for f in chosen if f.path.endswith(".parquet")]
     images = [f for f in chosen if Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
@@ -105,27 +106,38 @@ def fetch(text: str, dest: str | Path, limits: Limits | None = None, *, token: s
     dest.mkdir(parents=True, exist_ok=True)
 
     def download(f) -> Path:
-        from huggingface_hub import hf_hub_download
         with _hub_errors(source):
-            return Path(hf_hub_download(source.repo, f.path, repo_type="dataset", revision=sha, token=token,
-                                        endpoint=endpoint))
+            return _download(api, source, sha, f.path, dest)
 
-    with ThreadPoolExecutor(DOWNLOADS) as pool:
-        got = list(pool.map(download, picked))
-    if parquet:
-        skipped = _from_parquet(list(zip(parquet, got)), readme, dest, limits, source)
-        return dest, f"Hub dataset, parquet, commit {sha[:12]}", skipped
-    return dest, f"Hub dataset, imagefolder, commit {sha[:12]}", _from_images(list(zip(images, got)), dest)
+    try:
+        with ThreadPoolExecutor(DOWNLOADS) as pool:
+            got = list(pool.map(download, picked))
+        if parquet:
+            skipped = _from_parquet(list(zip(parquet, got)), readme, dest, limits, source)
+            return dest, f"Hub dataset, parquet, commit {sha[:12]}", skipped
+        return dest, f"Hub dataset, imagefolder, commit {sha[:12]}", _from_images(list(zip(images, got)), dest)
+    finally:
+        shutil.rmtree(_downloads(dest), ignore_errors=True)
 
 
-def _readme(api, source: HubSource, sha: str, files) -> dict:
+def _downloads(dest: Path) -> Path:
+    """Where the repo's files are downloaded before they are placed in `dest` (beside it, removed after: nothing
+    goes to the shared Hugging Face cache, which nothing would ever clear on a hosted app)."""
+    return dest.parent / f".{dest.name}-download"
+
+
+def _download(api, source: HubSource, sha: str, path: str, dest: Path) -> Path:
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(source.repo, path, repo_type="dataset", revision=sha, token=api.token,
+                                endpoint=api.endpoint, local_dir=_downloads(dest)))
+
+
+def _readme(api, source: HubSource, sha: str, files, dest: Path) -> dict:
     """The README's YAML front matter (configs, dataset_info), or {}."""
     if not any(f.path == "README.md" for f in files):
         return {}
     import yaml
-    from huggingface_hub import hf_hub_download
-    text = Path(hf_hub_download(source.repo, "README.md", repo_type="dataset", revision=sha,
-                                token=api.token, endpoint=api.endpoint)).read_text(errors="replace")[:1_000_000]
+    text = _download(api, source, sha, "README.md", dest).read_text(errors="replace")[:1_000_000]
     m = re.match(r"---\s*\n(.*?)\n---\s*\n", text, re.S)
     try:
         meta = yaml.safe_load(m.group(1)) if m else {}

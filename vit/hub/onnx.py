@@ -158,13 +158,14 @@ def compare(run_dir: str | os.PathLike, files: dict[str, str | os.PathLike], lim
     pixels = EvalPixels(loaded.data_config)
     images = validation_images(run_dir, limit)
     index = {name: k for k, name in enumerate(loaded.labels)}
-    runners = {"PyTorch (float32)": lambda x: loaded.model(torch.from_numpy(x)).float().numpy()}
+    runners = {"PyTorch (float32)": None}  # (a replica of the model of this thread's own, borrowed below)
     for name, path in files.items():
         session = cpu_session(path)
         runners[name] = lambda x, s=session: s.run(None, {"pixel_values": x})[0]
     answers = {name: [] for name in runners}
     times = {name: [] for name in runners}
-    with torch.inference_mode():
+    with loaded.borrow() as model, torch.inference_mode():  # (the app's classifications go on beside it)
+        runners["PyTorch (float32)"] = lambda x: model(torch.from_numpy(x)).float().numpy()
         for path, _ in images:
             x = pixels(read_for_model(path)).unsqueeze(0).numpy()
             for name, run in runners.items():

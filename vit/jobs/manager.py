@@ -87,7 +87,8 @@ class JobManager:
                 device = f"hf:{remote.flavor}" if remote else self.scheduler.device_kind(config.device)
                 job = {"config": asdict(config), "owner": owner_hash(owner), "device": device,
                        "source": source_name, "classes": dataset.classes,
-                       "name": name or default_name(source_name, config), "images": len(dataset.items)}
+                       "name": name or default_name(source_name, config), "images": len(dataset.items),
+                       "data_sha256": dataset.report.content_sha256}
                 if remote is not None:
                     try:
                         job[remote_runs.REMOTE] = remote_runs.prepare(run_dir, hf, remote, config, dataset)

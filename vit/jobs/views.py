@@ -30,6 +30,7 @@ def summary(run_dir: Path, status: dict, config: dict, job: dict, mine: bool, qu
         "imbalance": metrics.get("imbalance"),  # the largest training class over the smallest
         "calibration": metrics.get("calibration"), "ood": metrics.get("ood"),  # (vit.trust)
         "source": job.get("source"), "created_at": status.get("created_at"),
+        "data_sha256": job.get("data_sha256"),  # the content hash of its data (vit.data.report.content_hash)
         "name": job.get("name") or run_dir.name, "recipe": start_summary(job.get("config") or {}),
         "kind": runs.kind_of(job.get("config") or {}) if job.get("config") else None,
         "settings": job.get("config") or {},  # the TrainConfig it was started with

@@ -708,7 +708,8 @@ COMPARE_COLUMNS = ["best", "dataset", "run", "model", "accuracy", "95% interval"
 
 
 def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
-    """The visitor's finished runs side by side, grouped by dataset and ranked within it by the accuracy
+    """The visitor's finished runs side by side, grouped by dataset (its content hash: the same images and labels,
+    whatever they were called; else its name) and ranked within it by the accuracy
     estimate (images that chose nothing; one star per dataset): model as built, settings, the best validation
     figure (chosen on its images, so labelled), training time. A run made before estimates existed comes last
     in its dataset, unranked."""
@@ -718,17 +719,20 @@ def compare_runs(manager: jobs.JobManager, owner: str | None) -> pd.DataFrame:
         took = (r["finished_at"] or 0) - (r["created_at"] or 0)
         e = r.get("estimate") or {}
         measured = e.get("value") is not None
-        order = (r["source"] or "", -e["value"] if measured else 1)  # by dataset, then the estimate, best first
-        rows.append([order, "", r["source"] or "", r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
+        data = r.get("data_sha256")  # the same images and labels: the same dataset, whatever its name
+        order = (data or r["source"] or "", -e["value"] if measured else 1)  # by dataset, then the estimate
+        shown = f"{r['source'] or ''} · {data[:8]}" if data else r["source"] or ""
+        rows.append([order, "", shown, r["name"], _model_text(r), f"{e['value']:.1%}" if measured else "",
                      f"{e['low']:.1%}-{e['high']:.1%}" if measured else "",
                      f"{e['images']} {SOURCE_WORDS.get(e['from'], '')}" if measured else "not measured",
                      f"{chosen['val_acc']:.1%} (epoch {chosen['epoch']} of {chosen['epochs']})" if chosen else "",
                      r["epoch"] or "", config.get("batch_size", ""), f"{config['lr']:g}" if config.get("lr") else "",
                      _duration(took) if took > 0 else "", r["id"]])
-    rows = [row[1:] for row in sorted(rows, key=lambda row: row[0])]
+    rows.sort(key=lambda row: row[0])
     for k, row in enumerate(rows):
-        if row[4] and (k == 0 or rows[k - 1][1] != row[1]):
-            row[0] = "★"  # the best of its dataset
+        if row[5] and (k == 0 or rows[k - 1][0][0] != row[0][0]):
+            row[1] = "★"  # the best of its dataset
+    rows = [row[1:] for row in rows]
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
