@@ -210,10 +210,16 @@ def _free_port() -> int:
 @pytest.mark.slow  # (a tiny run trained, the demo app started in a process of its own)
 def test_the_demo_space_app_runs_with_stock_timm_and_answers_as_the_app(trained, tmp_path, monkeypatch):
     from gradio_client import handle_file
+    import shutil
+    run = shutil.copytree(trained, tmp_path / "run")  # calibrated (too few images here to fit a temperature)
+    config = runs.read_json(run / runs.CONFIG)
+    config[runs.CONFIG_KEY]["calibration"] = {**(config[runs.CONFIG_KEY].get("calibration") or {}), "temperature": 2.5}
+    runs.write_json(run / runs.CONFIG, config)
+    assert predict.load_model(run).trust.temperature == 2.5
     fake = FakeHub()
     fake.as_the_hub(monkeypatch)
     try:
-        hub.push_run(trained, "alice/shapes", TOKEN, endpoint=fake.url)
+        hub.push_run(run, "alice/shapes", TOKEN, endpoint=fake.url)
         folder = hub.share.write_demo(tmp_path / "space", "alice/shapes")
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIT_", "GRADIO_"))}
@@ -226,7 +232,7 @@ def test_the_demo_space_app_runs_with_stock_timm_and_answers_as_the_app(trained,
             photo = tmp_path / "photo.png"
             Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photo)
             answer, heatmap = client.predict(handle_file(str(photo)), api_name="/classify")
-            ours = predict.load_model(trained).classify(str(photo), topk=3)[0]
+            ours = predict.load_model(run).classify(str(photo), topk=3)[0]
             got = {c["label"]: c["confidence"] for c in answer["confidences"]}
             assert answer["label"] == ours[0][0]
             assert all(got[label] == pytest.approx(p, abs=1e-4) for label, p in ours)  # calibrated, as ours
