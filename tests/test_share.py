@@ -239,8 +239,8 @@ def test_the_demo_space_app_runs_with_stock_timm_and_answers_as_the_app(trained,
             from vit.data.pixels import EvalPixels, read_for_model
             seen = EvalPixels(predict.load_model(trained).data_config).crop(read_for_model(photo))
             shown = np.asarray(Image.open(heatmap).convert("RGB"), dtype=int)
-            assert shown.shape == (32, 32, 3)  # the part of the image the model saw...
-            tint = shown - np.asarray(seen, dtype=int)
+            assert shown.shape == (320, 320, 3)  # the part of the image the model saw (32 px), enlarged...
+            tint = shown - np.asarray(seen.resize((320, 320), Image.BICUBIC), dtype=int)
             assert tint[..., 0].mean() > 5 and tint[..., 0].std() > 1  # ... with the heatmap, red, not uniform
         finally:
             proc.kill()
