@@ -225,7 +225,7 @@ MUTANTS = [
            'lines = sorted(f"{it.sha256}\\t{it.label}\\n" for it in items)',
            'lines = sorted(f"{it.sha256}\\n" for it in items)', SHARE),
     Mutant("share: a Hub dataset's splits are ignored", "vit/data/hub_dataset.py",
-           'OUR_FOLDER.get(split or "train", "train")', '"train"', SHARE),
+           'safe_join(dest, split or "train", label, name)', 'safe_join(dest, "train", label, name)', SHARE),
     Mutant("share: a revision is not honoured", "vit/data/hub_dataset.py",
            "sha = api.dataset_info(source.repo, revision=source.revision).sha",
            "sha = api.dataset_info(source.repo).sha", SHARE),

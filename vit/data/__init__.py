@@ -31,10 +31,10 @@ from vit.data.images import (BIG_IMAGE_PIXELS, IMAGE_SUFFIXES, SAFE_FORMATS, WID
 from vit.data.model import DataError, Dataset, HealthReport, Item, Limits, Skipped, count
 from vit.data.report import IMBALANCE_WARN_RATIO, SMALL_IMAGE_SIDE, TINY_CLASS_IMAGES
 from vit.data.sources import (ARCHIVE_SUFFIXES, JUNK_NAMES, MANIFEST_NAME, PROBE_MAX_SIDE, SPLITS, export_dataset,
-                              load_dataset)
+                              exported_rows, load_dataset)
 
 __all__ = ["ARCHIVE_SUFFIXES", "BIG_IMAGE_PIXELS", "DataError", "Dataset", "DecodeCache", "HealthReport",
            "HUB_PREFIX", "IMAGE_SUFFIXES", "IMBALANCE_WARN_RATIO", "Item", "JUNK_NAMES", "Limits", "MANIFEST_NAME",
            "PROBE_MAX_SIDE", "SAFE_FORMATS", "SMALL_IMAGE_SIDE", "SPLITS", "Skipped", "TINY_CLASS_IMAGES", "WIDE_MODES",
-           "count", "export_dataset", "fetch_hub_dataset", "is_hub_source", "load_dataset", "read_rgb", "reduced",
-           "thumbnails", "to_rgb"]
+           "count", "export_dataset", "exported_rows", "fetch_hub_dataset", "is_hub_source", "load_dataset",
+           "read_rgb", "reduced", "thumbnails", "to_rgb"]

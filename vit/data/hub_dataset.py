@@ -24,13 +24,11 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from vit.data.images import IMAGE_SUFFIXES
-from vit.data.model import DataError, Limits, Skipped
+from vit.data.model import SPLIT_ALIASES, DataError, Limits, Skipped
 from vit.safety import check_name, safe_join
 
 PREFIX = "hf-dataset:"
-SPLITS = {"train": "train", "training": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val",
-          "test": "test", "testing": "test"}  # a Hub split -> ours
-OUR_FOLDER = {"train": "train", "val": "val", "test": "test"}
+SPLITS = {**SPLIT_ALIASES, "dev": "val"}  # a Hub split -> ours (an upload's aliases, and the Hub's "dev")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 _CONFIG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"),
@@ -256,7 +254,7 @@ def _columns(pf, readme: dict, source: HubSource) -> tuple[str, str, list[str] |
         for feat in (info or {}).get("features", []) if isinstance(info, dict) else []:
             if isinstance(feat, dict) and "name" in feat:
                 kind = feat.get("dtype")
-                labels = (feat.get("dtype") or {}).get("class_label") if isinstance(kind, dict) else None
+                labels = kind.get("class_label") if isinstance(kind, dict) else None
                 features[feat["name"]] = {"_type": "ClassLabel", "names": [labels["names"][k] for k in
                                           sorted(labels["names"], key=int)]} if labels else {"_type": kind}
     columns = pf.schema_arrow.names
@@ -282,7 +280,7 @@ def _suffix(blob: bytes, image) -> str:
 
 
 def _place(dest: Path, split: str | None, label: str, name: str, blob: bytes) -> None:
-    target = safe_join(dest, OUR_FOLDER.get(split or "train", "train"), label, name)
+    target = safe_join(dest, split or "train", label, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(blob)
 

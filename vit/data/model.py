@@ -11,6 +11,11 @@ from typing import Callable, Iterable, Sequence
 from vit.safety import HostLimits
 
 
+# A split's folder name or manifest value (any case) -> the split it is
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+
+
 class DataError(ValueError):
     """The input cannot be used as a dataset; the message says why and what to do."""
 

@@ -23,15 +23,12 @@ from PIL import Image
 from vit.safety import check_name, safe_join
 from vit.data.hub_dataset import fetch as fetch_hub_dataset, is_hub_source
 from vit.data.images import IMAGE_SUFFIXES, SAFE_FORMATS, read_rgb
-from vit.data.model import DataError, Dataset, Item, Limits, Skipped, human_size, natural_key, worker_count
+from vit.data.model import (SPLIT_ALIASES, DataError, Dataset, Item, Limits, Skipped, human_size, natural_key,
+                            worker_count)
 from vit.data.report import deduplicate, make_report, split_items
 
 
 SPLITS = ("train", "val", "test")
-
-
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}
 
 
 MANIFEST_NAME = "labels.csv"
@@ -53,9 +50,13 @@ PROBE_MAX_SIDE = 512  # a dataset check decodes every byte (truncation shows) bu
 def load_dataset(source: str | os.PathLike | Mapping[str, Sequence[str | os.PathLike]], *,
                  val_fraction: float = 0.2, seed: int = 0, limits: Limits | None = None,
                  workspace_root: str | os.PathLike | None = None,
-                 workers: int | None = None, edits: Mapping[str, str | None] | None = None) -> Dataset:
-    """Read a dataset from a zip file, a directory, a Hub dataset (`hf-dataset:user/name[@revision][:config]`, with
-this machine's token if any: vit.data.hub_dataset) or a {class name: [image files]} mapping.
+                 workers: int | None = None, edits: Mapping[str, str | None] | None = None,
+                 token: str | bool | None = None, hub_folder: str | os.PathLike | None = None) -> Dataset:
+    """Read a dataset from a zip file, a directory, a Hub dataset (`hf-dataset:user/name[@revision][:config]`:
+    vit.data.hub_dataset, with `token`, by default this machine's) or a {class name: [image files]} mapping.
+
+    A Hub dataset is downloaded into a temporary workspace (removed with the dataset), or into `hub_folder`, which
+    the caller keeps (a folder of class folders that can be read again later).
 
     `edits` (the label review: image name -> its class, or None to leave it out) are applied as the
     images are read; a name not in the dataset, or a class it does not have, is ignored.
@@ -75,8 +76,10 @@ this machine's token if any: vit.data.hub_dataset) or a {class name: [image file
             entries, skipped = _split_off_junk(entries)
             layout, label = "per-class uploads", "uploads"
         elif is_hub_source(source):
-            workspace = Path(tempfile.mkdtemp(prefix="vit-hub-", dir=workspace_root))
-            folder, layout, fetched = fetch_hub_dataset(str(source), workspace / "data", limits)
+            if hub_folder is None:
+                workspace = Path(tempfile.mkdtemp(prefix="vit-hub-", dir=workspace_root))
+            folder, layout, fetched = fetch_hub_dataset(str(source), hub_folder or workspace / "data", limits,
+                                                        token=token)
             entries, skipped, _ = _assign_labels(list(_walk_directory(folder, limits)), limits)
             skipped = fetched + skipped
             label = str(source).strip()
@@ -134,6 +137,19 @@ def export_dataset(dataset: Dataset, dest: str | os.PathLike) -> Path:
         writer.writerow(("path", "label", "split"))
         writer.writerows(rows)
     return dest
+
+
+def exported_rows(folder: str | os.PathLike) -> list[tuple[str, Path, str, str]]:
+    """(name, file, label, split) of each image of a folder export_dataset wrote (a run's copy of its data), from
+    its manifest, each file proven inside `folder`; [] when it has no readable manifest."""
+    folder = Path(folder)
+    try:
+        with open(folder / MANIFEST_NAME, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+    return [(r["path"], safe_join(folder, *r["path"].split("/")), r["label"], r.get("split") or "train")
+            for r in rows]
 
 
 @dataclass

@@ -54,7 +54,7 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
 def quantize_onnx(fp32: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write an int8 copy of an ONNX file of ours (onnxruntime's dynamic quantisation of its linear layers), with
     the same metadata and its precision said. Dynamic, not static: on the 2-core benchmark machine static
-    quantisation (calibrated on validation images) was slower than the float32 file and no more accurate
+    quantisation (calibrated on training images) was slower than the dynamic file and no more accurate
     (bench/onnx_bench.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     fp32, out = Path(fp32), Path(out)
@@ -114,19 +114,11 @@ def _write_metadata(path: Path, values: dict[str, str], model=None) -> None:
 def validation_images(run_dir: str | os.PathLike, limit: int | None = None) -> list[tuple[Path, str]]:
     """(image, label) of the run's validation images (its test images when it has no validation split), from
     the run's own copy of its data; at most `limit`, spread over the classes in the manifest's order."""
-    import csv
-
     from vit import runs
-    from vit.data import MANIFEST_NAME
-    from vit.safety import safe_join
-    data = Path(run_dir) / runs.DATA_DIR
-    try:
-        with open(data / MANIFEST_NAME, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error):
-        return []
+    from vit.data import exported_rows
+    rows = exported_rows(Path(run_dir) / runs.DATA_DIR)
     for split in ("val", "test"):
-        chosen = [(safe_join(data, *r["path"].split("/")), r["label"]) for r in rows if r.get("split") == split]
+        chosen = [(path, label) for _, path, label, s in rows if s == split]
         if chosen:
             step = max(1, len(chosen) / limit) if limit else 1
             return [chosen[int(k * step)] for k in range(min(len(chosen), limit or len(chosen)))]

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from vit import runs
-from vit.data import MANIFEST_NAME
+from vit.data import exported_rows
 from vit.data.report import content_hash
 
 DEMO_TEMPLATE = Path(__file__).with_name("demo_app.py.tmpl")
@@ -27,14 +27,14 @@ def dataset_id(repo_id: str) -> str:
     return f"{repo_id}-data"
 
 
-def write_demo(dest: str | os.PathLike, repo_id: str, title: str | None = None) -> Path:
+def write_demo(dest: str | os.PathLike, repo_id: str) -> Path:
     """The demo Space's files in `dest`: app.py (the model `repo_id` loaded with stock timm), requirements.txt
     (the versions of this machine, pinned) and README.md (the Space's front matter)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "app.py").write_text(DEMO_TEMPLATE.read_text().replace("__MODEL_ID__", repo_id))
     (dest / "requirements.txt").write_text("".join(f"{p}=={metadata.version(p)}\n" for p in DEMO_PACKAGES))
-    name = title or repo_id.split("/")[-1]
+    name = repo_id.split("/")[-1]
     (dest / "README.md").write_text(
         f"---\ntitle: {_yaml_text(name + ' demo')}\nemoji: 🔍\ncolorFrom: indigo\ncolorTo: blue\nsdk: gradio\n"
         f"sdk_version: {metadata.version('gradio')}\napp_file: app.py\npinned: false\nmodels:\n- {repo_id}\n"
@@ -50,28 +50,26 @@ def write_dataset(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: 
     test) with a metadata.csv in each split (the image's original name and sha256), and a README.md dataset card
     with the classes, the counts and the content hash. Images are copied as they are (the bytes the run trained
     on). Returns the folder and the data's content hash (vit.data.report.content_hash)."""
-    data, dest = Path(run_dir) / runs.DATA_DIR, Path(dest)
-    with open(data / MANIFEST_NAME, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    dest = Path(dest)
+    rows = exported_rows(Path(run_dir) / runs.DATA_DIR)
     from vit.safety import safe_join
     per_split: dict[str, list[list[str]]] = {}
     counts: dict[str, dict[str, int]] = {}
-    for k, row in enumerate(rows):
-        split = SPLIT_FOLDERS.get(row.get("split") or "train", "train")
-        source = safe_join(data, *row["path"].split("/"))
-        name = f"{row['label']}/{k:06d}{source.suffix.lower()}"  # (unique, and no name of the user's as a path)
+    for k, (original, source, label, ours) in enumerate(rows):
+        split = SPLIT_FOLDERS.get(ours, "train")
+        name = f"{label}/{k:06d}{source.suffix.lower()}"  # (unique, and no name of the user's as a path)
         target = safe_join(dest, split, *name.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-        per_split.setdefault(split, []).append([name, row["path"], hashlib.sha256(source.read_bytes()).hexdigest()])
-        counts.setdefault(split, {}).setdefault(row["label"], 0)
-        counts[split][row["label"]] += 1
+        per_split.setdefault(split, []).append([name, original, hashlib.sha256(source.read_bytes()).hexdigest()])
+        counts.setdefault(split, {}).setdefault(label, 0)
+        counts[split][label] += 1
     for split, entries in per_split.items():
         with open(dest / split / "metadata.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(("file_name", "original_name", "sha256"))
             writer.writerows(entries)
-    classes = sorted({r["label"] for r in rows})
+    classes = sorted({label for _, _, label, _ in rows})
     content_sha256 = content_hash([SimpleNamespace(sha256=e[2], label=e[0].split("/")[0])
                                    for entries in per_split.values() for e in entries])
     size = "n<1K" if len(rows) < 1000 else "1K<n<10K" if len(rows) < 10_000 else "10K<n<100K"

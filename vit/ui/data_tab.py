@@ -120,11 +120,8 @@ def check_hub_dataset(manager: jobs.JobManager, spec: str | None, typed_token: s
         folder = Path(tempfile.mkdtemp(prefix="d-", dir=root))
         try:
             limits = data.Limits(max_total_bytes=HostLimits.from_env().max_upload_mb * 1024 ** 2)  # as an upload
-            got, layout, skipped = data.fetch_hub_dataset(spec, folder / "data", limits, token=token)
-            with data.load_dataset(got, limits=limits) as ds:
-                ds.report.source, ds.report.layout = spec, layout
-                ds.report.skipped[:0] = skipped
-                shown = _show(ds, str(got), spec)
+            with data.load_dataset(spec, limits=limits, token=token, hub_folder=folder / "data") as ds:
+                shown = _show(ds, str(folder / "data"), spec)  # (kept: Start trains on this folder)
         except data.DataError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise refused(str(e) if not token else str(e).replace(token, "hf_***"), duration=None)
