@@ -206,10 +206,10 @@ class Follower(threading.Thread):
         if lines:
             with open(self.run_dir / LOG, "a") as log:
                 log.writelines(line + "\n" for line in lines)
+        if status:  # (before the rows: a page that sees an epoch's row sees the status that came with it, its ETA)
+            runs.update_status(self.run_dir, **status)
         if rows_changed:
             runs.write_metrics_log(self.run_dir, [self._rows[k] for k in sorted(self._rows)])
-        if status:
-            runs.update_status(self.run_dir, **status)
 
     def _finish(self, stage: str, said: str | None) -> None:
         """The job has ended: what it pushed, fetched; the run's final state, in words."""
